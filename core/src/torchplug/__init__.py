@@ -1,0 +1,29 @@
+"""torchplug: a PyTorch training loop whose hardware, distribution and precision are pluggable backends."""
+
+from torchplug._errors import MisconfigurationError, PluginLoadError, ProcessFailedError
+from torchplug._hooks import hookimpl
+from torchplug._types import ClusterInfo, World
+from torchplug.callbacks._base import Callback
+from torchplug.module import DataModule, LightningDataModule, LightningModule, Module
+from torchplug.strategies import StepModule
+from torchplug.trainer import Trainer
+from torchplug.utilities import seed_everything
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Callback",
+    "ClusterInfo",
+    "DataModule",
+    "LightningDataModule",
+    "LightningModule",
+    "MisconfigurationError",
+    "Module",
+    "PluginLoadError",
+    "ProcessFailedError",
+    "StepModule",
+    "Trainer",
+    "World",
+    "hookimpl",
+    "seed_everything",
+]

@@ -1,0 +1,13 @@
+"""Errors meant for people: what was asked, what exists, what to do."""
+
+
+class MisconfigurationError(ValueError):
+    """A Trainer argument, or a combination of them, that cannot run. The message names the argument."""
+
+
+class PluginLoadError(ImportError):
+    """A backend chosen by name could not be imported; the message names it and its distribution."""
+
+
+class ProcessFailedError(RuntimeError):
+    """A process of a multi-process job failed; the message names its rank."""

@@ -1,0 +1,5 @@
+"""Loggers: where metrics go."""
+
+from torchplug.loggers._base import Logger
+
+__all__ = ["Logger"]

@@ -1,0 +1,292 @@
+"""``Module`` and ``DataModule``: Lightning's names, so a LightningModule ports by changing its imports."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from torchplug._errors import MisconfigurationError
+
+if TYPE_CHECKING:
+    from torch.optim import Optimizer
+
+    from torchplug.trainer import Trainer
+
+_MODULE_HOOKS = (
+    "setup", "teardown", "prepare_data",
+    "on_fit_start", "on_fit_end", "on_train_start", "on_train_end",
+    "on_train_epoch_start", "on_train_epoch_end", "on_validation_epoch_start", "on_validation_epoch_end",
+    "on_test_epoch_start", "on_test_epoch_end", "on_predict_epoch_start", "on_predict_epoch_end",
+    "on_validation_start", "on_validation_end", "on_test_start", "on_test_end",
+    "on_train_batch_start", "on_train_batch_end", "on_validation_batch_start", "on_validation_batch_end",
+    "on_test_batch_start", "on_test_batch_end", "on_predict_batch_start", "on_predict_batch_end",
+    "on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad",
+    "on_save_checkpoint", "on_load_checkpoint",
+)  # fmt: skip
+
+
+class Module(nn.Module):
+    """A ``torch.nn.Module`` that also says how to train itself.
+
+    Implement ``training_step`` (return the loss, a dict with a ``"loss"`` key, or ``None`` to skip the batch) and
+    ``configure_optimizers``; everything else is optional. Never call ``.cuda()`` or ``.to(device)``: the trainer
+    moves the module, its buffers and every batch; use ``self.device`` or ``tensor.type_as(x)`` for new tensors.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._trainer: Trainer | None = None
+        self._hparams: dict[str, Any] = {}
+        self.automatic_optimization: bool = True
+
+    # ---------------------------------------------------------------- what the user implements
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        raise MisconfigurationError(f"{type(self).__name__} must implement training_step to be used with fit()")
+
+    def validation_step(self, *args: Any, **kwargs: Any) -> Any:
+        return None
+
+    def test_step(self, *args: Any, **kwargs: Any) -> Any:
+        raise MisconfigurationError(f"{type(self).__name__} must implement test_step to be used with test()")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        if isinstance(batch, (list, tuple)):
+            batch = batch[0]
+        return self(batch)
+
+    def configure_optimizers(self) -> Any:
+        raise MisconfigurationError(
+            f"{type(self).__name__} must implement configure_optimizers to be used with fit(): return an "
+            "optimizer, a list of them, (optimizers, schedulers), or a dict with 'optimizer' and 'lr_scheduler'"
+        )
+
+    def train_dataloader(self) -> Any:
+        return None
+
+    def val_dataloader(self) -> Any:
+        return None
+
+    def test_dataloader(self) -> Any:
+        return None
+
+    def predict_dataloader(self) -> Any:
+        return None
+
+    # ---------------------------------------------------------------- hooks (no-ops; override any)
+    def setup(self, stage: str) -> None: ...
+    def teardown(self, stage: str) -> None: ...
+    def prepare_data(self) -> None: ...
+    def on_fit_start(self) -> None: ...
+    def on_fit_end(self) -> None: ...
+    def on_train_start(self) -> None: ...
+    def on_train_end(self) -> None: ...
+    def on_train_epoch_start(self) -> None: ...
+    def on_train_epoch_end(self) -> None: ...
+    def on_validation_start(self) -> None: ...
+    def on_validation_end(self) -> None: ...
+    def on_validation_epoch_start(self) -> None: ...
+    def on_validation_epoch_end(self) -> None: ...
+    def on_test_start(self) -> None: ...
+    def on_test_end(self) -> None: ...
+    def on_test_epoch_start(self) -> None: ...
+    def on_test_epoch_end(self) -> None: ...
+    def on_predict_epoch_start(self) -> None: ...
+    def on_predict_epoch_end(self) -> None: ...
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None: ...
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None: ...
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_before_backward(self, loss: torch.Tensor) -> None: ...
+    def on_after_backward(self) -> None: ...
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None: ...
+    def on_before_zero_grad(self, optimizer: Optimizer) -> None: ...
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
+
+    # ---------------------------------------------------------------- trainer state
+    @property
+    def trainer(self) -> Trainer:
+        if self._trainer is None:
+            raise RuntimeError(f"{type(self).__name__} is not attached to a Trainer; call trainer.fit(model) first")
+        return self._trainer
+
+    @trainer.setter
+    def trainer(self, trainer: Trainer | None) -> None:
+        self._trainer = trainer
+
+    @property
+    def device(self) -> torch.device:
+        if self._trainer is not None and self._trainer.root_device is not None:
+            return self._trainer.root_device
+        for tensor in self.parameters():
+            return tensor.device
+        for tensor in self.buffers():
+            return tensor.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for tensor in self.parameters():
+            return tensor.dtype
+        return torch.get_default_dtype()
+
+    @property
+    def current_epoch(self) -> int:
+        return self._trainer.current_epoch if self._trainer is not None else 0
+
+    @property
+    def global_step(self) -> int:
+        return self._trainer.global_step if self._trainer is not None else 0
+
+    @property
+    def global_rank(self) -> int:
+        return self._trainer.global_rank if self._trainer is not None else 0
+
+    @property
+    def local_rank(self) -> int:
+        return self._trainer.local_rank if self._trainer is not None else 0
+
+    @property
+    def logger(self) -> Any:
+        return self._trainer.logger if self._trainer is not None else None
+
+    # ---------------------------------------------------------------- logging
+    def log(
+        self,
+        name: str,
+        value: Any,
+        prog_bar: bool = False,
+        logger: bool = True,
+        on_step: bool | None = None,
+        on_epoch: bool | None = None,
+        reduce_fx: str | Any = "mean",
+        sync_dist: bool = False,
+        batch_size: int | None = None,
+        add_dataloader_idx: bool = True,
+    ) -> None:
+        """Record a scalar. In ``training_step`` the default is per step; in evaluation, per epoch (the mean).
+
+        Values stay on their device: they are read to the host only at the logging interval.
+        ``sync_dist=True`` reduces the value across processes with ``reduce_fx`` (mean, sum, max, min).
+        """
+        if self._trainer is None or self._trainer._results is None:
+            return
+        self._trainer._results.log(
+            name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
+            reduce_fx=reduce_fx, sync_dist=sync_dist, batch_size=batch_size, add_dataloader_idx=add_dataloader_idx,
+        )  # fmt: skip
+
+    def log_dict(self, dictionary: Mapping[str, Any], **kwargs: Any) -> None:
+        for name, value in dictionary.items():
+            self.log(name, value, **kwargs)
+
+    # ---------------------------------------------------------------- manual optimization
+    def optimizers(self, use_pl_optimizer: bool = True) -> Any:
+        """The optimizers from ``configure_optimizers``; ``.step()`` on them runs the precision/strategy hooks."""
+        opts = self.trainer._optimizer_handles if use_pl_optimizer else self.trainer.optimizers
+        return opts[0] if len(opts) == 1 else opts
+
+    def lr_schedulers(self) -> Any:
+        schedulers = [config.scheduler for config in self.trainer.lr_scheduler_configs]
+        if not schedulers:
+            return None
+        return schedulers[0] if len(schedulers) == 1 else schedulers
+
+    def manual_backward(self, loss: torch.Tensor, optimizer: Optimizer | None = None) -> None:
+        """``loss.backward()`` through the precision plugin (AMP scales the loss)."""
+        self.trainer._backward(loss, optimizer)
+
+    def clip_gradients(
+        self, optimizer: Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str = "norm"
+    ) -> None:
+        if gradient_clip_val:
+            self.trainer._clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def toggle_optimizer(self, optimizer: Any) -> None:
+        """Freeze parameters owned only by other optimizers (for GAN-style manual optimization)."""
+        wanted = {id(p) for group in _unwrap(optimizer).param_groups for p in group["params"]}
+        self._toggled = {}
+        for opt in self.trainer.optimizers:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if id(p) not in wanted and id(p) not in self._toggled:
+                        self._toggled[id(p)] = (p, p.requires_grad)
+                        p.requires_grad_(False)
+
+    def untoggle_optimizer(self, optimizer: Any) -> None:
+        for p, requires_grad in getattr(self, "_toggled", {}).values():
+            p.requires_grad_(requires_grad)
+        self._toggled = {}
+
+    # ---------------------------------------------------------------- hyperparameters
+    def save_hyperparameters(self, *names: str, ignore: list[str] | str | None = None) -> None:
+        """Store the ``__init__`` arguments of the caller in ``self.hparams`` and in every checkpoint."""
+        frame = inspect.currentframe()
+        assert frame is not None and frame.f_back is not None
+        caller = frame.f_back
+        init_args = {k: v for k, v in caller.f_locals.items() if k not in ("self", "__class__")}
+        code = caller.f_code
+        arg_names = code.co_varnames[1 : code.co_argcount + code.co_kwonlyargcount]
+        init_args = {k: init_args[k] for k in arg_names if k in init_args}
+        if code.co_flags & inspect.CO_VARKEYWORDS:
+            extra = caller.f_locals.get(code.co_varnames[code.co_argcount + code.co_kwonlyargcount + bool(code.co_flags & inspect.CO_VARARGS)], {})
+            if isinstance(extra, dict):
+                init_args.update(extra)
+        if names:
+            if len(names) == 1 and isinstance(names[0], Mapping):
+                init_args = dict(names[0])
+            else:
+                init_args = {k: init_args[k] for k in names if k in init_args}
+        ignored = [ignore] if isinstance(ignore, str) else list(ignore or [])
+        self._hparams = {k: copy.deepcopy(v) for k, v in init_args.items() if k not in ignored}
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return self._hparams
+
+
+def _unwrap(optimizer: Any) -> Any:
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+class DataModule:
+    """Data in one place: ``prepare_data`` (once per node), ``setup(stage)``, the four loaders, ``teardown``."""
+
+    def __init__(self) -> None:
+        self.trainer: Trainer | None = None
+
+    def prepare_data(self) -> None: ...
+    def setup(self, stage: str) -> None: ...
+    def teardown(self, stage: str) -> None: ...
+
+    def train_dataloader(self) -> Any:
+        return None
+
+    def val_dataloader(self) -> Any:
+        return None
+
+    def test_dataloader(self) -> Any:
+        return None
+
+    def predict_dataloader(self) -> Any:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+
+LightningModule = Module
+LightningDataModule = DataModule
+
+__all__ = ["DataModule", "LightningDataModule", "LightningModule", "Module"]

@@ -1,0 +1,64 @@
+"""Helpers that backends and users share: moving nested batches, seeding."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+
+def apply_to_collection(data: Any, dtype: type | tuple[type, ...], function: Callable[..., Any]) -> Any:
+    """Apply ``function`` to every element of type ``dtype`` in nested tuples, lists, dicts and dataclasses."""
+    if isinstance(data, dtype):
+        return function(data)
+    if isinstance(data, Mapping):
+        return type(data)({k: apply_to_collection(v, dtype, function) for k, v in data.items()})  # type: ignore[call-arg]
+    if isinstance(data, tuple) and hasattr(data, "_fields"):  # namedtuple
+        return type(data)(*(apply_to_collection(d, dtype, function) for d in data))
+    if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
+        return type(data)([apply_to_collection(d, dtype, function) for d in data])  # type: ignore[call-arg]
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        changes = {
+            f.name: apply_to_collection(getattr(data, f.name), dtype, function)
+            for f in dataclasses.fields(data)
+            if f.init
+        }
+        return dataclasses.replace(data, **changes)
+    return data
+
+
+def move_data_to_device(batch: Any, device: torch.device | str, non_blocking: bool = False) -> Any:
+    """Move every tensor in ``batch`` to ``device``; ``non_blocking`` only matters for pinned host memory."""
+    device = torch.device(device)
+
+    def move(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(device, non_blocking=non_blocking and tensor.is_pinned())
+
+    if isinstance(batch, torch.Tensor):
+        return move(batch)
+    return apply_to_collection(batch, torch.Tensor, move)
+
+
+def seed_everything(seed: int | None = None, workers: bool = False) -> int:
+    """Seed ``random``, ``torch`` (and ``numpy`` when installed); with ``workers=True`` dataloader workers too."""
+    if seed is None:
+        seed = int(os.environ.get("TORCHPLUG_GLOBAL_SEED", 0))
+    seed = int(seed)
+    os.environ["TORCHPLUG_GLOBAL_SEED"] = str(seed)
+    os.environ["TORCHPLUG_SEED_WORKERS"] = str(int(workers))
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+    except ImportError:
+        pass
+    else:
+        np.random.seed(seed % 2**32)
+    return seed
+
+
+__all__ = ["apply_to_collection", "move_data_to_device", "seed_everything"]
