@@ -1,0 +1,208 @@
+"""Checkpoint files: atomic under SIGKILL, CPU tensors, safe loading, clear errors."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from torchplug import MisconfigurationError
+from torchplug._checkpoint import atomic_save, load_checkpoint
+
+# The child writes a first checkpoint, says so, then overwrites it with a big one. ``mode`` picks where the kill
+# lands: "write" lets torch.save stream 64 MiB to the temporary file; "rename" holds the fully written temporary
+# file just before os.replace (by making fsync, the last step before the rename, wait), the narrowest window.
+_CHILD = textwrap.dedent(
+    """
+    import os, sys, time
+    import torch
+    import torchplug._checkpoint as io
+
+    path, mode = sys.argv[1], sys.argv[2]
+    io.atomic_save({"state_dict": {"w": torch.full((4,), 1.0)}, "version": 1}, path)
+    print("saved-1", flush=True)
+    if mode == "rename":
+        real_fsync = os.fsync
+        def slow_fsync(fd):
+            real_fsync(fd)
+            print("before-rename", flush=True)
+            time.sleep(60)
+        io.os.fsync = slow_fsync
+    big = torch.full((16 * 1024 * 1024,), 2.0)  # 64 MiB
+    for _ in range(1000):
+        io.atomic_save({"state_dict": {"w": big}, "version": 2}, path)
+        print("saved-2", flush=True)
+    """
+)
+
+
+def _run_child_and_kill(tmp_path: Path, mode: str) -> tuple[Path, int]:
+    path = tmp_path / "last.ckpt"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(path), mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "saved-1", child.stderr.read() if child.stderr else ""
+        deadline = time.monotonic() + 60
+        if mode == "rename":
+            assert child.stdout.readline().strip() == "before-rename"
+        else:
+            # Kill as soon as the temporary file has some bytes in it but (most likely) not all of them.
+            while time.monotonic() < deadline:
+                temporaries = [p for p in tmp_path.iterdir() if p.name.startswith(".last.ckpt.tmp.")]
+                if temporaries and temporaries[0].stat().st_size > 0:
+                    break
+                time.sleep(0.0005)
+            else:
+                pytest.fail("the child never started writing its second checkpoint")
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return path, child.returncode
+
+
+@pytest.mark.parametrize("mode", ["write", "rename"])
+def test_sigkill_during_save_leaves_previous_checkpoint(tmp_path: Path, mode: str) -> None:
+    path, returncode = _run_child_and_kill(tmp_path, mode)
+    assert returncode == -signal.SIGKILL
+
+    # The destination still holds a complete checkpoint: the first one, unless the second was fully renamed in
+    # before the kill landed (possible only in "write" mode, and then it must be complete too).
+    checkpoint = load_checkpoint(path)
+    if mode == "rename":
+        assert checkpoint["version"] == 1
+    expected = torch.full_like(checkpoint["state_dict"]["w"], float(checkpoint["version"]))
+    assert torch.equal(checkpoint["state_dict"]["w"], expected)
+
+    # Nothing that looks like a checkpoint is left beside it: the killed write's temporary file is hidden.
+    visible = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+    assert visible == ["last.ckpt"]
+    assert not list(tmp_path.glob("*.ckpt"))[1:]
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    if mode == "rename":
+        assert len(leftovers) == 1 and leftovers[0].name.startswith(".last.ckpt.tmp.")
+
+    # The next save to the same destination cleans up what the killed process could not.
+    atomic_save({"state_dict": {"w": torch.zeros(2)}, "version": 3}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert load_checkpoint(path)["version"] == 3
+
+
+def test_failed_save_removes_temporary_and_keeps_previous(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "a.ckpt"
+    atomic_save({"state_dict": {"w": torch.ones(3)}}, path)
+
+    def broken_save(obj: object, f: object) -> None:
+        f.write(b"partial")  # type: ignore[attr-defined]
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"state_dict": {"w": torch.zeros(3)}}, path)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt"]
+    assert torch.equal(load_checkpoint(path)["state_dict"]["w"], torch.ones(3))
+
+
+def test_round_trip_keeps_structure_and_moves_to_cpu(tmp_path: Path) -> None:
+    param = torch.nn.Parameter(torch.randn(3, requires_grad=True))
+    checkpoint = {
+        "state_dict": collections.OrderedDict(w=param, b=torch.arange(4)),
+        "optimizer_states": [{"state": {0: {"exp_avg": torch.ones(3)}}, "param_groups": [{"betas": (0.9, 0.99)}]}],
+        "epoch": 2,
+        "hyper_parameters": {"lr": 0.1, "name": "x", "layers": [1, 2], "flag": True, "none": None},
+        "dtype": torch.float16,
+        "shape": torch.Size([2, 3]),
+    }
+    path = tmp_path / "sub" / "dir" / "x.ckpt"  # parent folders are created
+    atomic_save(checkpoint, path)
+    loaded = load_checkpoint(path)
+    assert isinstance(loaded["state_dict"], collections.OrderedDict)
+    assert torch.equal(loaded["state_dict"]["w"], param.detach())
+    assert not loaded["state_dict"]["w"].requires_grad
+    assert loaded["optimizer_states"][0]["param_groups"][0]["betas"] == (0.9, 0.99)
+    assert loaded["hyper_parameters"] == checkpoint["hyper_parameters"]
+    assert loaded["dtype"] is torch.float16 and loaded["shape"] == torch.Size([2, 3])
+    # New checkpoints get the usual permissions, not mkstemp's owner-only 0600.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_tensors_on_another_device_are_saved_on_cpu(tmp_path: Path) -> None:
+    """The meta device stands in for an accelerator here: moving it to the CPU is what must happen."""
+    seen: list[torch.device] = []
+    original = torch.Tensor.cpu
+
+    class Spy(torch.Tensor):
+        def cpu(self, *args: object, **kwargs: object) -> torch.Tensor:  # type: ignore[override]
+            seen.append(self.device)
+            return original(self.as_subclass(torch.Tensor), *args, **kwargs)
+
+    t = torch.ones(2).as_subclass(Spy)
+    atomic_save({"state_dict": {"t": t}}, tmp_path / "c.ckpt")
+    assert seen == [torch.device("cpu")]
+    assert type(load_checkpoint(tmp_path / "c.ckpt")["state_dict"]["t"]) is torch.Tensor
+
+
+def test_unsafe_content_is_refused_before_writing(tmp_path: Path) -> None:
+    class Config:
+        pass
+
+    path = tmp_path / "x.ckpt"
+    with pytest.raises(TypeError, match=r"checkpoint\['hyper_parameters'\]\['cfg'\] is a .*Config"):
+        atomic_save({"state_dict": {}, "hyper_parameters": {"cfg": Config()}}, path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_missing_path_names_it(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.ckpt"
+    with pytest.raises(MisconfigurationError, match="nope.ckpt"):
+        load_checkpoint(missing)
+    with pytest.raises(MisconfigurationError, match="is a directory"):
+        load_checkpoint(tmp_path)
+
+
+def test_pickled_code_is_not_run(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": Evil()}, path)
+    with pytest.raises(MisconfigurationError, match="weights_only=True because a checkpoint is data, not code"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_files_that_are_not_checkpoints(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"this is not a zip archive at all")
+    with pytest.raises(MisconfigurationError, match="garbage.ckpt' is not a torchplug checkpoint"):
+        load_checkpoint(garbage)
+
+    good = tmp_path / "good.ckpt"
+    atomic_save({"state_dict": {"w": torch.ones(1000)}}, good)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(MisconfigurationError, match="truncated"):
+        load_checkpoint(truncated)
+
+    bare = tmp_path / "bare.pt"
+    torch.save({"weight": torch.ones(2)}, bare)
+    with pytest.raises(MisconfigurationError, match=r"no 'state_dict'|'state_dict' key.*\['weight'\]"):
+        load_checkpoint(bare)
