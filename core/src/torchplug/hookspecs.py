@@ -205,6 +205,15 @@ def torchplug_batch_to_device(trainer: Trainer, batch: Any, device: torch.device
 
 
 @hookspec(firstresult=True)
+def torchplug_convert_batch(trainer: Trainer, batch: Any) -> Any:
+    """Change one batch, already on its device, for this precision (``*-true`` casts floating-point tensors).
+
+    Called for every batch, every rank, after :func:`torchplug_batch_to_device`. Answered by the precision
+    plugin; the default returns ``batch`` (mixed precision leaves inputs alone). Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
 def torchplug_forward(trainer: Trainer, stage: str, args: tuple[Any, ...]) -> Any:
     """Run the user's ``<stage>_step(*args)`` (stage is ``train``, ``validation``, ``test`` or ``predict``).
 
