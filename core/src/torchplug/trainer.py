@@ -721,7 +721,10 @@ class Trainer:
         self._call("on_train_epoch_start")
 
         n = self.num_training_batches
-        batches = _with_last(itertools.islice(iter(self._train_loader), None if n == math.inf else int(n)))
+        if n == math.inf:  # no length: read one batch ahead to know which is last
+            batches: Iterator[tuple[Any, bool]] = _with_last(iter(self._train_loader))
+        else:
+            batches = zip(itertools.islice(iter(self._train_loader), int(n)), (i == n - 1 for i in itertools.count()))
         if resume_at:  # replay the epoch's data order up to where the checkpoint was taken
             for _ in itertools.islice(batches, resume_at):
                 pass
@@ -729,21 +732,23 @@ class Trainer:
         run_batch = self._train_batch_automatic if module.automatic_optimization else self._train_batch_manual
         to_device, convert = self._hot.batch_to_device, self._hot.convert_batch
         device = self.root_device
+        wants_start = bool(self._cb_lists["on_train_batch_start"]) or self._module_overrides["on_train_batch_start"]
+        wants_end, check_val = self._wants_batch_end, bool(self._val_loaders)
+        max_steps, log_every = self.max_steps, self.log_every_n_steps
         for batch_idx, (batch, is_last) in enumerate(batches, start=resume_at):
             batch = convert(trainer=self, batch=to_device(trainer=self, batch=batch, device=device))
-            if self._batch_start(batch, batch_idx) == -1:
+            if wants_start and self._batch_start(batch, batch_idx) == -1:
                 break
             output = run_batch(batch, batch_idx, is_last)
             self._batches_done = batch_idx + 1
-            if self._wants_batch_end:
+            if wants_end:
                 self._call_batch_end("on_train_batch_end", _detached_output(output), batch, batch_idx)
-            if self.global_step != self._last_logged_step and self.global_step % self.log_every_n_steps == 0:
+            step = self.global_step
+            if step % log_every == 0 and step != self._last_logged_step:
                 self._flush_step_logs()
-            if self._val_due(batch_idx, is_last):
+            if check_val and self._val_due(batch_idx, is_last):
                 self._run_validation()
-            if self.max_steps != -1 and self.global_step >= self.max_steps:
-                break
-            if self.should_stop and self._min_reached():
+            if (max_steps != -1 and step >= max_steps) or (self.should_stop and self._min_reached()):
                 break
         self._epoch_complete = True
         if self._val_loaders and self._epoch_end_val_due():
@@ -1264,8 +1269,8 @@ class _Closure:
         if self.calls:  # optimizers such as LBFGS evaluate the closure several times
             self.optimizer.zero_grad(set_to_none=True)
         self.calls += 1
-        with torch.enable_grad():
-            self.output = output = trainer._forward_backward(self.batch, self.batch_idx, self.optimizer)
+        # Training runs with grad enabled, and optimizer.step() enables it around a closure too.
+        self.output = output = trainer._forward_backward(self.batch, self.batch_idx, self.optimizer)
         trainer._before_optimizer_step(self.optimizer, clip=True)
         if output is None:
             return None

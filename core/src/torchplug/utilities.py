@@ -36,10 +36,16 @@ def move_data_to_device(batch: Any, device: torch.device | str, non_blocking: bo
     device = torch.device(device)
 
     def move(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.device == device:
+            return tensor
         return tensor.to(device, non_blocking=non_blocking and tensor.is_pinned())
 
     if isinstance(batch, torch.Tensor):
         return move(batch)
+    kind = type(batch)
+    if kind is list or kind is tuple:  # the common (x, y) batch, without the generic walk
+        if all(type(item) is torch.Tensor and item.device == device for item in batch):
+            return batch
     return apply_to_collection(batch, torch.Tensor, move)
 
 
