@@ -1,7 +1,7 @@
 """Which backends are installed, read from entry-point metadata only; a backend is imported when it is chosen.
 
 Four groups, one per axis; the entry-point name is the name users type, and several names pointing at one object
-of one distribution are aliases (the first one listed is the primary name)::
+of one distribution are aliases (the longest is the primary name, ties broken alphabetically)::
 
     [project.entry-points."torchplug.strategies"]
     ddp = "torchplug_ddp.strategies.ddp:DDPStrategy"
@@ -106,12 +106,15 @@ def discover(kind: str) -> tuple[Backend, ...]:
         by_object.setdefault((dist_name, ep.value), []).append(ep)
     backends = []
     for (dist_name, value), eps in by_object.items():
+        # Metadata does not keep the order names were declared in, so the primary name is the longest one
+        # ("32-true" over "32", "16-mixed" over "16" and "mixed"), ties broken alphabetically ("tpu" over "xla").
+        names = sorted((ep.name for ep in eps), key=lambda n: (-len(n), n))
         dist = eps[0].dist
         backends.append(
             Backend(
                 kind=kind,
-                name=eps[0].name,
-                aliases=tuple(ep.name for ep in eps[1:]),
+                name=names[0],
+                aliases=tuple(names[1:]),
                 value=value,
                 distribution=dist_name,
                 version=dist.version if dist is not None else "?",

@@ -760,7 +760,7 @@ class Trainer:
         self._call("on_train_epoch_end")
         self._results.default_on_step = True
         epoch_logs.update(self._results.epoch_end())  # values logged in on_train_epoch_end itself
-        self._flush_step_logs(extra=epoch_logs)
+        self._flush_step_logs(epoch_metrics=epoch_logs)
         self.current_epoch += 1
         self._batches_done = 0
 
@@ -894,12 +894,14 @@ class Trainer:
                 scheduler.step()
 
     # ---------------------------------------------------------------------------------------------------- logging
-    def _flush_step_logs(self, extra: dict[str, torch.Tensor] | None = None) -> None:
-        self._last_logged_step = self.global_step
+    def _flush_step_logs(self, epoch_metrics: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the latest per-step values (at the interval) or the epoch aggregates (at epoch end)."""
         results = self._results
-        metrics = results.pop_step_metrics() if results is not None else {}
-        if extra:
-            metrics.update(extra)
+        if epoch_metrics is None:
+            self._last_logged_step = self.global_step
+            metrics = results.pop_step_metrics() if results is not None else {}
+        else:
+            metrics = dict(epoch_metrics)
         for answer in self.hook.torchplug_metrics(trainer=self):
             if answer:
                 metrics.update(answer)

@@ -1,0 +1,140 @@
+"""``torchplug plugins [--check]``, ``torchplug env`` and ``torchplug plot``: what is installed and what it did."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from typing import Any
+
+from torchplug import registry
+from torchplug._errors import PluginLoadError
+
+_GROUP_TITLES = {
+    "accelerator": "accelerators",
+    "strategy": "strategies",
+    "precision": "precisions",
+    "environment": "cluster environments",
+}
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _check(backend: registry.Backend) -> tuple[str, str]:
+    """(imports, available) for one backend; importing it is what --check is for."""
+    try:
+        cls = backend.load()
+    except PluginLoadError as err:
+        cause = err.__cause__
+        return f"no: {type(cause).__name__}: {cause}" if cause else f"no: {err}", "-"
+    available = "-"
+    is_available = getattr(cls, "is_available", None)
+    if is_available is not None:
+        try:
+            available = "yes" if is_available() else "no"
+        except Exception as err:  # an availability probe must not take the listing down
+            available = f"error: {err}"
+    if available == "yes" and backend.kind == "accelerator":
+        try:
+            count = cls.device_count()
+        except Exception as err:
+            count = f"error: {err}"
+        if count is not None:
+            available += f" ({count} devices)"
+    return "yes", available
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    for kind, title in _GROUP_TITLES.items():
+        backends = registry.discover(kind)
+        print(f"{title} (entry-point group {registry.GROUPS[kind]})")
+        if not backends:
+            print("  (none installed)\n")
+            continue
+        header = ["name", "aliases", "distribution", "version"]
+        rows = []
+        names: dict[str, list[str]] = {}
+        for b in backends:
+            for n in b.names:
+                names.setdefault(n, []).append(b.distribution)
+        for b in backends:
+            row = [b.name, ", ".join(b.aliases) or "-", b.distribution, b.version]
+            if args.check:
+                row += list(_check(b))
+            clashes = sorted({d for n in b.names for d in names[n] if d != b.distribution})
+            if clashes:
+                row[0] += f" (also claimed by {', '.join(clashes)})"
+            rows.append(row)
+        if args.check:
+            header += ["imports", "available"]
+        print("\n".join("  " + line for line in _table(rows, header).splitlines()))
+        print()
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    import torch
+
+    print(f"python       {platform.python_version()} ({sys.executable})")
+    print(f"platform     {platform.platform()}")
+    print(f"torch        {torch.__version__}")
+    from torchplug import __version__
+
+    print(f"torchplug    {__version__}")
+    print(f"float32 matmul precision: {torch.get_float32_matmul_precision()}")
+    print(f"cpu threads  {torch.get_num_threads()} (os.cpu_count={os.cpu_count()})")
+    print("\naccelerators")
+    for backend in registry.discover("accelerator"):
+        imports, available = _check(backend)
+        status = available if imports == "yes" else imports
+        print(f"  {backend.name:<10} {status}   [{backend.distribution} {backend.version}]")
+    print("\nplugins")
+    for kind, title in _GROUP_TITLES.items():
+        names = ", ".join(b.name for b in registry.discover(kind)) or "none"
+        print(f"  {title:<22} {names}")
+    print("\ncluster environment")
+    detected = None
+    for backend in registry.discover("environment"):
+        try:
+            cls = backend.load()
+        except PluginLoadError:
+            continue
+        if cls.detect() and (detected is None or cls.detect_order < detected[0]):
+            detected = (cls.detect_order, backend.name)
+    print(f"  {detected[1] if detected else 'none detected (a single local process)'}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from torchplug._plot import plot_metrics
+
+    out = plot_metrics(args.metrics_csv, args.output)
+    print(f"wrote {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="torchplug", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("plugins", help="list installed backends per entry-point group")
+    p.add_argument("--check", action="store_true", help="also import each backend and check its availability")
+    p.set_defaults(func=cmd_plugins)
+    p = sub.add_parser("env", help="torch version, accelerators and devices, plugins, cluster environment")
+    p.set_defaults(func=cmd_env)
+    p = sub.add_parser("plot", help="write a PNG of the curves in a metrics.csv (needs torchplug[plot])")
+    p.add_argument("metrics_csv")
+    p.add_argument("-o", "--output", default=None, help="PNG path (default: next to the CSV)")
+    p.set_defaults(func=cmd_plot)
+    args: Any = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Fixtures for people who write backends: a pytest plugin (``pytest11`` entry point, active wherever torchplug is).
+
+``BoringModel`` is a tiny regression model with every step implemented; ``quiet_trainer_kwargs`` turn off what a
+test rarely wants (progress bar, summary, loggers, checkpoints); ``clean_env`` restores ``os.environ`` afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from torchplug.module import Module
+
+
+def regression_data(n: int = 64, features: int = 4, seed: int = 0) -> TensorDataset:
+    """``y = x @ w`` with a fixed ``w``: a loss that must fall when training works."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, features, generator=generator)
+    w = torch.arange(1, features + 1, dtype=torch.float32).unsqueeze(1) / features
+    return TensorDataset(x, x @ w)
+
+
+def regression_loader(n: int = 64, batch_size: int = 8, shuffle: bool = False, seed: int = 0) -> DataLoader:
+    return DataLoader(regression_data(n, seed=seed), batch_size=batch_size, shuffle=shuffle)
+
+
+class BoringModel(Module):
+    """A linear regression with training, validation, test and predict steps and an SGD optimizer."""
+
+    def __init__(self, features: int = 4, lr: float = 0.1) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.layer = nn.Linear(features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+    def _loss(self, batch: Any) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.mse_loss(self(x), y)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val_loss", self._loss(batch), prog_bar=True)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("test_loss", self._loss(batch))
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        return self(batch[0] if isinstance(batch, (list, tuple)) else batch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.hparams["lr"])
+
+
+QUIET = {
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
+
+
+@pytest.fixture
+def quiet_trainer_kwargs(tmp_path: Any) -> dict[str, Any]:
+    """Trainer arguments for a test: no progress bar, summary, logger or checkpoints; files under tmp_path."""
+    return {**QUIET, "default_root_dir": str(tmp_path)}
+
+
+@pytest.fixture
+def clean_env() -> Iterator[None]:
+    """Restore ``os.environ`` after the test (distributed tests set MASTER_ADDR, RANK, …)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+__all__ = ["QUIET", "BoringModel", "clean_env", "quiet_trainer_kwargs", "regression_data", "regression_loader"]

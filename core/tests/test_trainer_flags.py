@@ -1,0 +1,268 @@
+"""Every Trainer flag of the core, each checked so that the test fails if the flag were ignored."""
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from torchplug import Callback, MisconfigurationError, Trainer
+from torchplug.testing import QUIET, BoringModel, regression_loader
+
+
+class Recorder(BoringModel):
+    """Counts what the loop did."""
+
+    def __init__(self):
+        super().__init__()
+        self.train_batches = []  # (epoch, batch_idx)
+        self.val_batches = []  # (epoch, global_step, batch_idx)
+        self.grad_norms = []
+        self.max_abs_grads = []
+
+    def training_step(self, batch, batch_idx):
+        self.train_batches.append((self.current_epoch, batch_idx))
+        return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        self.val_batches.append((self.current_epoch, self.global_step, batch_idx))
+        return super().validation_step(batch, batch_idx)
+
+    def on_before_zero_grad(self, optimizer):  # after clipping and the step, before grads are cleared
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        self.grad_norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        self.max_abs_grads.append(max(float(g.abs().max()) for g in grads))
+
+
+def fit(model=None, n=64, batch_size=8, val=True, **kwargs):
+    model = model or Recorder()
+    trainer = Trainer(**{**QUIET, "num_sanity_val_steps": 0, **kwargs})
+    trainer.fit(model, regression_loader(n, batch_size), regression_loader(32, 8) if val else None)
+    return trainer, model
+
+
+def test_max_epochs_and_counters():
+    trainer, model = fit(max_epochs=2)
+    assert trainer.current_epoch == 2 and trainer.global_step == 16
+    assert len(model.train_batches) == 16
+
+
+def test_default_max_epochs_is_1000_and_max_steps_wins():
+    assert Trainer(**QUIET).max_epochs == 1000
+    trainer, model = fit(max_steps=5)
+    assert trainer.global_step == 5 and trainer.max_epochs == -1
+
+
+def test_steps_take_precedence_over_epochs():
+    trainer, _ = fit(max_epochs=5, max_steps=3)
+    assert trainer.global_step == 3
+
+
+class StopAtOnce(Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        trainer.should_stop = True
+
+
+def test_min_epochs_and_min_steps_hold_off_a_stop():
+    trainer, _ = fit(max_epochs=10, callbacks=[StopAtOnce()])
+    assert trainer.global_step == 1
+    trainer, _ = fit(max_epochs=10, min_epochs=2, callbacks=[StopAtOnce()])
+    assert trainer.current_epoch == 2
+    trainer, _ = fit(max_epochs=10, min_steps=11, callbacks=[StopAtOnce()])
+    assert trainer.global_step == 11
+
+
+def test_check_val_every_n_epoch():
+    _, model = fit(max_epochs=4, check_val_every_n_epoch=2)
+    assert sorted({epoch for epoch, _, _ in model.val_batches}) == [1, 3]
+
+
+def test_val_check_interval_int_and_float():
+    _, model = fit(max_epochs=1, val_check_interval=3)  # 8 batches: after 3, 6 and at the end
+    assert sorted({step for _, step, _ in model.val_batches}) == [3, 6, 8]
+    _, model = fit(max_epochs=1, val_check_interval=0.5)
+    assert sorted({step for _, step, _ in model.val_batches}) == [4, 8]
+
+
+def test_val_check_interval_longer_than_the_epoch_fails():
+    with pytest.raises(MisconfigurationError, match="val_check_interval=20 is longer than the training epoch"):
+        fit(val_check_interval=20)
+
+
+def test_num_sanity_val_steps():
+    model = Recorder()
+    Trainer(**{**QUIET, "max_steps": 1, "num_sanity_val_steps": 2}).fit(
+        model, regression_loader(64, 8), regression_loader(32, 8)
+    )
+    sanity = [b for b in model.val_batches if b[1] == 0]
+    assert len(sanity) == 2
+    model = Recorder()
+    Trainer(**{**QUIET, "max_steps": 1, "num_sanity_val_steps": -1}).fit(
+        model, regression_loader(64, 8), regression_loader(32, 8)
+    )
+    assert len([b for b in model.val_batches if b[1] == 0]) == 4
+    model = Recorder()
+    Trainer(**{**QUIET, "max_steps": 1, "num_sanity_val_steps": 0, "limit_val_batches": 0}).fit(
+        model, regression_loader(64, 8), regression_loader(32, 8)
+    )
+    assert model.val_batches == []
+
+
+@pytest.mark.parametrize(("limit", "expected"), [(3, 3), (0.25, 2), (0, 0), (1.0, 8)])
+def test_limit_train_batches(limit, expected):
+    _, model = fit(max_epochs=1, limit_train_batches=limit)
+    assert len(model.train_batches) == expected
+
+
+def test_limit_val_test_predict_batches():
+    _, model = fit(max_epochs=1, limit_val_batches=2)
+    assert len(model.val_batches) == 2
+    trainer = Trainer(**QUIET, limit_test_batches=0.5, limit_predict_batches=1)
+    assert trainer.test(BoringModel(), regression_loader(32, 8)) and trainer.num_test_batches == [2]
+    assert len(trainer.predict(BoringModel(), regression_loader(32, 8))) == 1
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "match"),
+    [
+        ("max_epochs", -2, "max_epochs=-2"),
+        ("min_epochs", -1, "min_epochs=-1"),
+        ("max_steps", -5, "max_steps=-5"),
+        ("limit_train_batches", 1.5, r"limit_train_batches=1.5: a float is a fraction"),
+        ("limit_val_batches", -1, "limit_val_batches=-1"),
+        ("val_check_interval", 1.5, "val_check_interval=1.5"),
+        ("val_check_interval", 0, "val_check_interval=0"),
+        ("check_val_every_n_epoch", 0, "check_val_every_n_epoch=0"),
+        ("num_sanity_val_steps", -2, "num_sanity_val_steps=-2"),
+        ("log_every_n_steps", 0, "log_every_n_steps=0"),
+        ("accumulate_grad_batches", 0, "accumulate_grad_batches=0"),
+        ("gradient_clip_val", -1.0, "gradient_clip_val=-1.0"),
+        ("gradient_clip_algorithm", "l3", "gradient_clip_algorithm='l3'"),
+        ("num_nodes", 0, "num_nodes=0"),
+        ("fast_dev_run", -1, "fast_dev_run=-1"),
+    ],
+)
+def test_out_of_range_values_name_the_flag(flag, value, match):
+    with pytest.raises(MisconfigurationError, match=match):
+        Trainer(**{**QUIET, flag: value})
+
+
+def test_min_larger_than_max():
+    with pytest.raises(MisconfigurationError, match="min_epochs=3 is larger than max_epochs=2"):
+        Trainer(**QUIET, min_epochs=3, max_epochs=2)
+
+
+def test_gradient_clip_val_norm_and_value():
+    _, model = fit(max_steps=3, val=False, gradient_clip_val=1e-3)
+    assert all(norm <= 1e-3 + 1e-6 for norm in model.grad_norms)
+    _, model = fit(max_steps=3, val=False, gradient_clip_val=1e-4, gradient_clip_algorithm="value")
+    assert all(g <= 1e-4 + 1e-9 for g in model.max_abs_grads)
+    _, model = fit(max_steps=3, val=False)
+    assert max(model.grad_norms) > 1e-3  # without clipping the bounds above would not hold
+
+
+def test_accumulate_grad_batches_matches_a_bigger_batch():
+    torch.manual_seed(0)
+    a = BoringModel()
+    b = BoringModel()
+    b.load_state_dict(a.state_dict())
+    Trainer(**QUIET, max_epochs=1, accumulate_grad_batches=4).fit(a, regression_loader(64, 4))
+    Trainer(**QUIET, max_epochs=1).fit(b, regression_loader(64, 16))
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+
+
+def test_accumulation_steps_count_optimizer_steps():
+    trainer, _ = fit(max_epochs=1, val=False, accumulate_grad_batches=3)  # 8 batches: steps after 3, 6 and 8
+    assert trainer.global_step == 3
+
+
+def test_log_every_n_steps_writes_at_the_interval():
+    class Collect(Callback):
+        pass
+
+    from torchplug.loggers import Logger
+
+    class ListLogger(Logger):
+        def __init__(self):
+            self.rows = []
+
+        def log_metrics(self, metrics, step):
+            self.rows.append((step, dict(metrics)))
+
+    logger = ListLogger()
+    Trainer(**{**QUIET, "logger": logger}, max_epochs=1, log_every_n_steps=3).fit(
+        BoringModel(), regression_loader(64, 8)
+    )
+    steps = [step for step, row in logger.rows if "train_loss" in row]
+    assert steps == [2, 5], logger.rows
+
+
+def test_fast_dev_run():
+    trainer, model = fit(max_epochs=10, fast_dev_run=True)
+    assert trainer.global_step == 1 and len(model.val_batches) == 1 and trainer.loggers == []
+    trainer, model = fit(max_epochs=10, fast_dev_run=3)
+    assert trainer.global_step == 3 and len(model.val_batches) == 3
+
+
+def test_deterministic_sets_torch_flag():
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        fit(max_steps=1, val=False, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def test_benchmark_sets_cudnn_flag():
+    before = torch.backends.cudnn.benchmark
+    try:
+        fit(max_steps=1, val=False, benchmark=True)
+        assert torch.backends.cudnn.benchmark is True
+        fit(max_steps=1, val=False, benchmark=False)
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def test_default_root_dir_receives_logs_and_checkpoints(tmp_path):
+    trainer = Trainer(max_epochs=1, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(BoringModel(), regression_loader(32, 8))
+    assert list(tmp_path.glob("**/metrics.csv")) and list(tmp_path.glob("**/*.ckpt"))
+    assert trainer.log_dir.startswith(str(tmp_path))
+
+
+def test_enable_checkpointing_false_writes_no_checkpoint(tmp_path):
+    Trainer(max_epochs=1, default_root_dir=tmp_path, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False).fit(BoringModel(), regression_loader(32, 8))  # fmt: skip
+    assert not list(tmp_path.glob("**/*.ckpt"))
+
+
+def test_enable_progress_bar_false_prints_nothing(tmp_path, capsys):
+    Trainer(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
+            enable_model_summary=False, enable_progress_bar=False).fit(BoringModel(), regression_loader(32, 8))  # fmt: skip
+    captured = capsys.readouterr()
+    assert captured.out == "" and "batch" not in captured.err
+
+
+def test_devices_and_num_nodes_on_one_process():
+    trainer = Trainer(**QUIET, devices=1, num_nodes=1)
+    assert trainer.device_ids == [0] and trainer.world_size == 1 and trainer.strategy_name == "single_device"
+    with pytest.raises(MisconfigurationError, match="single_device"):
+        Trainer(**QUIET, strategy="single_device", devices=2)
+
+
+class Endless(IterableDataset):
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(0)
+        while True:
+            x = torch.randn(8, 4, generator=generator)
+            yield x, x.sum(1, keepdim=True)
+
+
+def test_iterable_dataset_without_length():
+    trainer = Trainer(**QUIET, max_steps=5)
+    trainer.fit(BoringModel(), DataLoader(Endless(), batch_size=None))
+    assert trainer.global_step == 5 and trainer.num_training_batches == math.inf
+    with pytest.raises(MisconfigurationError, match="limit_train_batches=0.5: a fraction needs a dataloader"):
+        Trainer(**QUIET, max_steps=5, limit_train_batches=0.5).fit(BoringModel(), DataLoader(Endless(), batch_size=None))
