@@ -110,8 +110,9 @@ def torchplug_setup_environment(trainer: Trainer) -> None:
 def torchplug_cluster_info(trainer: Trainer) -> ClusterInfo | None:
     """Where this process sits in a job made by someone else (torchrun, SLURM) or by our own launcher.
 
-    Answered by the cluster environment plugin, if one is selected; ``None`` when none is. Strategies ask it
-    instead of reading scheduler variables themselves. Stops at the first non-None result.
+    Called by multi-process strategies on every rank, before and after launch, instead of reading scheduler
+    variables themselves. Answered by the cluster environment plugin, if one is selected; ``None`` when none is.
+    Stops at the first non-None result.
     """
 
 
