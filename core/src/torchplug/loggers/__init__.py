@@ -1,5 +1,7 @@
-"""Loggers: where metrics go."""
+"""Loggers: where metrics go. ``CSVLogger`` is the default; ``TensorBoardLogger`` needs the ``tensorboard`` extra."""
 
 from torchplug.loggers._base import Logger
+from torchplug.loggers.csv_logs import CSVLogger
+from torchplug.loggers.tensorboard import TensorBoardLogger
 
-__all__ = ["Logger"]
+__all__ = ["CSVLogger", "Logger", "TensorBoardLogger"]

@@ -1,0 +1,250 @@
+"""ModelCheckpoint: names, top-k retention by a monitored metric, step-based saving, last.ckpt, state round trip."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import torchplug
+from torchplug import MisconfigurationError
+from torchplug._checkpoint import load_checkpoint
+from torchplug.callbacks import ModelCheckpoint
+
+
+class Scripted(torchplug.Module):
+    """Logs ``score`` = ``scores[current_epoch]`` in validation, so the ranking of epochs is known in advance."""
+
+    def __init__(self, scores: list[float] | None = None, log_in_training: bool = False) -> None:
+        super().__init__()
+        self.scores = scores or [0.0] * 100
+        self.log_in_training = log_in_training
+        self.layer = nn.Linear(2, 1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        (x,) = batch
+        if self.log_in_training:
+            self.log("train_score", torch.tensor(self.scores[self.current_epoch]), on_step=False, on_epoch=True)
+        return self.layer(x).pow(2).mean()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("score", torch.tensor(self.scores[self.current_epoch]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _loader(n: int = 8) -> DataLoader:
+    return DataLoader(TensorDataset(torch.randn(n, 2)), batch_size=4)  # n/4 batches
+
+
+def _trainer(root: Path, callbacks: list[Any], **kwargs: Any) -> torchplug.Trainer:
+    options: dict[str, Any] = dict(
+        default_root_dir=root, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )  # fmt: skip
+    options.update(kwargs)
+    return torchplug.Trainer(callbacks=callbacks, **options)
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+# ------------------------------------------------------------------------------------------------ naming, arguments
+def test_filename_templates_like_lightning() -> None:
+    ckpt = ModelCheckpoint(dirpath="/ckpts", filename="{epoch}-{step}-{val_loss:.2f}")
+    metrics = {"epoch": torch.tensor(3), "step": torch.tensor(400), "val_loss": torch.tensor(0.12345)}
+    assert ckpt.format_checkpoint_name(metrics) == os.path.realpath("/ckpts") + "/epoch=3-step=400-val_loss=0.12.ckpt"
+    assert ckpt.format_checkpoint_name(metrics, ver=2).endswith("val_loss=0.12-v2.ckpt")
+    plain = ModelCheckpoint(filename="model-{epoch:03d}-{val/acc:.3f}", auto_insert_metric_name=False)
+    assert plain.format_checkpoint_name({"epoch": 7, "val/acc": torch.tensor(0.5)}) == "model-007-0.500.ckpt"
+    # default name; a missing metric formats as 0 (as in Lightning); a ".ckpt" given in filename is not doubled
+    assert ModelCheckpoint().format_checkpoint_name({"epoch": 1, "step": 9}) == "epoch=1-step=9.ckpt"
+    assert ModelCheckpoint(filename="{nope}.ckpt").format_checkpoint_name({}) == "nope=0.ckpt"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"mode": "mean"}, "mode='mean'"),
+        ({"save_top_k": -2}, "save_top_k=-2"),
+        ({"save_top_k": 3}, "monitor=None"),
+        ({"every_n_epochs": 2, "every_n_train_steps": 5}, "only one"),
+        ({"every_n_train_steps": -1}, "every_n_train_steps=-1"),
+        ({"train_time_interval": 5}, "timedelta"),
+        ({"save_last": "yes"}, "save_last='yes'"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(MisconfigurationError, match=match):
+        ModelCheckpoint(**kwargs)
+
+
+def test_state_key_distinguishes_instances() -> None:
+    a = ModelCheckpoint(monitor="val_loss")
+    b = ModelCheckpoint(monitor="val_acc", mode="max")
+    assert a.state_key != b.state_key
+    assert a.state_key.startswith("ModelCheckpoint{") and "'monitor': 'val_loss'" in a.state_key
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+@pytest.mark.parametrize(
+    ("mode", "kept_epochs", "best_epoch"),
+    [("min", [3, 4], 3), ("max", [0, 2], 0)],
+)
+def test_top_k_retention_by_monitored_metric(tmp_path: Path, mode: str, kept_epochs: list[int], best_epoch: int) -> None:
+    scores = [5.0, 3.0, 4.0, 1.0, 2.0]
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}-{score:.1f}", monitor="score", mode=mode,
+                           save_top_k=2)  # fmt: skip
+    trainer = _trainer(tmp_path, [ckpt], max_epochs=5)
+    trainer.fit(Scripted(scores), _loader(), _loader(4))
+
+    expected = [f"epoch={e}-score={scores[e]:.1f}.ckpt" for e in kept_epochs]
+    assert _names(tmp_path / "ckpt") == sorted(expected)
+    assert Path(ckpt.best_model_path).name == f"epoch={best_epoch}-score={scores[best_epoch]:.1f}.ckpt"
+    assert float(ckpt.best_model_score) == scores[best_epoch]
+    assert sorted(Path(p).name for p in ckpt.best_k_models) == sorted(expected)
+    worst = max(kept_epochs, key=lambda e: scores[e]) if mode == "min" else min(kept_epochs, key=lambda e: scores[e])
+    assert Path(ckpt.kth_best_model_path).name == f"epoch={worst}-score={scores[worst]:.1f}.ckpt"
+    assert float(ckpt.kth_value) == scores[worst]
+    # The best file holds the run as it was after that epoch (2 optimizer steps per epoch).
+    best = load_checkpoint(ckpt.best_model_path)
+    assert best["epoch"] == best_epoch and best["global_step"] == 2 * (best_epoch + 1)
+    assert "optimizer_states" in best
+
+
+def test_monitor_logged_in_training_without_validation(tmp_path: Path) -> None:
+    scores = [2.0, 1.0, 3.0]
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="train_score", filename="{epoch}", save_top_k=1)
+    trainer = _trainer(tmp_path, [ckpt], max_epochs=3, limit_val_batches=0)
+    trainer.fit(Scripted(scores, log_in_training=True), _loader())
+    assert _names(tmp_path / "ckpt") == ["epoch=1.ckpt"]
+
+
+def test_without_monitor_keeps_latest_and_last(tmp_path: Path) -> None:
+    ckpt = ModelCheckpoint(save_last=True)  # default folder: <default_root_dir>/checkpoints without a logger
+    trainer = _trainer(tmp_path, [ckpt], max_epochs=3)
+    trainer.fit(Scripted(), _loader())
+    folder = tmp_path / "checkpoints"
+    assert _names(folder) == ["epoch=2-step=6.ckpt", "last.ckpt"]
+    assert ckpt.best_model_path == str(folder / "epoch=2-step=6.ckpt")
+    assert ckpt.last_model_path == str(folder / "last.ckpt")
+    assert load_checkpoint(folder / "last.ckpt")["global_step"] == 6
+
+
+def test_default_folder_follows_the_logger(tmp_path: Path) -> None:
+    trainer = torchplug.Trainer(default_root_dir=tmp_path, max_epochs=1, enable_progress_bar=False,
+                                enable_model_summary=False)  # fmt: skip
+    trainer.fit(Scripted(), _loader())
+    assert _names(tmp_path / "lightning_logs" / "version_0" / "checkpoints") == ["epoch=0-step=2.ckpt"]
+
+
+def test_every_n_train_steps_keeps_all(tmp_path: Path) -> None:
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1)
+    trainer = _trainer(tmp_path, [ckpt], max_epochs=3, limit_val_batches=0)
+    trainer.fit(Scripted(), _loader(16))  # 4 steps per epoch, 12 in all
+    assert _names(tmp_path / "ckpt") == [
+        "epoch=0-step=3.ckpt", "epoch=1-step=6.ckpt", "epoch=2-step=12.ckpt", "epoch=2-step=9.ckpt",
+    ]  # fmt: skip
+    assert load_checkpoint(tmp_path / "ckpt" / "epoch=1-step=6.ckpt")["global_step"] == 6
+
+
+def test_every_n_epochs_and_weights_only(tmp_path: Path) -> None:
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_epochs=2, save_top_k=-1, save_weights_only=True)
+    trainer = _trainer(tmp_path, [ckpt], max_epochs=5)
+    trainer.fit(Scripted(), _loader())
+    assert _names(tmp_path / "ckpt") == ["epoch=1-step=4.ckpt", "epoch=3-step=8.ckpt"]
+    content = load_checkpoint(tmp_path / "ckpt" / "epoch=1-step=4.ckpt")
+    assert "optimizer_states" not in content and "state_dict" in content
+
+
+def test_train_time_interval(tmp_path: Path) -> None:
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", train_time_interval=timedelta(0), save_top_k=-1)
+    trainer = _trainer(tmp_path, [ckpt], max_epochs=1, limit_val_batches=0)
+    trainer.fit(Scripted(), _loader(12))
+    assert _names(tmp_path / "ckpt") == ["epoch=0-step=1.ckpt", "epoch=0-step=2.ckpt", "epoch=0-step=3.ckpt"]
+
+
+def test_nothing_saved_during_sanity_check_or_fast_dev_run(tmp_path: Path) -> None:
+    saved: list[str] = []
+
+    class Spy(ModelCheckpoint):
+        def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
+            saved.append(filepath)
+            super()._save_checkpoint(trainer, filepath)
+
+    trainer = _trainer(tmp_path, [Spy(monitor="score", dirpath=tmp_path / "a")], max_epochs=1, num_sanity_val_steps=2)
+    trainer.fit(Scripted(), _loader(), _loader(4))
+    assert len(saved) == 1  # after the epoch, not after the sanity check
+    saved.clear()
+    trainer = torchplug.Trainer(default_root_dir=tmp_path / "b", fast_dev_run=True, enable_progress_bar=False)
+    trainer.fit(Scripted(), _loader(), _loader(4))
+    assert saved == [] and not (tmp_path / "b").exists()
+
+
+def test_missing_monitor_is_an_error(tmp_path: Path) -> None:
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_los")
+    trainer = _trainer(tmp_path, [ckpt], max_epochs=1)
+    with pytest.raises(MisconfigurationError, match=r"monitor='val_los'.*\['score'\].*self.log\('val_los'"):
+        trainer.fit(Scripted(), _loader(), _loader(4))
+
+
+def test_version_counter_and_last_link(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "last.ckpt").write_bytes(b"from an older run")
+    ckpt = ModelCheckpoint(dirpath=folder, filename="fixed", save_last="link", save_top_k=-1)
+    trainer = _trainer(tmp_path, [ckpt], max_epochs=2)
+    with pytest.warns(UserWarning, match="exists and is not empty"):
+        trainer.fit(Scripted(), _loader())
+    # "fixed" is taken by epoch 0, so epoch 1 gets "-v1"; the older last.ckpt is not overwritten either.
+    assert _names(folder) == ["fixed-v1.ckpt", "fixed.ckpt", "last-v1.ckpt", "last.ckpt"]
+    assert (folder / "last.ckpt").read_bytes() == b"from an older run"
+    link = folder / "last-v1.ckpt"
+    assert link.is_symlink() and os.readlink(link) == "fixed-v1.ckpt"
+    assert load_checkpoint(link)["global_step"] == 4
+
+
+def test_state_round_trip_through_resume(tmp_path: Path) -> None:
+    scores = [5.0, 3.0, 4.0, 1.0, 2.0]
+
+    def make() -> ModelCheckpoint:
+        return ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", monitor="score", save_top_k=2,
+                               save_last=True)  # fmt: skip
+
+    first = make()
+    _trainer(tmp_path, [first], max_epochs=2).fit(Scripted(scores), _loader(), _loader(4))
+    assert _names(tmp_path / "ckpt") == ["epoch=0.ckpt", "epoch=1.ckpt", "last.ckpt"]
+    state = load_checkpoint(tmp_path / "ckpt" / "last.ckpt")["callbacks"][first.state_key]
+    assert state["best_model_path"] == first.best_model_path == str(tmp_path / "ckpt" / "epoch=1.ckpt")
+    assert {k: float(v) for k, v in state["best_k_models"].items()} == {
+        str(tmp_path / "ckpt" / "epoch=0.ckpt"): 5.0, str(tmp_path / "ckpt" / "epoch=1.ckpt"): 3.0,
+    }  # fmt: skip
+
+    restored = make()
+    restored.load_state_dict(state)
+    assert restored.best_model_path == first.best_model_path and float(restored.kth_value) == 5.0
+
+    # Resuming continues the same top 2: epoch 0's file (from the first run) is dropped when epoch 2 beats it.
+    second = make()
+    _trainer(tmp_path, [second], max_epochs=5).fit(Scripted(scores), _loader(), _loader(4), ckpt_path="last")
+    assert _names(tmp_path / "ckpt") == ["epoch=3.ckpt", "epoch=4.ckpt", "last.ckpt"]
+    assert Path(second.best_model_path).name == "epoch=3.ckpt"
+    assert load_checkpoint(second.last_model_path)["global_step"] == 10
+
+
+def test_state_from_another_folder_keeps_only_best_path(tmp_path: Path) -> None:
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "here", monitor="score")
+    state = ModelCheckpoint(dirpath=tmp_path / "there", monitor="score").state_dict()
+    state["best_model_path"] = str(tmp_path / "there" / "x.ckpt")
+    state["best_k_models"] = {state["best_model_path"]: torch.tensor(1.0)}
+    with pytest.warns(UserWarning, match="only best_model_path is restored"):
+        ckpt.load_state_dict(state)
+    assert ckpt.best_model_path == state["best_model_path"] and ckpt.best_k_models == {}
