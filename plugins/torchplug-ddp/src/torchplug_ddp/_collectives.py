@@ -1,0 +1,63 @@
+"""Collectives on tensors only: the CPU wheel of torch has no numpy, which ``*_object`` collectives need."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from torchplug import MisconfigurationError
+
+_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN, "mean": dist.ReduceOp.SUM}
+_ALIASES = {"avg": "mean", "average": "mean", "add": "sum"}
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def all_reduce(tensor: torch.Tensor, op: str) -> torch.Tensor:
+    """A reduced copy of ``tensor`` (``mean`` is the sum divided by the world size); the input is untouched."""
+    name = _ALIASES.get(str(op).lower(), str(op).lower())
+    if name not in _OPS:
+        raise MisconfigurationError(f"reduce_fx={op!r}: processes can be reduced with 'mean', 'sum', 'max' or 'min'")
+    result = tensor.detach().clone()
+    if result.dtype == torch.bool:
+        result = result.to(torch.int64)
+    if name == "mean" and not (result.is_floating_point() or result.is_complex()):
+        result = result.to(torch.get_default_dtype())
+    if not active():
+        return result
+    dist.all_reduce(result, op=_OPS[name])
+    if name == "mean":
+        result /= dist.get_world_size()
+    return result
+
+
+def broadcast_object(obj: Any, src: int, device: torch.device) -> Any:
+    """Pickle ``obj`` on rank ``src`` and unpickle it on every rank, with two tensor broadcasts."""
+    if not active():
+        return obj
+    if dist.get_rank() == src:
+        payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+        size = torch.tensor([payload.numel()], dtype=torch.int64, device=device)
+    else:
+        payload = None
+        size = torch.zeros(1, dtype=torch.int64, device=device)
+    dist.broadcast(size, src)
+    buffer = payload.to(device) if payload is not None else torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+    dist.broadcast(buffer, src)
+    if dist.get_rank() == src:
+        return obj
+    return pickle.loads(bytes(buffer.cpu().contiguous().untyped_storage())[: int(size.item())])
+
+
+def barrier(device: torch.device) -> None:
+    if not active():
+        return
+    if dist.get_backend() == "nccl" and device.type == "cuda":
+        dist.barrier(device_ids=[device.index])
+    else:
+        dist.barrier()

@@ -1,0 +1,154 @@
+"""``ddp_spawn``'s launcher: N fresh processes through ``torch.multiprocessing``, results sent back to the caller.
+
+Each process runs the pickled ``function``; global rank 0 saves what the caller needs afterwards (the trained
+weights on the CPU, ``callback_metrics``, the loop counters, the callbacks' state and the function's return
+value) to a file in a private directory, which the calling process loads. Failures are chosen and reported the
+same way as in :mod:`torchplug_ddp._launcher`: the root cause, once.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from multiprocessing.reduction import ForkingPickler
+from typing import Any
+
+import torch
+import torch.multiprocessing as mp
+
+from torchplug import MisconfigurationError, ProcessFailedError
+
+from torchplug_ddp import _failures, _launcher
+
+_RESULT = "result.pt"
+
+
+def check_picklable(function: Callable[[], Any], start_method: str) -> None:
+    """Fail before starting anything when the model (or anything the run holds) cannot be sent to a process."""
+    if start_method == "fork":
+        return
+    try:
+        ForkingPickler.dumps(function)
+    except Exception as err:  # noqa: BLE001 - pickle raises PicklingError, TypeError or AttributeError
+        raise MisconfigurationError(
+            f"strategy='ddp_spawn' sends the model, the data loaders and the Trainer to each new process by pickling "
+            f"them, and pickling failed: {type(err).__name__}: {err}. Make them picklable (no lambdas, classes defined "
+            "inside functions, open files, locks or generators among their attributes), or use strategy='ddp', which "
+            "re-runs your script in each process instead of pickling anything"
+        ) from err
+
+
+def spawn(
+    function: Callable[[], Any],
+    *,
+    num_processes: int,
+    num_nodes: int,
+    node_rank: int,
+    main_address: str,
+    main_port: int,
+    start_method: str,
+) -> tuple[bool, Any]:
+    """Run ``function`` in ``num_processes`` new processes; ``(True, payload)`` where this node has global rank 0."""
+    check_picklable(function, start_method)
+    workdir = tempfile.mkdtemp(prefix="torchplug-ddp-spawn-")
+    env = {
+        "MASTER_ADDR": main_address,
+        "MASTER_PORT": str(main_port),
+        "WORLD_SIZE": str(num_processes * num_nodes),
+        "LOCAL_WORLD_SIZE": str(num_processes),
+        "NODE_RANK": str(node_rank),
+        _launcher.ENV_LAUNCHER_PID: str(os.getpid()),
+        _launcher.ENV_ERROR_DIR: workdir,
+    }
+    context = None
+    try:
+        context = mp.start_processes(
+            _entry,
+            args=(function, env, num_processes, node_rank, workdir),
+            nprocs=num_processes,
+            join=False,
+            start_method=start_method,
+        )
+        _supervise(context.processes, num_processes, node_rank, workdir)
+        path = os.path.join(workdir, _RESULT)
+        if not os.path.exists(path):
+            return False, None
+        return True, torch.load(path, map_location="cpu", weights_only=False)
+    finally:
+        if context is not None:
+            _stop(context.processes)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _supervise(processes: list[Any], num_processes: int, node_rank: int, workdir: str) -> None:
+    while True:
+        running = [p for p in processes if p.exitcode is None]
+        if any(p.exitcode not in (None, 0) for p in processes):
+            break
+        if not running:
+            return
+        multiprocessing.connection.wait([p.sentinel for p in running], timeout=0.5)
+    deadline = time.monotonic() + 1.0  # let the consequences of the failure show, to choose among them
+    while time.monotonic() < deadline and any(p.exitcode is None for p in processes):
+        time.sleep(0.05)
+    failures = []
+    for local_rank, process in enumerate(processes):
+        if process.exitcode not in (None, 0):
+            rank = node_rank * num_processes + local_rank
+            failures.append(
+                _failures.read(workdir, rank) or _failures.from_exit_code(rank, process.pid, process.exitcode)
+            )
+    _stop(processes)
+    raise ProcessFailedError(_failures.root_cause(failures).report())
+
+
+def _stop(processes: list[Any]) -> None:
+    alive = [p for p in processes if p.is_alive()]
+    for process in alive:
+        process.terminate()
+    deadline = time.monotonic() + 5.0
+    for process in alive:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def _entry(local_rank: int, function: Callable[[], Any], env: dict[str, str], num_processes: int, node_rank: int,
+           workdir: str) -> None:  # fmt: skip
+    if hasattr(signal, "SIGKILL") and os.uname().sysname == "Linux":
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the caller
+    rank = node_rank * num_processes + local_rank
+    os.environ.update(env)
+    os.environ["RANK"], os.environ["LOCAL_RANK"] = str(rank), str(local_rank)
+    result = _launcher.run_child(function, rank)
+    if rank == 0:
+        _save_result(function, result, os.path.join(workdir, _RESULT))
+
+
+def _save_result(function: Callable[[], Any], result: Any, path: str) -> None:
+    trainer = getattr(function, "trainer", None)
+    payload: dict[str, Any] = {"result": result}
+    module = getattr(trainer, "lightning_module", None)
+    if module is not None:
+        payload["state_dict"] = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    if trainer is not None:
+        payload["callback_metrics"] = {k: _cpu(v) for k, v in trainer.callback_metrics.items()}
+        payload["logged_metrics"] = dict(getattr(trainer, "logged_metrics", {}))
+        payload["current_epoch"] = trainer.current_epoch
+        payload["global_step"] = trainer.global_step
+        payload["callbacks"] = [callback.state_dict() for callback in trainer.callbacks]
+    temporary = f"{path}.tmp"
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+
+
+def _cpu(value: Any) -> Any:
+    return value.detach().cpu() if isinstance(value, torch.Tensor) else value
