@@ -105,7 +105,10 @@ class CUDAAccelerator(Accelerator):
         inherited = os.environ.get(AUTO_SELECTED_ENV, "").split("|")
         if len(inherited) == 3 and inherited[0] != str(os.getpid()) and inherited[1] == key:
             return [int(i) for i in inherited[2].split(",")]  # launched by the process that chose
-        gpus = _gpus.visible_gpus(_gpus.query_gpus())
+        try:
+            gpus = _gpus.visible_gpus(_gpus.query_gpus())
+        except _gpus.GPUQueryError as err:
+            raise MisconfigurationError(f"auto_select_gpus=True needs to see which GPUs are busy: {err}") from err
         if len(gpus) != _cuda_device_count():
             raise MisconfigurationError(
                 f"auto_select_gpus=True cannot tell which GPUs torch sees: the driver lists {len(gpus)} visible "

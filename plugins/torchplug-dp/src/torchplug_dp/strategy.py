@@ -9,6 +9,7 @@ faster: DataParallel replicates the model on every step and runs the replicas in
 from __future__ import annotations
 
 import itertools
+import sys
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +45,7 @@ class DataParallelStrategy(Strategy):
 
     @hookimpl
     def torchplug_configure(self, trainer: Trainer) -> None:
-        if trainer.accelerator_name != "cuda":
+        if trainer.accelerator_name not in ("cuda", "gpu"):
             raise MisconfigurationError(
                 f"strategy='dp' runs torch.nn.DataParallel, which needs CUDA GPUs, but accelerator="
                 f"{trainer.accelerator_name!r} was selected. Use accelerator='gpu', or a strategy for "
@@ -61,7 +62,7 @@ class DataParallelStrategy(Strategy):
             else "strategy='ddp' runs one process per GPU and is faster (DataParallel copies the model to "
             "every GPU on each step and runs the copies in Python threads)"
         )
-        warnings.warn(f"strategy='dp' is kept for porting old code; {advice}.", UserWarning, stacklevel=2)
+        warnings.warn(f"strategy='dp' is kept for porting old code; {advice}.", UserWarning, stacklevel=_user_frame())
 
     @hookimpl
     def torchplug_num_processes(self, trainer: Trainer) -> int:
@@ -116,3 +117,11 @@ class DataParallelStrategy(Strategy):
     @hookimpl
     def torchplug_teardown(self, trainer: Trainer) -> None:
         self._module = None
+
+
+def _user_frame() -> int:
+    """The ``stacklevel`` that points a warning at the user's ``Trainer(...)`` line, past pluggy and torchplug."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in ("torchplug", "torchplug_dp", "pluggy"):
+        frame, level = frame.f_back, level + 1
+    return level
