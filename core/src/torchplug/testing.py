@@ -36,6 +36,7 @@ class BoringModel(Module):
     def __init__(self, features: int = 4, lr: float = 0.1) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.lr = lr
         self.layer = nn.Linear(features, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,17 +51,17 @@ class BoringModel(Module):
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.log("val_loss", self._loss(batch), prog_bar=True)
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.log("test_loss", self._loss(batch))
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         return self(batch[0] if isinstance(batch, (list, tuple)) else batch)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=self.hparams["lr"])
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
 QUIET = {
