@@ -1,0 +1,202 @@
+"""``accelerator="tpu"`` (alias ``"xla"``): TPUs, or any PJRT device, through PyTorch/XLA's lazy tensors.
+
+XLA records operations and compiles them into one graph per step when the graph is cut. This accelerator cuts it
+at the step boundaries, whatever the strategy: after each optimizer step, after each evaluation or prediction
+step, and after each accumulation micro-batch. The core's per-step work (logging) stays on the device, so a
+steady-state training step is one compiled graph, executed without a device-to-host transfer.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Generator
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from torchplug import MisconfigurationError, hookimpl
+from torchplug.accelerators import Accelerator
+from torchplug.utilities import apply_to_collection
+from torchplug_xla import _runtime
+
+if TYPE_CHECKING:
+    from torch.optim import Optimizer
+
+    from torchplug import Trainer
+
+log = logging.getLogger("torchplug.xla")
+
+# Precisions with float16 arithmetic, which TPUs do not have: they run as bfloat16 here.
+_FLOAT16_PRECISIONS = {"16-mixed": "bf16-mixed", "16": "bf16-mixed", "mixed": "bf16-mixed"}
+
+
+class XLAAccelerator(Accelerator):
+    """Runs on XLA devices: TPU cores, or the XLA CPU/GPU devices that ``PJRT_DEVICE`` selects.
+
+    Available when torch_xla is installed and either ``PJRT_DEVICE`` is set or TPU chips are attached; neither
+    check imports torch_xla. ``devices=[k]`` runs on device ``k``.
+    """
+
+    priority = 50
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return _runtime.is_installed() and _runtime.count_devices() > 0
+
+    @classmethod
+    def device_count(cls) -> int:
+        return _runtime.count_devices() if _runtime.is_installed() else 0
+
+    @classmethod
+    def describe(cls) -> dict[str, str]:
+        """Versions, ``PJRT_DEVICE`` and the device count, for ``torchplug env``."""
+        return _runtime.describe()
+
+    # ------------------------------------------------------------------------------------------------ configuration
+    @hookimpl
+    def torchplug_configure(self, trainer: Trainer) -> None:
+        _runtime.import_torch_xla(f"accelerator={trainer.accelerator_name!r}")
+        if _runtime.count_devices() == 0:
+            raise MisconfigurationError(
+                f"accelerator={trainer.accelerator_name!r}: no XLA device is configured here (no TPU chips found, "
+                "PJRT_DEVICE unset). On a TPU VM install libtpu (`pip install 'torchplug-xla[tpu]'`); to run "
+                "XLA on this machine's CPU set PJRT_DEVICE=CPU (and CPU_NUM_DEVICES=N for N devices)"
+            )
+
+    @hookimpl
+    def torchplug_device_count(self, trainer: Trainer) -> int:
+        return _runtime.count_devices()
+
+    @hookimpl
+    def torchplug_default_strategy(self, trainer: Trainer) -> str:
+        return "single_xla" if len(trainer.device_ids) == 1 and trainer.num_nodes == 1 else "xla"
+
+    @hookimpl
+    def torchplug_precision_name(self, trainer: Trainer, precision: str) -> str | None:
+        replacement = _FLOAT16_PRECISIONS.get(precision)
+        if replacement is None:
+            return None
+        warnings.warn(
+            f"precision={precision!r} on accelerator={trainer.accelerator_name!r}: TPUs have no float16 arithmetic, "
+            f"so this runs as precision={replacement!r} (bfloat16 autocast, no loss scaling). Pass "
+            f"precision={replacement!r} to silence this notice.",
+            UserWarning,
+            stacklevel=2,
+        )
+        return replacement
+
+    # ------------------------------------------------------------------------------------------------ setup
+    @hookimpl
+    def torchplug_root_device(self, trainer: Trainer) -> torch.device:
+        torch_xla = _runtime.import_torch_xla(f"accelerator={trainer.accelerator_name!r}")
+        import torch_xla.runtime as xr
+
+        if trainer.world_size > 1 or xr.is_spmd():
+            # One replica per process (xmp.spawn): its own device is the default one. SPMD: the virtual device.
+            return torch_xla.device()
+        return torch_xla.device(_runtime.pin_one_device(trainer.device_ids[0]))
+
+    @hookimpl
+    def torchplug_autocast_device_type(self, trainer: Trainer) -> str:
+        return "xla"
+
+    # ------------------------------------------------------------------------------------------------ step
+    @hookimpl
+    def torchplug_batch_to_device(self, trainer: Trainer, batch: Any, device: torch.device) -> Any:
+        return send_to_device(batch, device)
+
+    @hookimpl(wrapper=True)
+    def torchplug_forward(self, trainer: Trainer, stage: str, args: tuple[Any, ...]) -> Generator[None, Any, Any]:
+        output = yield
+        if stage != "train":  # a training step ends at its optimizer step
+            sync()
+        return output
+
+    @hookimpl(wrapper=True)
+    def torchplug_no_sync(self, trainer: Trainer) -> Generator[None, Any, AbstractContextManager[None]]:
+        context = yield
+        return _SyncAfter(context)
+
+    @hookimpl(wrapper=True)
+    def torchplug_optimizer_step(
+        self, trainer: Trainer, optimizer: Optimizer, closure: Callable[[], Any]
+    ) -> Generator[None, Any, Any]:
+        taken = yield
+        sync()
+        return taken
+
+    @hookimpl
+    def torchplug_teardown(self, trainer: Trainer) -> None:
+        # Let queued executions finish before the process moves on (or exits); never raise here.
+        if not _runtime.runtime_initialized():
+            return
+        try:
+            import torch_xla.core.xla_model as xm
+
+            sync()
+            xm.wait_device_ops()
+        except Exception as err:  # teardown after a failed step must not hide that failure
+            log.warning("torchplug-xla: waiting for the device at teardown failed: %s", err)
+
+
+def sync() -> None:
+    """Cut the graph here: compile (or reuse) and run everything recorded since the last cut."""
+    import torch_xla
+
+    torch_xla.sync()
+
+
+class _SyncAfter:
+    """The strategy's no-sync context (or none), then a graph cut: one graph per accumulation micro-batch."""
+
+    def __init__(self, inner: AbstractContextManager[None] | None) -> None:
+        self._inner = inner if inner is not None else nullcontext()
+
+    def __enter__(self) -> None:
+        self._inner.__enter__()
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        suppress = self._inner.__exit__(*exc)
+        if exc[0] is None:
+            sync()
+        return suppress
+
+
+def send_to_device(batch: Any, device: torch.device, sharding: Callable[[torch.Tensor], Any] | None = None) -> Any:
+    """Move every tensor of a nested batch to ``device``, the CPU ones in a single host-to-device transfer.
+
+    ``sharding(tensor)`` may give an ``xs.ShardingSpec`` for a CPU tensor (SPMD), which then arrives sharded
+    rather than being copied whole to one device and resharded.
+    """
+    import torch_xla.core.xla_model as xm
+
+    host: dict[int, torch.Tensor] = {}
+
+    def collect(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.device.type == "cpu":
+            host[id(tensor)] = tensor
+        return tensor
+
+    if isinstance(batch, torch.Tensor):
+        collect(batch)
+    else:
+        apply_to_collection(batch, torch.Tensor, collect)
+    moved: dict[int, torch.Tensor] = {}
+    if host:
+        groups: dict[int, tuple[Any, list[torch.Tensor]]] = {}  # specs are not hashable: keyed by identity
+        for tensor in host.values():
+            spec = sharding(tensor) if sharding is not None else None
+            groups.setdefault(id(spec), (spec, []))[1].append(tensor)
+        for spec, tensors in groups.values():
+            for before, after in zip(tensors, xm.send_cpu_data_to_device(tensors, device, input_sharding=spec)):
+                moved[id(before)] = after
+
+    def move(tensor: torch.Tensor) -> torch.Tensor:
+        found = moved.get(id(tensor))
+        return found if found is not None else tensor.to(device)
+
+    if isinstance(batch, torch.Tensor):
+        return move(batch)
+    return apply_to_collection(batch, torch.Tensor, move)
