@@ -232,15 +232,13 @@ class Module(nn.Module):
         """Store the ``__init__`` arguments of the caller in ``self.hparams`` and in every checkpoint."""
         frame = inspect.currentframe()
         assert frame is not None and frame.f_back is not None
+        init_args: dict[str, Any] = {}
         caller = frame.f_back
-        init_args = {k: v for k, v in caller.f_locals.items() if k not in ("self", "__class__")}
-        code = caller.f_code
-        arg_names = code.co_varnames[1 : code.co_argcount + code.co_kwonlyargcount]
-        init_args = {k: init_args[k] for k in arg_names if k in init_args}
-        if code.co_flags & inspect.CO_VARKEYWORDS:
-            extra = caller.f_locals.get(code.co_varnames[code.co_argcount + code.co_kwonlyargcount + bool(code.co_flags & inspect.CO_VARARGS)], {})
-            if isinstance(extra, dict):
-                init_args.update(extra)
+        # Walk out through the __init__ chain of this object (subclass calling super().__init__), so the
+        # outermost class's arguments win, as in Lightning.
+        while caller is not None and caller.f_code.co_name == "__init__" and caller.f_locals.get("self") is self:
+            init_args = {**init_args, **_init_arguments(caller)}
+            caller = caller.f_back
         if names:
             if len(names) == 1 and isinstance(names[0], Mapping):
                 init_args = dict(names[0])
@@ -252,6 +250,18 @@ class Module(nn.Module):
     @property
     def hparams(self) -> dict[str, Any]:
         return self._hparams
+
+
+def _init_arguments(frame: Any) -> dict[str, Any]:
+    code = frame.f_code
+    names = list(code.co_varnames[1 : code.co_argcount + code.co_kwonlyargcount])
+    values = {k: frame.f_locals[k] for k in names if k in frame.f_locals}
+    if code.co_flags & inspect.CO_VARKEYWORDS:
+        index = code.co_argcount + code.co_kwonlyargcount + bool(code.co_flags & inspect.CO_VARARGS)
+        extra = frame.f_locals.get(code.co_varnames[index], {})
+        if isinstance(extra, dict):
+            values.update(extra)
+    return values
 
 
 def _unwrap(optimizer: Any) -> Any:

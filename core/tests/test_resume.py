@@ -1,0 +1,130 @@
+"""Exact resume: a run interrupted and resumed ends with parameters bitwise equal to the uninterrupted run."""
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from torchplug import Callback, MisconfigurationError, Trainer, seed_everything
+from torchplug.callbacks import ModelCheckpoint
+from torchplug.testing import QUIET, BoringModel, regression_data
+
+
+class Noisy(BoringModel):
+    """Dropout and a shuffled loader make the result depend on every RNG state being restored."""
+
+    def __init__(self, scheduler: str | None = None):
+        super().__init__(lr=0.05)
+        self.scheduler = scheduler
+        self.layer = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.2), nn.Linear(16, 1))
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        if self.scheduler == "epoch":
+            return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)}
+        if self.scheduler == "step":
+            sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.97)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return opt
+
+
+class SaveAt(Callback):
+    """Checkpoint at the end of a chosen epoch or after a chosen optimizer step."""
+
+    def __init__(self, path, epoch=None, step=None):
+        self.path, self.epoch, self.step = path, epoch, step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.step is not None and trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.epoch is not None and trainer.current_epoch == self.epoch:
+            trainer.save_checkpoint(self.path)
+
+
+def loader():
+    return DataLoader(regression_data(96), batch_size=8, shuffle=True)
+
+
+def run(scheduler, max_epochs, accumulate, callbacks=(), ckpt_path=None, max_steps=-1, seed=0, **kwargs):
+    seed_everything(seed)
+    model = Noisy(scheduler)
+    trainer = Trainer(**{**QUIET, **kwargs}, max_epochs=max_epochs, max_steps=max_steps, accumulate_grad_batches=accumulate,
+                      callbacks=list(callbacks), num_sanity_val_steps=2)  # fmt: skip
+    trainer.fit(model, loader(), DataLoader(regression_data(16), batch_size=8), ckpt_path=ckpt_path)
+    return trainer, model
+
+
+def assert_bitwise_equal(a, b):
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), f"{name} differs after resume"
+
+
+@pytest.mark.parametrize("scheduler", [None, "epoch", "step"])
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_resume_after_epoch_k_is_bitwise_equal(tmp_path, scheduler, accumulate):
+    _, full = run(scheduler, 3, accumulate)
+    path = tmp_path / "epoch1.ckpt"
+    run(scheduler, 2, accumulate, callbacks=[SaveAt(path, epoch=1)])
+    trainer, resumed = run(scheduler, 3, accumulate, ckpt_path=path, seed=123)  # another seed: state must come from the file
+    assert trainer.current_epoch == 3
+    assert_bitwise_equal(full, resumed)
+
+
+@pytest.mark.parametrize("scheduler", [None, "step"])
+def test_resume_mid_epoch_from_a_step_checkpoint_continues_at_the_right_batch(tmp_path, scheduler):
+    trainer_full, full = run(scheduler, 2, 1)
+    path = tmp_path / "step17.ckpt"
+    run(scheduler, 2, 1, callbacks=[SaveAt(path, step=17)], max_steps=17)  # 12 batches an epoch: stops in epoch 1
+
+    seen = []
+
+    class Batches(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append((trainer.current_epoch, batch_idx))
+
+    trainer, resumed = run(scheduler, 2, 1, callbacks=[Batches()], ckpt_path=path, seed=5)
+    assert seen[0] == (1, 5) and len(seen) == 7
+    assert trainer.global_step == trainer_full.global_step == 24
+    assert_bitwise_equal(full, resumed)
+
+
+def test_resume_from_last(tmp_path):
+    _, full = run(None, 3, 1)
+    run(None, 2, 1, callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)], enable_checkpointing=True)
+    seed_everything(9)
+    model = Noisy()
+    trainer = Trainer(**{**QUIET, "enable_checkpointing": True}, max_epochs=3, default_root_dir=tmp_path,
+                      callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)])  # fmt: skip
+    trainer.fit(model, loader(), DataLoader(regression_data(16), batch_size=8), ckpt_path="last")
+    assert_bitwise_equal(full, model)
+
+
+def test_missing_path_is_named(tmp_path):
+    missing = tmp_path / "nope.ckpt"
+    with pytest.raises(MisconfigurationError, match=f"ckpt_path='{missing}'"):
+        Trainer(**QUIET, max_epochs=1).fit(BoringModel(), loader(), ckpt_path=missing)
+
+
+def test_checkpoint_that_does_not_fit_lists_the_keys(tmp_path):
+    path = tmp_path / "a.ckpt"
+    run(None, 1, 1, callbacks=[SaveAt(path, epoch=0)])
+    with pytest.raises(MisconfigurationError) as err:
+        Trainer(**QUIET, max_epochs=2).fit(BoringModel(), loader(), ckpt_path=path)
+    message = str(err.value)
+    assert "missing keys ['layer.bias', 'layer.weight']" in message
+    assert "unexpected keys ['layer.0.bias', 'layer.0.weight', 'layer.2.bias', 'layer.2.weight']" in message
+
+
+def test_checkpoint_holds_everything_a_resume_needs(tmp_path):
+    path = tmp_path / "full.ckpt"
+    run("epoch", 1, 1, callbacks=[SaveAt(path, epoch=0)])
+    from torchplug._checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    for key in ("state_dict", "optimizer_states", "lr_schedulers", "loops", "callbacks", "plugins", "rng_states",
+                "hyper_parameters", "epoch", "global_step"):  # fmt: skip
+        assert key in checkpoint, key
+    assert checkpoint["hyper_parameters"] == {"scheduler": "epoch", "features": 4, "lr": 0.05}
+    assert checkpoint["global_step"] == 12 and checkpoint["loops"]["epoch_complete"]
