@@ -360,6 +360,11 @@ class Trainer:
         return self.global_rank == 0
 
     @property
+    def precision(self) -> str:
+        """The precision's name, as in Lightning (``"32-true"``); the plugin is ``precision_plugin``."""
+        return self.precision_name
+
+    @property
     def logger(self) -> Any:
         return self.loggers[0] if self.loggers else None
 
