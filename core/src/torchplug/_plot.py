@@ -49,7 +49,9 @@ def plot_metrics(csv_path: str | os.PathLike[str], out_path: str | os.PathLike[s
     for ax, (panel, names) in zip(axes.flat, panels.items()):
         for name in names:
             steps, values = curves[name]
-            style = {"marker": "o", "markersize": 3} if len(steps) < 30 else {}
+            style: dict[str, object] = {"marker": "o", "markersize": 3} if len(steps) < 30 else {}
+            if name.startswith("lr-"):
+                style["drawstyle"] = "steps-post"  # a learning rate holds its value until the next point
             ax.plot(steps, values, label=name, **style)
         ax.set_title(panel)
         ax.set_xlabel("step")
@@ -58,7 +60,8 @@ def plot_metrics(csv_path: str | os.PathLike[str], out_path: str | os.PathLike[s
             ax.legend(fontsize="small")
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
-    figure.suptitle(str(csv_path.parent.name or csv_path.name))
+    run = csv_path.resolve().parent
+    figure.suptitle(f"{run.parent.name}/{run.name}" if run.parent.name else run.name)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=100)
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
@@ -235,13 +236,21 @@ class _Bar(_Progress):
         from tqdm import tqdm
 
         super().__init__(label, total, leave)
+        try:
+            columns, lines = os.get_terminal_size(file.fileno())
+        except (AttributeError, OSError, ValueError):
+            columns, lines = 0, 0
         self._tqdm = tqdm(
             desc=label,
             total=None if total == math.inf else int(total),
             file=file,
             leave=leave,
             position=position,
-            dynamic_ncols=True,
+            # Follow resizes; a terminal that reports a 0x0 size (a fresh pty, some CI runners) would get no bar
+            # at all from tqdm, so it gets a fixed 100x40 instead.
+            dynamic_ncols=bool(columns and lines),
+            ncols=None if columns else 100,
+            nrows=None if lines else 40,
             smoothing=0,  # the epoch's average speed: steadier than tqdm's moving average, and what ETA needs
             mininterval=0,  # this class decides when to draw
         )
@@ -268,8 +277,7 @@ class _Bar(_Progress):
         self._tqdm.n = self.n
         if metrics:
             self._tqdm.set_postfix(metrics, refresh=False)
-        self._tqdm.refresh()
-        self.close()
+        self.close()  # draws the final state when the bar stays
 
     def close(self) -> None:
         self._tqdm.close()

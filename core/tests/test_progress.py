@@ -1,0 +1,193 @@
+"""ProgressBar: plain periodic lines when stdout is not a terminal, tqdm bars in one, rank 0 only."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import torchplug
+from torchplug.callbacks import ProgressBar
+
+
+class Net(torchplug.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = self.layer(batch[0]).pow(2).mean()
+        self.log("loss", loss, prog_bar=True)
+        self.log("hidden", loss)  # not prog_bar: never shown
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val_loss", self.layer(batch[0]).pow(2).mean(), prog_bar=True)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("test_loss", self.layer(batch[0]).pow(2).mean(), prog_bar=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _loader(batches: int) -> DataLoader:
+    return DataLoader(TensorDataset(torch.randn(2 * batches, 2)), batch_size=2)
+
+
+def _trainer(tmp_path: Path, bar: ProgressBar | None = None, **kwargs: Any) -> torchplug.Trainer:
+    options: dict[str, Any] = dict(
+        default_root_dir=tmp_path, max_epochs=2, enable_checkpointing=False, enable_model_summary=False,
+        num_sanity_val_steps=2,
+    )  # fmt: skip
+    options.update(kwargs)
+    return torchplug.Trainer(callbacks=[bar] if bar is not None else None, **options)
+
+
+_LINE = re.compile(
+    r"^Epoch (\d)/1: batch (\d+)/(\d+) \((\d+)%\) [\d.]+ it/s (ETA \d:\d\d:\d\d|took \d:\d\d:\d\d)(?: (.*))?$"
+)
+
+
+def test_plain_lines_when_stdout_is_not_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trainer = _trainer(tmp_path)  # the default callbacks include a ProgressBar
+    trainer.fit(Net(), _loader(20), _loader(5))
+    out = capsys.readouterr().out
+    assert "\r" not in out and "Sanity" not in out
+    lines = out.strip().splitlines()
+    parsed = [_LINE.match(line) for line in lines]
+    assert all(parsed), [line for line, m in zip(lines, parsed) if not m]
+    for epoch in (0, 1):
+        mine = [m for m in parsed if m and m.group(1) == str(epoch)]
+        assert {m.group(3) for m in mine} == {"25"}  # 20 training + 5 validation batches, like Lightning's bar
+        assert 5 <= len(mine) <= 11  # about every 10%, not every batch
+        done = [int(m.group(2)) for m in mine]
+        assert done == sorted(done) and done[-1] == 25 and mine[-1].group(5).startswith("took")
+        final = dict(item.split("=") for item in mine[-1].group(6).split())
+        assert set(final) == {"loss", "val_loss", "v_num"} and final["v_num"] == "0"
+        assert float(final["loss"]) >= 0 and float(final["val_loss"]) >= 0
+    assert "ETA" in lines[0] and "hidden" not in out
+
+
+def test_time_based_lines_and_metrics_read_only_when_shown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    reads = []
+
+    class Counting(ProgressBar):
+        def get_metrics(self, trainer: Any) -> dict[str, Any]:
+            reads.append(trainer.global_step)
+            return super().get_metrics(trainer)
+
+    bar = Counting()
+    _trainer(tmp_path, bar, max_epochs=1, logger=False).fit(Net(), _loader(100))
+    assert len(capsys.readouterr().out.splitlines()) == 10  # 10%, 20%, ..., 90%, and the final line
+    assert len(reads) == 10  # device values are read when a line is printed, not at every one of 100 steps
+
+    bar = Counting()
+    bar.line_interval_s = 0.0  # a line whenever the interval has passed: here every batch
+    _trainer(tmp_path, bar, max_epochs=1, logger=False).fit(Net(), _loader(7))
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" (")[0] for line in lines] == [f"Epoch 0/0: batch {i}/7" for i in range(1, 8)] + [
+        "Epoch 0/0: batch 7/7"
+    ]
+
+
+def test_validate_test_predict_have_their_own_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trainer = _trainer(tmp_path, logger=False)
+    model = Net()
+    trainer.validate(model, _loader(4))
+    trainer.test(model, _loader(3))
+    trainer.predict(model, _loader(2))
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines if "100%" in line] == ["Validation", "Testing", "Predicting"]
+    assert any(re.match(r"^Validation: batch 4/4 \(100%\) .*val_loss=", x) for x in lines)
+    assert any(re.match(r"^Testing: batch 3/3 \(100%\) .*test_loss=", x) for x in lines)
+    assert any(re.match(r"^Predicting: batch 2/2 \(100%\) [\d.]+ it/s took", x) for x in lines)
+
+
+def test_tqdm_bar_when_forced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _trainer(tmp_path, ProgressBar(plain=False), max_epochs=1, logger=False).fit(Net(), _loader(6), _loader(2))
+    out = capsys.readouterr().out
+    assert "\r" in out
+    assert re.search(r"Epoch 0/0: 100%\|.*\| 8/8 \[[\d:]+<[\d:]+, +[\d.]+it/s, loss=[\d.e-]+, val_loss=", out)
+    assert "Sanity Checking" in out and "Validation" in out
+
+
+def test_silent_when_disabled_or_not_rank_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _trainer(tmp_path, enable_progress_bar=False, max_epochs=1, logger=False).fit(Net(), _loader(3), _loader(1))
+    assert capsys.readouterr().out == ""
+    _trainer(tmp_path, ProgressBar(refresh_rate=0), max_epochs=1, logger=False).fit(Net(), _loader(3))
+    assert capsys.readouterr().out == ""
+
+    # A process of global rank 1 (stand-in trainer: only the attributes the bar reads) prints nothing.
+    bar = ProgressBar(plain=True)
+    rank1 = SimpleNamespace(is_global_zero=False, num_training_batches=3, num_val_batches=[], current_epoch=0,
+                            max_epochs=1, progress_bar_metrics={}, logger=None)  # fmt: skip
+    bar.setup(rank1, None, "fit")  # type: ignore[arg-type]
+    bar.on_train_epoch_start(rank1, None)  # type: ignore[arg-type]
+    for i in range(3):
+        bar.on_train_batch_end(rank1, None, None, None, i)  # type: ignore[arg-type]
+    bar.on_train_epoch_end(rank1, None)  # type: ignore[arg-type]
+    assert capsys.readouterr().out == ""
+
+
+_TTY_CHILD = textwrap.dedent(
+    """
+    import torch, torchplug
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Net(torchplug.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+        def training_step(self, batch, batch_idx):
+            loss = self.layer(batch[0]).pow(2).mean()
+            self.log("loss", loss, prog_bar=True)
+            return loss
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    trainer = torchplug.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(Net(), DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=2))
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+def test_a_real_terminal_gets_a_bar(tmp_path: Path) -> None:
+    import pty
+
+    main_fd, child_fd = pty.openpty()  # reports a 0x0 size, as some CI runners' terminals do
+    child = subprocess.Popen([sys.executable, "-c", _TTY_CHILD], stdout=child_fd, stderr=child_fd, cwd=tmp_path)
+    os.close(child_fd)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([main_fd], [], [], 60)
+        if not ready:
+            break
+        try:
+            data = os.read(main_fd, 4096)
+        except OSError:  # the child closed its end
+            break
+        if not data:
+            break
+        chunks.append(data)
+    child.wait(timeout=60)
+    os.close(main_fd)
+    out = b"".join(chunks).decode(errors="replace")
+    assert child.returncode == 0, out
+    assert "\r" in out and re.search(r"Epoch 0/0: 100%\|.*\| 4/4 .*it/s, loss=", out), out
+    assert "batch 4/4 (100%)" not in out  # not the plain-line style
