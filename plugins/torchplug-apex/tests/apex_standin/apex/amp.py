@@ -78,7 +78,7 @@ def scale_loss(loss: torch.Tensor, optimizers: Any, loss_id: int = 0, model: Any
     yield loss.float() * scaler.loss_scale
     overflow = False
     for optimizer in opt_list:
-        for p in master_params(optimizer):
+        for p in _params(optimizer):
             if p.grad is not None:
                 overflow |= not bool(torch.isfinite(p.grad).all())
                 p.grad.div_(scaler.loss_scale)
@@ -119,6 +119,10 @@ def _patch_skip(optimizer: Any) -> None:
 
 
 def master_params(optimizer: Any) -> Iterator[torch.Tensor]:
+    return _params(optimizer)
+
+
+def _params(optimizer: Any) -> Iterator[torch.Tensor]:
     for group in optimizer.param_groups:
         yield from group["params"]
 
