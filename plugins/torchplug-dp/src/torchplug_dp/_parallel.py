@@ -85,12 +85,8 @@ class DataParallel(nn.DataParallel):
         if not self.device_ids:  # no CUDA: DataParallel degrades to calling the module
             return self.module(*inputs, **kwargs)
         devices = list(self.device_ids)
-
-        def split(tensor: torch.Tensor) -> Sequence[torch.Tensor]:
-            return scatter(tensor, devices, self.dim)
-
-        parts = split_structure(inputs, split, len(devices))
-        kw_parts = split_structure(kwargs, split, len(devices)) if kwargs else [{}] * len(parts)
+        parts = split_structure(inputs, self._split, len(devices))
+        kw_parts = split_structure(kwargs, self._split, len(devices)) if kwargs else [{}] * len(parts)
         count = min(len(parts), len(kw_parts))
         if count == 0:
             raise RuntimeError(f"strategy='dp' cannot split an empty batch (inputs {_describe(inputs)})")
@@ -103,14 +99,27 @@ class DataParallel(nn.DataParallel):
         buffers = [ReplicaResults() for _ in devices]
         for replica, device, buffer in zip(replicas, devices, buffers):
             _attach(replica, ReplicaTrainer(self._trainer, torch.device("cuda", device), buffer))
-        outputs = _run_replicas(replicas, parts, kw_parts, devices)
-        merge_logs(self._trainer, buffers, self.shares, torch.device("cuda", self.output_device))
-        return join_structure(
-            outputs,
-            join=lambda tensors: gather(tensors, self.output_device, self.dim),
-            stack=lambda scalars: gather([t.reshape(1) for t in scalars], self.output_device, 0),
-            per_replica=self.per_replica,
-        )
+        outputs = self._run(replicas, parts, kw_parts, devices)
+        merge_logs(self._trainer, buffers, self.shares, self._output_device())
+        return join_structure(outputs, self._join, self._stack, self.per_replica)
+
+    # The CUDA work of one step, one method each (tests on machines without GPUs replace them).
+    def _split(self, tensor: torch.Tensor) -> Sequence[torch.Tensor]:
+        return scatter(tensor, self.device_ids, self.dim)
+
+    def _join(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        return gather(tensors, self.output_device, self.dim)
+
+    def _stack(self, scalars: Sequence[torch.Tensor]) -> torch.Tensor:
+        return gather([t.reshape(1) for t in scalars], self.output_device, 0)
+
+    def _run(
+        self, replicas: Sequence[nn.Module], parts: Sequence[Any], kw_parts: Sequence[dict[str, Any]], devices: list[int]
+    ) -> list[Any]:
+        return _run_replicas(replicas, parts, kw_parts, devices)
+
+    def _output_device(self) -> torch.device:
+        return torch.device("cuda", self.output_device)
 
 
 def _describe(inputs: Any) -> str:
