@@ -248,3 +248,41 @@ def test_state_from_another_folder_keeps_only_best_path(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="only best_model_path is restored"):
         ckpt.load_state_dict(state)
     assert ckpt.best_model_path == state["best_model_path"] and ckpt.best_k_models == {}
+
+
+class _RankScores(Scripted):
+    """Each rank logs a different score (rank 1: +10) without sync_dist, so ranks would rank epochs differently."""
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("score", torch.tensor(self.scores[self.current_epoch] + 10.0 * self.global_rank))
+
+
+class _Report(torchplug.Callback):
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        ckpt = trainer.checkpoint_callback
+        state = {"best": ckpt.best_model_path, "k": sorted(ckpt.best_k_models), "last": ckpt.last_model_path,
+                 "score": float(ckpt.best_model_score)}  # fmt: skip
+        Path(self.folder, f"rank{trainer.global_rank}.txt").write_text(repr(state))
+
+
+@pytest.mark.slow
+def test_two_processes_agree_and_only_rank_zero_writes(tmp_path: Path) -> None:
+    pytest.importorskip("torchplug_ddp", reason="needs the torchplug-ddp plugin for a real two-process run")
+    scores = [5.0, 3.0, 4.0, 1.0, 2.0]
+    ckpt = ModelCheckpoint(filename="{epoch}-{score:.0f}", monitor="score", save_top_k=2, save_last=True)
+    trainer = torchplug.Trainer(
+        strategy="ddp_spawn", accelerator="cpu", devices=2, max_epochs=5, default_root_dir=tmp_path,
+        callbacks=[ckpt, _Report(str(tmp_path))], enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(_RankScores(scores), _loader(16), _loader(8))
+    reports = [eval((tmp_path / f"rank{r}.txt").read_text()) for r in (0, 1)]
+    # Rank 0's scores decide on both ranks: one folder, the same top 2, the same best file and score.
+    assert reports[0] == reports[1]
+    folder = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
+    assert reports[0]["best"] == str(folder / "epoch=3-score=1.ckpt") and reports[0]["score"] == 1.0
+    assert _names(folder) == ["epoch=3-score=1.ckpt", "epoch=4-score=2.ckpt", "last.ckpt"]
+    assert _names(tmp_path / "lightning_logs") == ["version_0"]  # rank 1 made no folder of its own
