@@ -400,7 +400,7 @@ def run_child(function: Callable[[], Any], rank: int) -> Any:
     try:
         return function()
     except BaseException as exc:
-        if not (isinstance(exc, SystemExit) and exc.code in (None, 0)):
+        if not isinstance(exc, SystemExit):  # sys.exit(n) is reported by its exit code
             _record(rank, exc)
         raise
 
@@ -410,7 +410,7 @@ _RECORDED: list[BaseException] = []
 
 def _record(rank: int, exc: BaseException) -> None:
     error_dir = os.environ.get(ENV_ERROR_DIR)
-    if error_dir and exc not in _RECORDED and _failures.write(error_dir, _failures.from_exception(rank, exc)):
+    if error_dir and not any(exc is r for r in _RECORDED) and _failures.write(error_dir, _failures.from_exception(rank, exc)):
         _RECORDED.append(exc)
 
 
@@ -424,7 +424,7 @@ def _install_child_guards(rank: int) -> None:
 
     def excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
         _record(rank, exc)
-        if exc not in _RECORDED:  # could not hand it to the launcher: say it here
+        if not any(exc is recorded for recorded in _RECORDED):  # could not hand it to the launcher: say it here
             previous(exc_type, exc, tb)
 
     sys.excepthook = excepthook

@@ -20,7 +20,8 @@ def expand_nodelist(nodelist: str) -> list[str]:
 
 def first_host(nodelist: str) -> str:
     """The first host of a node list, without expanding the rest."""
-    hosts = _expand_name(next(iter(_split_top_level(nodelist.strip())), ""), nodelist, limit=1)
+    parts = _split_top_level(nodelist.strip())
+    hosts = _expand_name(parts[0], nodelist, limit=1) if parts else []
     if not hosts:
         raise ValueError(f"SLURM node list {nodelist!r} names no host")
     return hosts[0]
