@@ -24,6 +24,7 @@ INSTALL_HINT = (
     "(torch-xla 2.9.0 needs torch 2.9.0; a torch-xla built for another torch fails with 'undefined symbol')"
 )
 
+PCI_DEVICES = "/sys/bus/pci/devices"
 _GOOGLE_PCI_VENDOR = "0x1ae0"
 # PCI device ids of TPU chips, and how many XLA devices each chip shows (v2 and v3 have two TensorCores that
 # PJRT exposes separately; v4 and later chips are one device each).
@@ -64,7 +65,7 @@ def _version(distribution: str) -> str:
 def tpu_chips() -> list[str]:
     """PCI device ids of the TPU chips attached to this host (empty elsewhere)."""
     chips = []
-    for vendor_file in glob.glob("/sys/bus/pci/devices/*/vendor"):
+    for vendor_file in glob.glob(os.path.join(PCI_DEVICES, "*", "vendor")):
         try:
             if Path(vendor_file).read_text().strip() != _GOOGLE_PCI_VENDOR:
                 continue

@@ -129,13 +129,13 @@ class XLAAccelerator(Accelerator):
 
     @hookimpl
     def torchplug_teardown(self, trainer: Trainer) -> None:
-        # Let queued executions finish before the process moves on (or exits); never raise here.
+        # Let queued executions finish before the process moves on (or exits); never raise here. No graph cut:
+        # what is still pending (epoch-end aggregates) is computed when read, and cutting would compile it again.
         if not _runtime.runtime_initialized():
             return
         try:
             import torch_xla.core.xla_model as xm
 
-            sync()
             xm.wait_device_ops()
         except Exception as err:  # teardown after a failed step must not hide that failure
             log.warning("torchplug-xla: waiting for the device at teardown failed: %s", err)
