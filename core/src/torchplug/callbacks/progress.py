@@ -185,6 +185,8 @@ class ProgressBar(Callback):
         if previous is not None:
             previous.close()
         if self._plain:
+            # In a log nothing is redrawn, so an epoch's closing line always stays (it is the one worth reading).
+            leave = leave or key == "train"
             self._bars[key] = _Lines(label, total, self._file, self.line_interval_s, quiet=quiet, leave=leave)
         else:
             position = 1 if key == "val" and "train" in self._bars else 0
@@ -310,9 +312,9 @@ class _Lines(_Progress):
 
     def finish(self, metrics: dict[str, str]) -> None:
         if self.leave:
-            self._print(metrics)
+            self._print(metrics, final=True)
 
-    def _print(self, metrics: dict[str, str]) -> None:
+    def _print(self, metrics: dict[str, str], final: bool = False) -> None:
         elapsed = max(time.monotonic() - self._start, 1e-9)
         rate = (self.n - self._first_n) / elapsed
         parts = [f"{self.label}:"]
@@ -322,10 +324,10 @@ class _Lines(_Progress):
             percent = 100 * self.n // self.total if self.total else 100
             parts.append(f"batch {self.n}/{int(self.total)} ({int(percent)}%)")
         parts.append(f"{rate:.1f} it/s")
-        if self.total != math.inf and self.n < self.total and rate > 0:
-            parts.append(f"ETA {_format_seconds((self.total - self.n) / rate)}")
-        elif self.n >= self.total:
+        if final or self.n >= self.total:  # also when the epoch ended early (max_steps, should_stop)
             parts.append(f"took {_format_seconds(elapsed)}")
+        elif self.total != math.inf and rate > 0:
+            parts.append(f"ETA {_format_seconds((self.total - self.n) / rate)}")
         parts.extend(f"{k}={v}" for k, v in metrics.items())
         print(" ".join(parts), file=self._file, flush=True)
 
