@@ -11,7 +11,6 @@ import os
 
 import pytest
 import torch
-
 import torchplug
 from torchplug import MisconfigurationError, registry
 from torchplug.testing import QUIET

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 import torchplug
 from torchplug import MisconfigurationError
 from torchplug.testing import QUIET

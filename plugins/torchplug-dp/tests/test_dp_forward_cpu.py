@@ -20,10 +20,9 @@ from typing import Any
 
 import pytest
 import torch
+import torchplug
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-
-import torchplug
 from torchplug import Module, hookimpl
 from torchplug.accelerators import Accelerator
 from torchplug.testing import QUIET
@@ -113,7 +112,7 @@ def loader(n: int = 42, batch_size: int = 7, as_dataclass: bool = False) -> Data
     data = TensorDataset(x, x @ torch.linspace(-1, 1, 6).unsqueeze(1))
     if not as_dataclass:
         return DataLoader(data, batch_size=batch_size)
-    return DataLoader(data, batch_size=batch_size, collate_fn=lambda items: Batch(*map(torch.stack, zip(*items))))
+    return DataLoader(data, batch_size=batch_size, collate_fn=lambda items: Batch(*map(torch.stack, zip(*items, strict=True))))
 
 
 class Regression(Module):

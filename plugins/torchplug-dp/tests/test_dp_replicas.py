@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import torch
-
 import torchplug
 from torchplug import MisconfigurationError
 from torchplug._results import Results
@@ -117,7 +116,7 @@ def test_given_batch_sizes_weigh_instead_and_add_up(trainer):
 
 def test_numbers_and_repeated_names(trainer):
     buffers = [ReplicaResults(), ReplicaResults()]
-    for buffer, first, second in zip(buffers, (1.0, 3.0), (10.0, 30.0)):
+    for buffer, first, second in zip(buffers, (1.0, 3.0), (10.0, 30.0), strict=True):
         options = {**DEFAULT_OPTIONS, "on_step": False, "on_epoch": True}
         buffer.log("value", first, **options)
         buffer.log("value", second, **options)  # logged twice in one step: two entries, as on one device

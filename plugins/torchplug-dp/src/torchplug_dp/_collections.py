@@ -32,23 +32,23 @@ def split_structure(obj: Any, split: Callable[[torch.Tensor], Sequence[Any]], co
     """``obj`` cut into per-replica pieces: every tensor by ``split``, everything else repeated.
 
     Returns as many pieces as the shortest split gives (a batch smaller than the number of GPUs uses fewer
-    GPUs), and never more than ``copies``.
+    GPUs), and never more than ``copies``: the ``zip`` calls below truncate on purpose.
     """
     if isinstance(obj, torch.Tensor):
         return list(split(obj))
     if _is_namedtuple(obj):
-        return [type(obj)(*parts) for parts in zip(*(split_structure(o, split, copies) for o in obj))]
+        return [type(obj)(*parts) for parts in zip(*(split_structure(o, split, copies) for o in obj), strict=False)]
     if isinstance(obj, (tuple, list)) and obj:
-        return [type(obj)(parts) for parts in zip(*(split_structure(o, split, copies) for o in obj))]
+        return [type(obj)(parts) for parts in zip(*(split_structure(o, split, copies) for o in obj), strict=False)]
     if isinstance(obj, Mapping) and obj:
         keys = list(obj)
-        per_key = zip(*(split_structure(obj[k], split, copies) for k in keys))
-        return [_rebuild_mapping(obj, zip(keys, values)) for values in per_key]
+        per_key = zip(*(split_structure(obj[k], split, copies) for k in keys), strict=False)
+        return [_rebuild_mapping(obj, zip(keys, values, strict=True)) for values in per_key]
     if _is_dataclass_instance(obj):
         names = _init_fields(obj)
         if names:
-            per_field = zip(*(split_structure(getattr(obj, n), split, copies) for n in names))
-            return [dataclasses.replace(obj, **dict(zip(names, values))) for values in per_field]
+            per_field = zip(*(split_structure(getattr(obj, n), split, copies) for n in names), strict=False)
+            return [dataclasses.replace(obj, **dict(zip(names, values, strict=True))) for values in per_field]
     return [obj] * copies
 
 
@@ -141,7 +141,7 @@ def weighted_mean(values: torch.Tensor | Sequence[float], weights: Sequence[floa
     """
     total = float(sum(weights))
     if not isinstance(values, torch.Tensor):
-        return sum(v * (w / total) for v, w in zip(values, weights))
+        return sum(v * (w / total) for v, w in zip(values, weights, strict=True))
     if not values.is_floating_point():
         values = values.float()
     if all(w == weights[0] for w in weights):

@@ -97,7 +97,7 @@ class DataParallel(nn.DataParallel):
         devices = devices[:count]
         replicas = self.replicate(self.module, devices)
         buffers = [ReplicaResults() for _ in devices]
-        for replica, device, buffer in zip(replicas, devices, buffers):
+        for replica, device, buffer in zip(replicas, devices, buffers, strict=True):
             _attach(replica, ReplicaTrainer(self._trainer, torch.device("cuda", device), buffer))
         outputs = self._run(replicas, parts, kw_parts, devices)
         merge_logs(self._trainer, buffers, self.shares, self._output_device())
@@ -191,7 +191,7 @@ def _run_replicas(
         thread.start()
     for thread in threads:
         thread.join()
-    for device, error in zip(devices, errors):
+    for device, error in zip(devices, errors, strict=True):
         if error is not None:
             if hasattr(error, "add_note"):
                 error.add_note(f"(raised in the strategy='dp' replica on cuda:{device})")
@@ -211,7 +211,7 @@ def merge_logs(trainer: Any, buffers: Sequence[ReplicaResults], shares: Sequence
     if results is None:
         return
     groups: dict[tuple[str, int], list[tuple[Any, dict[str, Any], int]]] = {}
-    for buffer, share in zip(buffers, shares):
+    for buffer, share in zip(buffers, shares, strict=True):
         seen: dict[str, int] = {}
         for name, value, options in buffer.calls:
             occurrence = seen[name] = seen.get(name, -1) + 1
