@@ -1,5 +1,7 @@
 """torchplug: a PyTorch training loop whose hardware, distribution and precision are pluggable backends."""
 
+import logging as _logging
+
 from torchplug._errors import MisconfigurationError, PluginLoadError, ProcessFailedError
 from torchplug._hooks import hookimpl
 from torchplug._types import ClusterInfo, World
@@ -10,6 +12,13 @@ from torchplug.trainer import Trainer
 from torchplug.utilities import seed_everything
 
 __version__ = "0.1.0"
+
+# Rank 0's INFO lines (the backends in use) reach the terminal unless the application configured logging itself.
+_log = _logging.getLogger("torchplug")
+if not _log.handlers and not _logging.getLogger().handlers:
+    _log.setLevel(_logging.INFO)
+    _log.addHandler(_logging.StreamHandler())
+    _log.propagate = False
 
 __all__ = [
     "Callback",

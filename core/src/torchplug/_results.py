@@ -34,7 +34,8 @@ class _Metric:
         self.weights: list[int] = []
 
     def aggregate(self) -> torch.Tensor:
-        values = torch.stack([v.float() for v in self.values])
+        device = self.values[0].device
+        values = torch.stack([v.float().to(device) for v in self.values])
         if self.op == "mean":
             if any(w != 1 for w in self.weights):
                 weights = torch.tensor(self.weights, dtype=values.dtype, device=values.device)
@@ -88,7 +89,8 @@ class Results:
                     f"self.log({name!r}, value={value!r}): log a number or a one-element tensor "
                     "(use self.log_dict for several values)"
                 )
-            value = torch.tensor(float(value), device=self.trainer.root_device)
+            # A Python number stays on the host (no copy per step) unless a collective needs it on the device.
+            value = torch.tensor(float(value), device=self.trainer.root_device if sync_dist else "cpu")
         elif value.numel() != 1:
             raise MisconfigurationError(
                 f"self.log({name!r}, ...) got a tensor of shape {tuple(value.shape)}; log a one-element tensor"

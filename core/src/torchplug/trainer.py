@@ -246,13 +246,14 @@ class Trainer:
                 )
         self.strategy_name, self.strategy = _plugins.resolve("strategy", strategy, backend_options, used)
         self.precision_name, self.precision_plugin = _plugins.resolve("precision", precision, backend_options, used)
-        if environment is None:
+        self.plugin_manager.register(self.strategy, name=f"strategy:{self.strategy_name}")
+        self.num_processes = self.hook.torchplug_num_processes(trainer=self)
+        # A cluster environment only matters to a job of several processes; only then are environments imported.
+        if environment is None and self.num_processes * num_nodes > 1:
             environment = _plugins.detect_environment(backend_options, used)
         self.environment_name, self.environment = environment if environment is not None else (None, None)
-
         if self.environment is not None:
             self.plugin_manager.register(self.environment, name=f"environment:{self.environment_name}")
-        self.plugin_manager.register(self.strategy, name=f"strategy:{self.strategy_name}")
         self.plugin_manager.register(self.precision_plugin, name=f"precision:{self.precision_name}")
         for i, plugin in enumerate(extra):
             self.plugin_manager.register(plugin, name=f"plugin:{i}:{type(plugin).__name__}")
@@ -265,7 +266,6 @@ class Trainer:
                 f"{self.precision_name!r}). Check the spelling, or select the backend that has this option."
             )
 
-        self.num_processes = self.hook.torchplug_num_processes(trainer=self)
         self.world_size = self.num_processes * num_nodes
         self.global_rank = self.local_rank = self.node_rank = 0
         self.root_device: torch.device | None = None
