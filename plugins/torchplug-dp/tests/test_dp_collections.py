@@ -58,6 +58,17 @@ def test_uneven_and_too_small_batches():
     assert sizes == [3, 2]
     assert len(split_structure((torch.zeros(1), "x"), halves, copies=2)) == 1  # one sample: one replica
     assert split_structure({"no": "tensors"}, halves, copies=3) == [{"no": "tensors"}] * 3
+    scale = torch.tensor(2.0)  # no batch dimension: every replica gets it
+    parts = split_structure((scale, torch.zeros(4, 1)), halves, copies=2)
+    assert [p[0] for p in parts] == [scale, scale] and [p[1].shape[0] for p in parts] == [2, 2]
+
+
+def test_shares_come_from_the_first_tensor_with_a_batch_dimension():
+    from torchplug_dp._parallel import _shares
+
+    parts = split_structure(("train", {"scale": torch.tensor(2.0), "x": torch.zeros(5, 3)}, 0), halves, copies=2)
+    assert _shares(parts, dim=0) == [3, 2]
+    assert _shares([("a", 1), ("a", 1)], dim=0) == [1, 1]
 
 
 def join(tensors):

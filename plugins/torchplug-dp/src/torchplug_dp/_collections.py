@@ -35,7 +35,8 @@ def split_structure(obj: Any, split: Callable[[torch.Tensor], Sequence[Any]], co
     GPUs), and never more than ``copies``: the ``zip`` calls below truncate on purpose.
     """
     if isinstance(obj, torch.Tensor):
-        return list(split(obj))
+        # A 0-dim tensor has no batch dimension to cut (DataParallel would fail on it): every replica gets it.
+        return list(split(obj)) if obj.dim() else [obj] * copies
     if _is_namedtuple(obj):
         return [type(obj)(*parts) for parts in zip(*(split_structure(o, split, copies) for o in obj), strict=False)]
     if isinstance(obj, (tuple, list)) and obj:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import gather, scatter
+from torchplug.utilities import apply_to_collection
 
 from torchplug_dp._collections import Path, join_structure, split_structure, weighted_mean
 
@@ -126,29 +127,17 @@ def _describe(inputs: Any) -> str:
     return repr(inputs)[:200]
 
 
-def _first_tensor(obj: Any) -> torch.Tensor | None:
-    found: list[torch.Tensor] = []
-
-    def visit(tensor: torch.Tensor) -> torch.Tensor:
-        if not found:
-            found.append(tensor)
-        return tensor
-
-    from torchplug.utilities import apply_to_collection
-
-    apply_to_collection(obj, torch.Tensor, visit)
-    return found[0] if found else None
-
-
 def _shares(parts: list[Any], dim: int) -> list[int]:
-    """Samples per replica: the length along ``dim`` of the first tensor of each part (equal if there is none)."""
-    sizes = []
-    for part in parts:
-        tensor = _first_tensor(part)
-        if tensor is None or tensor.dim() <= dim:
-            return [1] * len(parts)
-        sizes.append(int(tensor.shape[dim]))
-    return sizes
+    """Samples per replica: the length along ``dim`` of the first tensor that has that dimension in each part
+    (equal shares when there is none)."""
+    sizes = [_batch_length(part, dim) for part in parts]
+    return [1] * len(parts) if None in sizes else sizes  # type: ignore[return-value]
+
+
+def _batch_length(part: Any, dim: int) -> int | None:
+    found: list[int] = []
+    apply_to_collection(part, torch.Tensor, lambda t: found.append(int(t.shape[dim])) if t.dim() > dim else None)
+    return found[0] if found else None
 
 
 def _attach(replica: nn.Module, view: ReplicaTrainer) -> None:
