@@ -70,7 +70,7 @@ def test_plain_lines_when_stdout_is_not_a_terminal(tmp_path: Path, capsys: pytes
     assert "\r" not in out and "Sanity" not in out
     lines = out.strip().splitlines()
     parsed = [_LINE.match(line) for line in lines]
-    assert all(parsed), [line for line, m in zip(lines, parsed) if not m]
+    assert all(parsed), [line for line, m in zip(lines, parsed, strict=True) if not m]
     for epoch in (0, 1):
         mine = [m for m in parsed if m and m.group(1) == str(epoch)]
         assert {m.group(3) for m in mine} == {"25"}  # 20 training + 5 validation batches, like Lightning's bar

@@ -46,7 +46,7 @@ def plot_metrics(csv_path: str | os.PathLike[str], out_path: str | os.PathLike[s
     # The object-oriented API draws without pyplot, so no GUI backend is ever touched (works on headless nodes).
     figure = Figure(figsize=(5 * columns, 3.4 * rows), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False)
-    for ax, (panel, names) in zip(axes.flat, panels.items()):
+    for ax, (panel, names) in zip(axes.flat, panels.items(), strict=False):
         for name in names:
             steps, values = curves[name]
             style: dict[str, object] = {"marker": "o", "markersize": 3} if len(steps) < 30 else {}

@@ -68,7 +68,7 @@ def summarize(module: nn.Module, max_depth: int = 1) -> str:
 
         def line(row: tuple[str, ...]) -> str:
             cells = [cell.rjust(w) if i in numeric and row is not header else cell.ljust(w)
-                     for i, (cell, w) in enumerate(zip(row, widths))]  # fmt: skip
+                     for i, (cell, w) in enumerate(zip(row, widths, strict=True))]  # fmt: skip
             return " | ".join(cells).rstrip()
 
         lines.append(line(header))
