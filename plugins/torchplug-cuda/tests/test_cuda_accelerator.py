@@ -88,7 +88,7 @@ def test_devices_table_on_a_four_gpu_machine(gpus, devices, expected):
 
 def test_devices_the_machine_lacks_are_refused(gpus):
     gpus(1)
-    with pytest.raises(MisconfigurationError, match=r"requested cuda devices \[1\] but this machine has \[0\]"):
+    with pytest.raises(MisconfigurationError, match=r"requested (cuda|gpu) devices \[1\] but this machine has \[0\]"):
         torchplug.Trainer(accelerator="gpu", devices=[1], **QUIET)
     with pytest.raises(MisconfigurationError, match=r"devices='0, 2'"):
         torchplug.Trainer(accelerator="gpu", devices="0, 2", **QUIET)

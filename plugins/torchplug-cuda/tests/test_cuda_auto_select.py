@@ -164,3 +164,18 @@ def test_busy_reason_and_pick_directly(gpu_state):
     )
     states = [gpu_state(0, pids=(9,)), gpu_state(1), gpu_state(2)]
     assert pick_free_gpus(2, states, own_pids=set(), requested=2) == [1, 2]
+
+
+def test_the_choice_is_made_before_other_plugins_check_the_devices(gpus, driver, gpu_state):
+    """The accelerator's configure runs first, so a strategy's configure sees the chosen GPUs."""
+    gpus(3)
+    driver([gpu_state(0, pids=(OTHER,)), gpu_state(1), gpu_state(2)])
+    seen = []
+
+    class Watcher:
+        @torchplug.hookimpl
+        def torchplug_configure(self, trainer):
+            seen.append(list(trainer.device_ids))
+
+    make_trainer(2, plugins=[Watcher()])
+    assert seen == [[1, 2]]

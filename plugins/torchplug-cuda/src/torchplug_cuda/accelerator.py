@@ -83,7 +83,8 @@ class CUDAAccelerator(Accelerator):
     def torchplug_device_count(self, trainer: Trainer) -> int:
         return _cuda_device_count()
 
-    @hookimpl
+    # First, so that the strategy and the others check the GPUs auto_select_gpus chose, not GPUs 0..k-1.
+    @hookimpl(tryfirst=True)
     def torchplug_configure(self, trainer: Trainer) -> None:
         if self.auto_select_gpus:
             trainer.device_ids = self._auto_select(trainer)
