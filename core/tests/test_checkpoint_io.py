@@ -142,7 +142,7 @@ def test_round_trip_keeps_structure_and_moves_to_cpu(tmp_path: Path) -> None:
 
 
 def test_tensors_on_another_device_are_saved_on_cpu(tmp_path: Path) -> None:
-    """The meta device stands in for an accelerator here: moving it to the CPU is what must happen."""
+    """No accelerator here: a Tensor subclass records that saving calls ``.cpu()`` on it (the GPU test below is real)."""
     seen: list[torch.device] = []
     original = torch.Tensor.cpu
 
@@ -206,3 +206,14 @@ def test_files_that_are_not_checkpoints(tmp_path: Path) -> None:
     torch.save({"weight": torch.ones(2)}, bare)
     with pytest.raises(MisconfigurationError, match=r"no 'state_dict'|'state_dict' key.*\['weight'\]"):
         load_checkpoint(bare)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_tensors_are_written_as_cpu_tensors(tmp_path: Path) -> None:
+    path = tmp_path / "gpu.ckpt"
+    weight = torch.randn(4, 4, device="cuda")
+    atomic_save({"state_dict": {"w": weight}, "opt": [{"exp_avg": weight * 2}]}, path)
+    assert torch.load(path, weights_only=True)["state_dict"]["w"].device.type == "cpu"  # no map_location needed
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded["state_dict"]["w"], weight.cpu()) and loaded["opt"][0]["exp_avg"].device.type == "cpu"
