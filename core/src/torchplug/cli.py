@@ -35,6 +35,11 @@ def _check(backend: registry.Backend) -> tuple[str, str]:
         cause = err.__cause__
         return f"no: {type(cause).__name__}: {cause}" if cause else f"no: {err}", "-"
     available = "-"
+    if backend.kind == "environment":
+        try:
+            return "yes", "detected" if cls.detect() else "not detected"
+        except Exception as err:  # a detection probe must not take the listing down
+            return "yes", f"error: {err}"
     is_available = getattr(cls, "is_available", None)
     if is_available is not None:
         try:
