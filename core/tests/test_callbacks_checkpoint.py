@@ -286,3 +286,19 @@ def test_two_processes_agree_and_only_rank_zero_writes(tmp_path: Path) -> None:
     assert reports[0]["best"] == str(folder / "epoch=3-score=1.ckpt") and reports[0]["score"] == 1.0
     assert _names(folder) == ["epoch=3-score=1.ckpt", "epoch=4-score=2.ckpt", "last.ckpt"]
     assert _names(tmp_path / "lightning_logs") == ["version_0"]  # rank 1 made no folder of its own
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        # validation twice per epoch (every 2 of 4 batches): a save after each validation run
+        ({"val_check_interval": 2, "max_epochs": 2},
+         ["epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt", "epoch=1-step=6.ckpt", "epoch=1-step=8.ckpt"]),
+        # validation every 2nd epoch: saves only where the monitor is fresh
+        ({"check_val_every_n_epoch": 2, "max_epochs": 4}, ["epoch=1-step=8.ckpt", "epoch=3-step=16.ckpt"]),
+    ],
+)  # fmt: skip
+def test_saves_follow_validation(tmp_path: Path, flags: dict[str, Any], expected: list[str]) -> None:
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="score", save_top_k=-1)
+    _trainer(tmp_path, [ckpt], **flags).fit(Scripted(), _loader(16), _loader(4))
+    assert _names(tmp_path / "ckpt") == expected
