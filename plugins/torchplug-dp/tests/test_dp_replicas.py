@@ -56,6 +56,13 @@ def test_everything_else_reads_and_writes_the_real_trainer(trainer):
     assert replica.trainer.lightning_module is trainer.lightning_module
 
 
+def test_a_view_can_be_copied(trainer):
+    import copy
+
+    view = ReplicaTrainer(trainer, torch.device("cuda", 1), ReplicaResults())
+    assert copy.copy(view).root_device == torch.device("cuda", 1)
+
+
 def test_no_logging_outside_a_loop(trainer):
     model = BoringModel()
     model.trainer = trainer

@@ -59,6 +59,8 @@ class ReplicaTrainer:
         return self._dp_results if self._dp_trainer._results is not None else None
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_dp_"):  # not set yet (a copy being made): no recursion into ourselves
+            raise AttributeError(name)
         return getattr(self._dp_trainer, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
