@@ -127,4 +127,31 @@ def test_checkpoint_holds_everything_a_resume_needs(tmp_path):
                 "hyper_parameters", "epoch", "global_step"):  # fmt: skip
         assert key in checkpoint, key
     assert checkpoint["hyper_parameters"] == {"scheduler": "epoch", "features": 4, "lr": 0.05}
-    assert checkpoint["global_step"] == 12 and checkpoint["loops"]["epoch_complete"]
+    assert checkpoint["global_step"] == 12 and checkpoint["loops"]["phase"] == "complete"
+
+
+class SaveOnValidationEnd(Callback):
+    def __init__(self, path, epoch):
+        self.path, self.epoch = path, epoch
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking and trainer.current_epoch == self.epoch:
+            trainer.save_checkpoint(self.path)
+
+
+def test_resume_from_a_checkpoint_taken_after_epoch_end_validation(tmp_path):
+    """Saved between the epoch-end validation and the epoch's LR scheduler step: the resume does the step."""
+    _, full = run("epoch", 4, 1, check_val_every_n_epoch=2)
+    path = tmp_path / "val_end.ckpt"
+    run("epoch", 2, 1, callbacks=[SaveOnValidationEnd(path, epoch=1)], check_val_every_n_epoch=2)
+    trainer, resumed = run("epoch", 4, 1, ckpt_path=path, seed=77, check_val_every_n_epoch=2)
+    assert trainer.current_epoch == 4
+    assert_bitwise_equal(full, resumed)
+
+
+def test_resume_from_the_last_batch_of_an_epoch(tmp_path):
+    _, full = run("epoch", 3, 1)
+    path = tmp_path / "step24.ckpt"
+    run("epoch", 3, 1, callbacks=[SaveAt(path, step=24)], max_steps=24)  # 12 batches an epoch: the end of epoch 1
+    _, resumed = run("epoch", 3, 1, ckpt_path=path, seed=3)
+    assert_bitwise_equal(full, resumed)

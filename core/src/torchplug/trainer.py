@@ -301,7 +301,7 @@ class Trainer:
         self._results: Results | None = None
         self._wrapped_module: nn.Module | None = None
         self._batches_done = 0
-        self._epoch_complete = False
+        self._epoch_phase = "train"
         self._epoch_start_rng: dict[str, Any] | None = None
         self._restored: dict[str, Any] | None = None
         self._ckpt_path: str | None = None
@@ -704,27 +704,42 @@ class Trainer:
         self.progress_bar_metrics.clear()
 
     def _train_epoch(self) -> None:
-        module = self.lightning_module
-        assert module is not None
-        resume_at = 0
-        if self._restored is not None:
-            loops, self._restored = self._restored["loops"], None
-            resume_at = loops["batches_done"]
-            if loops["epoch_start_rng"] is not None and resume_at:
-                self._epoch_start_rng = loops["epoch_start_rng"]
-                _set_rng_states(self._epoch_start_rng)
-                save_time_rng = loops["save_time_rng"]
-            else:
-                save_time_rng = None
+        """One training epoch, or what a checkpoint left of it.
+
+        ``_epoch_phase`` records how far the epoch got, for checkpoints: ``"train"`` (``_batches_done`` batches
+        trained), ``"validated"`` (all batches trained; the epoch-end validation is running or done) and
+        ``"complete"`` (LR schedulers stepped; only ``on_train_epoch_end`` hooks remain).
+        """
+        loops, self._restored = (self._restored["loops"] if self._restored else None), None
+        phase = loops["phase"] if loops else "train"
+        resume_at = loops["batches_done"] if loops and phase == "train" else 0
+        if resume_at:
+            self._epoch_start_rng = loops["epoch_start_rng"]
+            _set_rng_states(self._epoch_start_rng)  # the data order of the interrupted epoch
         else:
-            save_time_rng = None
-        if not resume_at:
             self._epoch_start_rng = _get_rng_states()
-        self._batches_done = resume_at
-        self._epoch_complete = False
+        self._batches_done, self._epoch_phase = resume_at, phase
         self.hook.torchplug_on_train_epoch_start(trainer=self, epoch=self.current_epoch)
         self._call("on_train_epoch_start")
+        if phase == "train":
+            self._train_batches(resume_at, loops["save_time_rng"] if resume_at else None)
+            self._epoch_phase = "validated"
+            if self._val_loaders and self._epoch_end_val_due():
+                self._run_validation()
+        epoch_logs = self._results.epoch_end()
+        self._step_schedulers("epoch")
+        self._epoch_phase = "complete"
+        self._results.dataloader_idx = None
+        self._results.default_on_step = False  # self.log in epoch-end hooks is per epoch
+        self._call("on_train_epoch_end")
+        self._results.default_on_step = True
+        epoch_logs.update(self._results.epoch_end())  # values logged in on_train_epoch_end itself
+        self._flush_step_logs(epoch_metrics=epoch_logs)
+        self.current_epoch += 1
+        self._batches_done, self._epoch_phase = 0, "train"
 
+    def _train_batches(self, resume_at: int, save_time_rng: dict[str, Any] | None) -> None:
+        module = self.lightning_module
         n = self.num_training_batches
         if n == math.inf:  # no length: read one batch ahead to know which is last
             batches: Iterator[tuple[Any, bool]] = _with_last(iter(self._train_loader))
@@ -755,19 +770,6 @@ class Trainer:
                 self._run_validation()
             if (max_steps != -1 and step >= max_steps) or (self.should_stop and self._min_reached()):
                 break
-        self._epoch_complete = True
-        if self._val_loaders and self._epoch_end_val_due():
-            self._run_validation()
-        epoch_logs = self._results.epoch_end()
-        self._step_schedulers("epoch")
-        self._results.dataloader_idx = None
-        self._results.default_on_step = False  # self.log in epoch-end hooks is per epoch
-        self._call("on_train_epoch_end")
-        self._results.default_on_step = True
-        epoch_logs.update(self._results.epoch_end())  # values logged in on_train_epoch_end itself
-        self._flush_step_logs(epoch_metrics=epoch_logs)
-        self.current_epoch += 1
-        self._batches_done = 0
 
     def _val_due(self, batch_idx: int, is_last: bool) -> bool:
         if not self._val_loaders or self._val_check_batch == math.inf:
@@ -1110,12 +1112,14 @@ class Trainer:
         }
         if not weights_only:
             save_time_rng = _get_rng_states()
+            mid_epoch = self._epoch_phase == "train" and self._batches_done > 0
             checkpoint["loops"] = {
-                "batches_done": 0 if self._epoch_complete else self._batches_done,
-                "epoch_complete": self._epoch_complete,
-                "epoch_start_rng": None if self._epoch_complete else self._epoch_start_rng,
+                "phase": self._epoch_phase,
+                "batches_done": self._batches_done,
+                "epoch_start_rng": self._epoch_start_rng if mid_epoch else None,
                 "save_time_rng": save_time_rng,
             }
+            checkpoint["callback_metrics"] = {k: v.detach().cpu() for k, v in self.callback_metrics.items()}
             checkpoint["optimizer_states"] = [opt.state_dict() for opt in self.optimizers]
             checkpoint["lr_schedulers"] = [config.scheduler.state_dict() for config in self.lr_scheduler_configs]
             checkpoint["callbacks"] = {c.state_key: c.state_dict() for c in self.callbacks}
@@ -1216,7 +1220,12 @@ class Trainer:
         self.hook.torchplug_load_state_dict(trainer=self, states=checkpoint.get("plugins", {}))
         loops = checkpoint["loops"]
         self.global_step = checkpoint["global_step"]
-        self.current_epoch = checkpoint["epoch"] + (1 if loops["epoch_complete"] else 0)
+        self.callback_metrics.update(checkpoint.get("callback_metrics", {}))
+        if loops["phase"] == "complete":  # only on_train_epoch_end hooks were left: start the next epoch
+            self.current_epoch = checkpoint["epoch"] + 1
+            loops = None
+        else:
+            self.current_epoch = checkpoint["epoch"]
         self._restored = {"loops": loops, "rng_states": checkpoint["rng_states"]}
 
 
