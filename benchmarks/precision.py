@@ -40,7 +40,6 @@ def _worker(name: str, accelerator: str, size: dict[str, int], warmup: int, step
     import torch
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
-
     from torchplug import Callback, Module, Trainer
 
     class Blocks(Module):
@@ -48,7 +47,9 @@ def _worker(name: str, accelerator: str, size: dict[str, int], warmup: int, step
             super().__init__()
             d = size["d_model"]
             self.embed = nn.Embedding(size["vocab"], d)
-            layer = nn.TransformerEncoderLayer(d, size["heads"], 4 * d, dropout=0.0, batch_first=True, norm_first=True)
+            layer = nn.TransformerEncoderLayer(
+                d, size["heads"], 4 * d, dropout=0.0, batch_first=True, norm_first=True
+            )
             self.blocks = nn.TransformerEncoder(layer, size["layers"], enable_nested_tensor=False)
             self.head = nn.Linear(d, size["vocab"])
 
@@ -76,7 +77,9 @@ def _worker(name: str, accelerator: str, size: dict[str, int], warmup: int, step
             self._sync()
             self.start = time.perf_counter()
 
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        def on_train_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
             self._sync()
             self.times.append(time.perf_counter() - self.start)
             self.losses.append(float(outputs["loss"] if isinstance(outputs, dict) else outputs))
@@ -146,9 +149,13 @@ def _available(name: str, accelerator: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
-    parser.add_argument("--size", choices=sorted(SIZES), help="model size (default: small on cpu, large on gpu)")
+    parser.add_argument(
+        "--size", choices=sorted(SIZES), help="model size (default: small on cpu, large on gpu)"
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -159,7 +166,9 @@ def main() -> None:
         print(json.dumps(_worker(args.worker, args.accelerator, size, args.warmup, args.steps)))
         return
 
-    print(f"transformer blocks {size}, {args.warmup} warm-up + {args.steps} timed steps, accelerator={args.accelerator}")
+    print(
+        f"transformer blocks {size}, {args.warmup} warm-up + {args.steps} timed steps, accelerator={args.accelerator}"
+    )
     rows = []
     for name in args.configs:
         why = _available(name, args.accelerator)
@@ -169,7 +178,9 @@ def main() -> None:
         command = [sys.executable, __file__, "--worker", name, "--accelerator", args.accelerator,
                    "--size", args.size or ("large" if args.accelerator == "gpu" else "small"),
                    "--warmup", str(args.warmup), "--steps", str(args.steps)]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        done = subprocess.run(
+            command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+        )
         if done.returncode:
             print(f"  {name}: failed\n{done.stderr[-2000:]}")
             continue
@@ -179,7 +190,9 @@ def main() -> None:
         return
     base = next((r for r in rows if r["name"] == "32-true"), None)
     print(f"\ndevice: {rows[0]['device']}, torch {rows[0]['torch']}\n")
-    print("| precision | step time (ms) | speed vs 32-true | peak memory (MiB) | memory vs 32-true | loss first → last |")
+    print(
+        "| precision | step time (ms) | speed vs 32-true | peak memory (MiB) | memory vs 32-true | loss first → last |"
+    )
     print("|---|---:|---:|---:|---:|---|")
     for r in rows:
         speed = f"{base['step_ms'] / r['step_ms']:.2f}×" if base else "–"

@@ -10,7 +10,6 @@ import types
 import pytest
 import torch
 from torch import nn
-
 from torchplug import MisconfigurationError, StepModule, registry
 from torchplug._plugins import new_plugin_manager
 from torchplug_amp import STATE_KEY, BF16MixedPrecision, MixedPrecision
@@ -63,7 +62,9 @@ def test_entry_points_name_the_classes(name, cls):
     assert registry.load("precision", name) is cls
 
 
-@pytest.mark.parametrize(("plugin", "dtype"), [(MixedPrecision(), torch.float16), (BF16MixedPrecision(), torch.bfloat16)])
+@pytest.mark.parametrize(
+    ("plugin", "dtype"), [(MixedPrecision(), torch.float16), (BF16MixedPrecision(), torch.bfloat16)]
+)
 def test_forward_runs_under_autocast_and_leaves_parameters_and_inputs_alone(plugin, dtype):
     trainer, net, _ = _run(plugin)
     trainer.hook.torchplug_convert_module(trainer=trainer, module=net)
@@ -108,7 +109,9 @@ def test_clipping_sees_unscaled_gradients_even_before_the_step_closure():
     # the step's own unscale must not divide a second time
     before = [p.detach().clone() for p in net.parameters()]
     assert trainer.hook.torchplug_optimizer_step(trainer=trainer, optimizer=opt, closure=lambda: None) is True
-    moved = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, net.parameters())]).norm()
+    moved = torch.cat(
+        [(b - p.detach()).flatten() for b, p in zip(before, net.parameters(), strict=True)]
+    ).norm()
     assert moved == pytest.approx(0.1 * 0.01, rel=1e-3)
 
 
@@ -118,14 +121,18 @@ def test_overflow_skips_the_step_halves_the_scale_and_says_so():
     batch = torch.randn(8, 4)
     before = [p.detach().clone() for p in net.parameters()]
     net.factor = 1e30
-    took = trainer.hook.torchplug_optimizer_step(trainer=trainer, optimizer=opt, closure=_closure(trainer, opt, batch))
+    took = trainer.hook.torchplug_optimizer_step(
+        trainer=trainer, optimizer=opt, closure=_closure(trainer, opt, batch)
+    )
     assert took is False
     assert plugin.scaler.get_scale() == 2.0**15
-    for b, p in zip(before, net.parameters()):
+    for b, p in zip(before, net.parameters(), strict=True):
         assert torch.equal(b, p)
     opt.zero_grad()
     net.factor = 1.0
-    took = trainer.hook.torchplug_optimizer_step(trainer=trainer, optimizer=opt, closure=_closure(trainer, opt, batch))
+    took = trainer.hook.torchplug_optimizer_step(
+        trainer=trainer, optimizer=opt, closure=_closure(trainer, opt, batch)
+    )
     assert took is True
     assert plugin.scaler.get_scale() == 2.0**15
     assert not torch.equal(before[0], net.layer.weight)
@@ -137,7 +144,9 @@ def test_a_step_without_gradients_steps_like_full_precision():
     # training_step returned None: the closure backpropagated nothing
     assert trainer.hook.torchplug_optimizer_step(trainer=trainer, optimizer=opt, closure=lambda: None) is True
     batch = torch.randn(8, 4)
-    took = trainer.hook.torchplug_optimizer_step(trainer=trainer, optimizer=opt, closure=_closure(trainer, opt, batch))
+    took = trainer.hook.torchplug_optimizer_step(
+        trainer=trainer, optimizer=opt, closure=_closure(trainer, opt, batch)
+    )
     assert took is True
 
 
@@ -145,7 +154,9 @@ def test_scaler_state_round_trips_through_plugin_state():
     plugin = MixedPrecision()
     trainer, net, opt = _run(plugin)
     net.factor = 1e30
-    trainer.hook.torchplug_optimizer_step(trainer=trainer, optimizer=opt, closure=_closure(trainer, opt, torch.randn(8, 4)))
+    trainer.hook.torchplug_optimizer_step(
+        trainer=trainer, optimizer=opt, closure=_closure(trainer, opt, torch.randn(8, 4))
+    )
     states = {}
     for answer in trainer.hook.torchplug_state_dict(trainer=trainer):
         states.update(answer)
@@ -187,11 +198,17 @@ def test_closure_optimizers_are_refused_by_16_mixed_only():
     with pytest.raises(MisconfigurationError, match=r"precision='16-mixed' cannot step LBFGS.*'bf16-mixed'"):
         trainer.hook.torchplug_setup_optimizers(trainer=trainer, module=net, optimizers=[lbfgs])
     sgd = torch.optim.SGD(net.parameters(), lr=0.1)
-    assert trainer.hook.torchplug_setup_optimizers(trainer=trainer, module=net, optimizers=[sgd]) == (net, [sgd])
+    assert trainer.hook.torchplug_setup_optimizers(trainer=trainer, module=net, optimizers=[sgd]) == (
+        net,
+        [sgd],
+    )
 
     trainer, net, _ = _run(BF16MixedPrecision(), precision_name="bf16-mixed")
     lbfgs = torch.optim.LBFGS(net.parameters())
-    assert trainer.hook.torchplug_setup_optimizers(trainer=trainer, module=net, optimizers=[lbfgs]) == (net, [lbfgs])
+    assert trainer.hook.torchplug_setup_optimizers(trainer=trainer, module=net, optimizers=[lbfgs]) == (
+        net,
+        [lbfgs],
+    )
 
 
 def test_bf16_has_no_scaler_and_no_state():

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-
 from torchplug import Callback, Module, Trainer, registry
 from torchplug.testing import QUIET, regression_loader
 from torchplug_amp import STATE_KEY, BF16MixedPrecision, MixedPrecision
@@ -63,8 +62,12 @@ class _StepRecorder(Callback):
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: Module, optimizer: Any) -> None:
         self.grad_norms.append(torch.cat([p.grad.flatten() for p in pl_module.parameters()]).norm().item())
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: Module, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.moved.append(any(not torch.equal(b, p) for b, p in zip(self._before, pl_module.parameters())))
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: Module, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.moved.append(
+            any(not torch.equal(b, p) for b, p in zip(self._before, pl_module.parameters(), strict=True))
+        )
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         self.scales.append(scaler.get_scale() if scaler is not None else 1.0)
         self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
@@ -85,14 +88,18 @@ def _fit(model: Module, precision: Any, tmp_path: Any, **kwargs: Any) -> tuple[T
     return trainer, recorder
 
 
-@pytest.mark.parametrize(("precision", "dtype"), [("16-mixed", torch.float16), ("bf16-mixed", torch.bfloat16)])
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("16-mixed", torch.float16), ("bf16-mixed", torch.bfloat16)]
+)
 def test_loss_falls_with_float32_parameters(precision, dtype, tmp_path):
     torch.manual_seed(0)
     model = _Net()
     trainer, recorder = _fit(model, precision, tmp_path, max_epochs=4)
     assert model.output_dtypes == {dtype}
     assert {p.dtype for p in model.parameters()} == {torch.float32}
-    assert len(recorder.moved) == 32 and sum(recorder.moved) >= 28  # the default scale may skip a few at first
+    assert (
+        len(recorder.moved) == 32 and sum(recorder.moved) >= 28
+    )  # the default scale may skip a few at first
     first, last = sum(model.losses[:8]) / 8, sum(model.losses[-8:]) / 8
     assert last < 0.3 * first, (first, last)
 
@@ -129,7 +136,9 @@ def test_on_before_optimizer_step_and_clipping_see_true_gradients(tmp_path):
     clipped = _Net()
     before = [p.detach().clone() for p in clipped.parameters()]
     _fit(clipped, _amp(), tmp_path, max_steps=1, gradient_clip_val=1e-3)
-    step = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, clipped.parameters())]).norm()
+    step = torch.cat(
+        [(b - p.detach()).flatten() for b, p in zip(before, clipped.parameters(), strict=True)]
+    ).norm()
     assert step.item() == pytest.approx(0.05 * 1e-3, rel=1e-2)  # lr * clip_val: unscaled, then clipped
 
 
@@ -140,7 +149,7 @@ def test_accumulated_micro_batches_share_one_scale(tmp_path):
     _fit(reference, "32-true", tmp_path, max_steps=2, accumulate_grad_batches=2)
     _, recorder = _fit(model, _amp(), tmp_path, max_steps=2, accumulate_grad_batches=2)
     assert recorder.moved == [False, True, False, True]  # four micro-batches, two steps
-    for p, q in zip(model.parameters(), reference.parameters()):
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-2, atol=1e-3)
 
 
@@ -262,12 +271,19 @@ with open(os.path.join(out_dir, f"rank{trainer.global_rank}.json"), "w") as f:
     "ddp_cpu" not in registry.installed_names("strategy"),
     reason="strategy 'ddp_cpu' is not installed (it comes with plugins/torchplug-ddp)",
 )
-@pytest.mark.parametrize(("precision", "dtype", "scale"), [("16-mixed", "torch.float16", 2.0**9), ("bf16-mixed", "torch.bfloat16", None)])
+@pytest.mark.parametrize(
+    ("precision", "dtype", "scale"),
+    [("16-mixed", "torch.float16", 2.0**9), ("bf16-mixed", "torch.bfloat16", None)],
+)
 def test_ddp_cpu_with_two_processes(precision, dtype, scale, tmp_path):
     script = tmp_path / "train_ddp_amp.py"
     script.write_text(textwrap.dedent(_DDP_SCRIPT))
     done = subprocess.run(
-        [sys.executable, str(script), precision, str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=240
+        [sys.executable, str(script), precision, str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

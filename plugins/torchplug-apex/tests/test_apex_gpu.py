@@ -14,13 +14,14 @@ import textwrap
 
 import pytest
 import torch
-
 from torchplug_apex import find_amp
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-    pytest.mark.skipif(find_amp()[0] is None, reason=f"needs NVIDIA apex 25.04 with apex.amp: {find_amp()[1]}"),
+    pytest.mark.skipif(
+        find_amp()[0] is None, reason=f"needs NVIDIA apex 25.04 with apex.amp: {find_amp()[1]}"
+    ),
 ]
 
 _SCRIPT = """
@@ -65,7 +66,7 @@ class Record(Callback):
         self.before = [p.detach().clone() for p in pl_module.parameters()]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.moved.append(any(not torch.equal(b, p) for b, p in zip(self.before, pl_module.parameters())))
+        self.moved.append(any(not torch.equal(b, p) for b, p in zip(self.before, pl_module.parameters(), strict=True)))
 
 
 torch.manual_seed(0)

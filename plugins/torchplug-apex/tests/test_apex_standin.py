@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-
-from torchplug import MisconfigurationError, StepModule, registry
+from torchplug import MisconfigurationError, Module, StepModule, Trainer, hookimpl, registry
 from torchplug._plugins import new_plugin_manager
+from torchplug.testing import QUIET, regression_loader
 from torchplug_apex import STATE_KEY, ApexPrecision, find_amp
 
 STANDIN = Path(__file__).parent / "apex_standin"
@@ -93,7 +93,9 @@ def test_a_non_cuda_accelerator_is_refused_without_the_test_seam(amp):
     trainer, _ = _run(ApexPrecision())
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ApexPrecision, "supported_accelerators", ("cuda", "gpu"))
-        with pytest.raises(MisconfigurationError, match=r"needs accelerator='gpu'.*accelerator='cpu'.*'16-mixed'"):
+        with pytest.raises(
+            MisconfigurationError, match=r"needs accelerator='gpu'.*accelerator='cpu'.*'16-mixed'"
+        ):
             trainer.hook.torchplug_configure(trainer=trainer)
 
 
@@ -153,7 +155,9 @@ def test_backward_goes_through_scale_loss_with_the_optimizer_s_loss_id(amp):
     _setup(trainer, net)
     batch = torch.randn(8, 4)
     second = trainer.optimizers[1]
-    trainer.hook.torchplug_optimizer_step(trainer=trainer, optimizer=second, closure=_closure(trainer, second, batch))
+    trainer.hook.torchplug_optimizer_step(
+        trainer=trainer, optimizer=second, closure=_closure(trainer, second, batch)
+    )
     scale_calls = [call for name, call in amp.calls if name == "scale_loss"]
     assert scale_calls == [{"optimizers": [second], "loss_id": 1, "scale": 2.0**16}]
     assert [name for name, _ in amp.calls][-1] == "step"
@@ -170,14 +174,18 @@ def test_an_overflow_skips_exactly_that_step(amp):
     batch = torch.randn(8, 4)
     before = [p.detach().clone() for p in net.parameters()]
     net.factor = float("inf")
-    took = trainer.hook.torchplug_optimizer_step(trainer=trainer, optimizer=opt, closure=_closure(trainer, opt, batch))
+    took = trainer.hook.torchplug_optimizer_step(
+        trainer=trainer, optimizer=opt, closure=_closure(trainer, opt, batch)
+    )
     assert took is False
     assert [name for name, _ in amp.calls][-1] == "skipped_step"
-    assert all(torch.equal(b, p) for b, p in zip(before, net.parameters()))
+    assert all(torch.equal(b, p) for b, p in zip(before, net.parameters(), strict=True))
     assert amp.loss_scalers[0].loss_scale == 2.0**15
     opt.zero_grad()
     net.factor = 1.0
-    took = trainer.hook.torchplug_optimizer_step(trainer=trainer, optimizer=opt, closure=_closure(trainer, opt, batch))
+    took = trainer.hook.torchplug_optimizer_step(
+        trainer=trainer, optimizer=opt, closure=_closure(trainer, opt, batch)
+    )
     assert took is True
     assert not torch.equal(before[0], net.layer.weight)
 
@@ -190,7 +198,9 @@ def test_clipping_uses_apex_master_params(amp, monkeypatch):
     asked = []
     real = amp.master_params
     monkeypatch.setattr(amp, "master_params", lambda o: asked.append(o) or real(o))
-    assert trainer.hook.torchplug_clip_gradients(trainer=trainer, optimizer=opt, clip_val=1e-3, algorithm="norm")
+    assert trainer.hook.torchplug_clip_gradients(
+        trainer=trainer, optimizer=opt, clip_val=1e-3, algorithm="norm"
+    )
     assert asked == [opt]
     assert torch.cat([p.grad.flatten() for p in net.parameters()]).norm() == pytest.approx(1e-3, rel=1e-3)
     trainer.hook.torchplug_clip_gradients(trainer=trainer, optimizer=opt, clip_val=1e-5, algorithm="value")
@@ -204,7 +214,9 @@ def test_state_round_trip_and_another_opt_level_refused(amp):
     states = {}
     for answer in trainer.hook.torchplug_state_dict(trainer=trainer):
         states.update(answer)
-    assert states == {STATE_KEY: {"opt_level": "O2", "amp": {"loss_scaler0": {"loss_scale": 1024.0, "unskipped": 7}}}}
+    assert states == {
+        STATE_KEY: {"opt_level": "O2", "amp": {"loss_scaler0": {"loss_scale": 1024.0, "unskipped": 7}}}
+    }
 
     del amp._torchplug_opt_level  # a new process
     amp.reset()
@@ -216,13 +228,13 @@ def test_state_round_trip_and_another_opt_level_refused(amp):
     del amp._torchplug_opt_level
     trainer, net = _run(ApexPrecision(amp_level="O1"))
     _setup(trainer, net)
-    with pytest.raises(MisconfigurationError, match=r"amp_level='O1'.*opt level 'O2'.*Resume with amp_level='O2'"):
+    with pytest.raises(
+        MisconfigurationError, match=r"amp_level='O1'.*opt level 'O2'.*Resume with amp_level='O2'"
+    ):
         trainer.hook.torchplug_load_state_dict(trainer=trainer, states=states)
 
 
 # ------------------------------------------------------------------------------------------------ through the Trainer
-from torchplug import Callback, Module, Trainer, hookimpl  # noqa: E402
-from torchplug.testing import QUIET, regression_loader  # noqa: E402
 
 
 class _ApexNet(Module):

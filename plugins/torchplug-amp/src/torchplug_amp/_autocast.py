@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch.amp.autocast_mode import is_autocast_available
-
 from torchplug import MisconfigurationError, hookimpl
 from torchplug.precision import Precision
 
@@ -24,7 +23,6 @@ if TYPE_CHECKING:
 
     from torch import nn
     from torch.optim import Optimizer
-
     from torchplug import Trainer
 
 #: The key of this package's state in ``checkpoint["plugins"]``.
@@ -50,7 +48,9 @@ class AutocastPrecision(Precision):
         self._setup(trainer)
 
     @hookimpl(wrapper=True)
-    def torchplug_forward(self, trainer: Trainer, stage: str, args: tuple[Any, ...]) -> Generator[None, Any, Any]:
+    def torchplug_forward(
+        self, trainer: Trainer, stage: str, args: tuple[Any, ...]
+    ) -> Generator[None, Any, Any]:
         device_type = self._device_type or self._setup(trainer)
         with torch.autocast(device_type=device_type, dtype=self.dtype):
             return (yield)
@@ -112,7 +112,9 @@ class MixedPrecision(AutocastPrecision):
         self._unscaled.add(id(optimizer))
 
     @hookimpl
-    def torchplug_setup_optimizers(self, trainer: Trainer, module: nn.Module, optimizers: list[Optimizer]) -> None:
+    def torchplug_setup_optimizers(
+        self, trainer: Trainer, module: nn.Module, optimizers: list[Optimizer]
+    ) -> None:
         refuse_closure_optimizers(trainer, optimizers)
 
     @hookimpl
@@ -125,13 +127,17 @@ class MixedPrecision(AutocastPrecision):
         self._unscale(optimizer)
 
     @hookimpl
-    def torchplug_clip_gradients(self, trainer: Trainer, optimizer: Optimizer, clip_val: float, algorithm: str) -> None:
+    def torchplug_clip_gradients(
+        self, trainer: Trainer, optimizer: Optimizer, clip_val: float, algorithm: str
+    ) -> None:
         # Clipping scaled gradients would clip at clip_val * scale. The step closure has usually unscaled already;
         # a manual-optimization self.clip_gradients() before opt.step() has not. The defaults then clip.
         self._unscale(optimizer)
 
     @hookimpl
-    def torchplug_optimizer_step(self, trainer: Trainer, optimizer: Optimizer, closure: Callable[[], Any]) -> bool:
+    def torchplug_optimizer_step(
+        self, trainer: Trainer, optimizer: Optimizer, closure: Callable[[], Any]
+    ) -> bool:
         # GradScaler.step refuses closures: run it here, exactly once.
         closure()
         if not _has_gradients(optimizer):

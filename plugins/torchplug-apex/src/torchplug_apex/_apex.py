@@ -25,14 +25,12 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-
 from torchplug import MisconfigurationError, hookimpl
 from torchplug.precision import Precision
 
 if TYPE_CHECKING:
     from torch import nn
     from torch.optim import Optimizer
-
     from torchplug import Trainer
 
 #: The key of this package's state in ``checkpoint["plugins"]``.
@@ -105,7 +103,9 @@ class ApexPrecision(Precision):
             )
         amp, why = find_amp()
         if amp is None:
-            raise MisconfigurationError(f"precision='apex' needs NVIDIA apex's amp, but {why}. {INSTALL_HINT}")
+            raise MisconfigurationError(
+                f"precision='apex' needs NVIDIA apex's amp, but {why}. {INSTALL_HINT}"
+            )
         self.amp = amp
 
     # ------------------------------------------------------------------------------------------ setup
@@ -160,7 +160,9 @@ class ApexPrecision(Precision):
         return True
 
     @hookimpl
-    def torchplug_clip_gradients(self, trainer: Trainer, optimizer: Optimizer, clip_val: float, algorithm: str) -> bool:
+    def torchplug_clip_gradients(
+        self, trainer: Trainer, optimizer: Optimizer, clip_val: float, algorithm: str
+    ) -> bool:
         # At O2 the optimizer steps float32 master copies; the model's float16 .grad stay scaled.
         params = [p for p in self._amp().master_params(optimizer) if p.grad is not None]
         if algorithm == "value":
@@ -170,7 +172,9 @@ class ApexPrecision(Precision):
         return True
 
     @hookimpl
-    def torchplug_optimizer_step(self, trainer: Trainer, optimizer: Optimizer, closure: Callable[[], Any]) -> bool:
+    def torchplug_optimizer_step(
+        self, trainer: Trainer, optimizer: Optimizer, closure: Callable[[], Any]
+    ) -> bool:
         closure()  # apex's step() refuses a closure
         # When scale_loss finds inf/NaN it lowers the scale and replaces optimizer.step by a one-shot skip,
         # marking _amp_stash.already_patched (apex/amp/handle.py, 25.04): that step is not taken.
@@ -204,7 +208,9 @@ class ApexPrecision(Precision):
         if self.amp is None:  # an instance used without torchplug_configure (e.g. registered by hand)
             amp, why = find_amp()
             if amp is None:
-                raise MisconfigurationError(f"precision='apex' needs NVIDIA apex's amp, but {why}. {INSTALL_HINT}")
+                raise MisconfigurationError(
+                    f"precision='apex' needs NVIDIA apex's amp, but {why}. {INSTALL_HINT}"
+                )
             self.amp = amp
         return self.amp
 

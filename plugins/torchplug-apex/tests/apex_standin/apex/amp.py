@@ -74,7 +74,9 @@ def scale_loss(loss: torch.Tensor, optimizers: Any, loss_id: int = 0, model: Any
         raise RuntimeError("Invoked 'with amp.scale_loss`, but internal Amp state has not been initialized.")
     opt_list = optimizers if isinstance(optimizers, list) else [optimizers]
     scaler = loss_scalers[loss_id]
-    calls.append(("scale_loss", {"optimizers": list(opt_list), "loss_id": loss_id, "scale": scaler.loss_scale}))
+    calls.append(
+        ("scale_loss", {"optimizers": list(opt_list), "loss_id": loss_id, "scale": scaler.loss_scale})
+    )
     yield loss.float() * scaler.loss_scale
     overflow = False
     for optimizer in opt_list:
@@ -129,11 +131,14 @@ def _params(optimizer: Any) -> Iterator[torch.Tensor]:
 
 def state_dict(destination: Any = None) -> dict[str, Any]:
     calls.append(("state_dict", {}))
-    return {f"loss_scaler{i}": {"loss_scale": s.loss_scale, "unskipped": s.unskipped} for i, s in enumerate(loss_scalers)}
+    return {
+        f"loss_scaler{i}": {"loss_scale": s.loss_scale, "unskipped": s.unskipped}
+        for i, s in enumerate(loss_scalers)
+    }
 
 
 def load_state_dict(state: dict[str, Any]) -> None:
     calls.append(("load_state_dict", {"state": state}))
-    for scaler, key in zip(loss_scalers, sorted(state)):
+    for scaler, key in zip(loss_scalers, sorted(state), strict=False):
         scaler.loss_scale = state[key]["loss_scale"]
         scaler.unskipped = state[key]["unskipped"]
