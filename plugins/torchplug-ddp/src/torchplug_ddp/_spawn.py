@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import multiprocessing.connection
 import os
+import pickle
 import shutil
 import signal
 import tempfile
 import time
 from collections.abc import Callable
-from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 import torch
@@ -28,12 +28,16 @@ from torchplug_ddp import _failures, _launcher
 _RESULT = "result.pt"
 
 
-def check_picklable(function: Callable[[], Any], start_method: str) -> None:
-    """Fail before starting anything when the model (or anything the run holds) cannot be sent to a process."""
+def serialize(function: Callable[[], Any], start_method: str) -> Callable[[], Any] | bytes:
+    """The run as bytes each process unpickles into its own copy (``fork`` copies memory itself).
+
+    Plain pickle on purpose: ``torch.multiprocessing`` would pass CPU tensors through shared memory, and then
+    every process would step the *same* parameters. Failing here also means nothing was started.
+    """
     if start_method == "fork":
-        return
+        return function
     try:
-        ForkingPickler.dumps(function)
+        return pickle.dumps(function, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as err:  # noqa: BLE001 - pickle raises PicklingError, TypeError or AttributeError
         raise MisconfigurationError(
             f"strategy='ddp_spawn' sends the model, the data loaders and the Trainer to each new process by pickling "
@@ -54,7 +58,7 @@ def spawn(
     start_method: str,
 ) -> tuple[bool, Any]:
     """Run ``function`` in ``num_processes`` new processes; ``(True, payload)`` where this node has global rank 0."""
-    check_picklable(function, start_method)
+    payload = serialize(function, start_method)
     workdir = tempfile.mkdtemp(prefix="torchplug-ddp-spawn-")
     env = {
         "MASTER_ADDR": main_address,
@@ -69,7 +73,7 @@ def spawn(
     try:
         context = mp.start_processes(
             _entry,
-            args=(function, env, num_processes, node_rank, workdir),
+            args=(payload, env, num_processes, node_rank, workdir),
             nprocs=num_processes,
             join=False,
             start_method=start_method,
@@ -119,7 +123,7 @@ def _stop(processes: list[Any]) -> None:
             process.join()
 
 
-def _entry(local_rank: int, function: Callable[[], Any], env: dict[str, str], num_processes: int, node_rank: int,
+def _entry(local_rank: int, payload: Callable[[], Any] | bytes, env: dict[str, str], num_processes: int, node_rank: int,
            workdir: str) -> None:  # fmt: skip
     if hasattr(signal, "SIGKILL") and os.uname().sysname == "Linux":
         import ctypes
@@ -128,6 +132,7 @@ def _entry(local_rank: int, function: Callable[[], Any], env: dict[str, str], nu
     rank = node_rank * num_processes + local_rank
     os.environ.update(env)
     os.environ["RANK"], os.environ["LOCAL_RANK"] = str(rank), str(local_rank)
+    function = pickle.loads(payload) if isinstance(payload, bytes) else payload
     result = _launcher.run_child(function, rank)
     if rank == 0:
         _save_result(function, result, os.path.join(workdir, _RESULT))
