@@ -226,7 +226,8 @@ def test_benchmark_sets_cudnn_flag():
 
 
 def test_default_root_dir_receives_logs_and_checkpoints(tmp_path):
-    trainer = Trainer(max_epochs=1, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False)
+    trainer = Trainer(max_epochs=1, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False,
+                      log_every_n_steps=1)  # fmt: skip
     trainer.fit(BoringModel(), regression_loader(32, 8))
     assert list(tmp_path.glob("**/metrics.csv")) and list(tmp_path.glob("**/*.ckpt"))
     assert trainer.log_dir.startswith(str(tmp_path))

@@ -120,7 +120,13 @@ def cmd_env(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from torchplug._plot import plot_metrics
 
-    out = plot_metrics(args.metrics_csv, args.output)
+    from torchplug._errors import MisconfigurationError
+
+    try:
+        out = plot_metrics(args.metrics_csv, args.output)
+    except (MisconfigurationError, ModuleNotFoundError, FileNotFoundError) as err:
+        print(f"torchplug plot: {err}", file=sys.stderr)
+        return 1
     print(f"wrote {out}")
     return 0
 

@@ -304,7 +304,7 @@ class Trainer:
         self._epoch_phase = "train"
         self._epoch_start_rng: dict[str, Any] | None = None
         self._restored: dict[str, Any] | None = None
-        self._ckpt_path: str | None = None
+        self.ckpt_path: str | None = None
 
     # ==================================================================================================== construction
     def _default_callbacks(
@@ -456,6 +456,7 @@ class Trainer:
         self._setup_process()
         self.lightning_module, self.datamodule = model, datamodule
         model.trainer = self
+        self.ckpt_path, self._restored = None, None
         if datamodule is not None:
             datamodule.trainer = self
         status = "failed"
@@ -952,6 +953,7 @@ class Trainer:
             self.num_test_batches = counts
         self._prepare_call_lists()
         self.callback_metrics.clear()
+        self.progress_bar_metrics.clear()
         return self._eval_loop(stage, loaders, counts, log_to_loggers=True)
 
     def _eval_loop(
@@ -1011,6 +1013,7 @@ class Trainer:
         counts = [self._num_batches(dl, self.limit_predict_batches, "limit_predict_batches") for dl in loaders]
         self.num_predict_batches = counts
         self._prepare_call_lists()
+        self.progress_bar_metrics.clear()
         module = self.lightning_module
         module.eval()
         self._results = Results(self, default_on_step=False)
@@ -1163,7 +1166,10 @@ class Trainer:
         from torchplug._checkpoint import load_checkpoint
 
         for path in sorted(Path(self.default_root_dir).glob("**/*.ckpt"), key=lambda p: -p.stat().st_mtime):
-            state = load_checkpoint(path).get("callbacks", {})
+            try:
+                state = load_checkpoint(path).get("callbacks", {})
+            except MisconfigurationError:  # not one of ours, or unreadable: look further
+                continue
             for key, value in state.items():
                 if key.startswith("ModelCheckpoint") and value.get("best_model_path"):
                     if os.path.isfile(value["best_model_path"]):
@@ -1174,7 +1180,7 @@ class Trainer:
         from torchplug._checkpoint import load_checkpoint
 
         checkpoint = load_checkpoint(path)
-        self._ckpt_path = path
+        self.ckpt_path = path
         module = self.lightning_module
         state = checkpoint.get("state_dict")
         if state is None:

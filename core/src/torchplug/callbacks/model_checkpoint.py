@@ -149,7 +149,7 @@ class ModelCheckpoint(Callback):
 
     def on_fit_start(self, trainer: Trainer, pl_module: Module) -> None:
         # Here rather than in setup: a checkpoint to resume from has been loaded by now, and then the files are ours.
-        resumed = getattr(trainer, "ckpt_path", None) or getattr(trainer, "_ckpt_path", None)
+        resumed = trainer.ckpt_path
         if trainer.is_global_zero and self.save_top_k != 0 and self.dirpath is not None and not resumed:
             directory = Path(self.dirpath)
             if directory.is_dir() and any(directory.iterdir()):
@@ -411,7 +411,7 @@ class ModelCheckpoint(Callback):
         if previous == current or not previous:
             return False
         previous_real = os.path.realpath(previous)
-        resumed_from = getattr(trainer, "ckpt_path", None) or getattr(trainer, "_ckpt_path", None)
+        resumed_from = trainer.ckpt_path
         if resumed_from and os.path.realpath(resumed_from) == previous_real:
             return False  # never delete the checkpoint this run was resumed from
         if self.dirpath is None:
