@@ -1,9 +1,9 @@
 """``accelerator="tpu"`` (alias ``"xla"``): TPUs, or any PJRT device, through PyTorch/XLA's lazy tensors.
 
-XLA records operations and compiles them into one graph per step when the graph is cut. This accelerator cuts it
-at the step boundaries, whatever the strategy: after each optimizer step, after each evaluation or prediction
-step, and after each accumulation micro-batch. The core's per-step work (logging) stays on the device, so a
-steady-state training step is one compiled graph, executed without a device-to-host transfer.
+XLA records operations and compiles them into one graph when the graph is cut. This accelerator cuts it once per
+batch, whatever the strategy: when the core has finished the batch (after the optimizer step and ``zero_grad``,
+before callbacks and logging read anything), so a steady-state training step is one compiled graph whose outputs
+are the new parameters and the logged values, executed without a device-to-host transfer.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchplug import MisconfigurationError, hookimpl
+from torchplug import MisconfigurationError, hookimpl, hookspecs
 from torchplug.accelerators import Accelerator
 from torchplug.utilities import apply_to_collection
 from torchplug_xla import _runtime
@@ -64,6 +64,8 @@ class XLAAccelerator(Accelerator):
                 "PJRT_DEVICE unset). On a TPU VM install libtpu (`pip install 'torchplug-xla[tpu]'`); to run "
                 "XLA on this machine's CPU set PJRT_DEVICE=CPU (and CPU_NUM_DEVICES=N for N devices)"
             )
+        if not hasattr(hookspecs, "torchplug_on_batch_end"):
+            trainer.plugin_manager.register(_StepCuts(), name="accelerator:tpu:step-cuts")
 
     @hookimpl
     def torchplug_device_count(self, trainer: Trainer) -> int:
@@ -107,25 +109,9 @@ class XLAAccelerator(Accelerator):
     def torchplug_batch_to_device(self, trainer: Trainer, batch: Any, device: torch.device) -> Any:
         return send_to_device(batch, device)
 
-    @hookimpl(wrapper=True)
-    def torchplug_forward(self, trainer: Trainer, stage: str, args: tuple[Any, ...]) -> Generator[None, Any, Any]:
-        output = yield
-        if stage != "train":  # a training step ends at its optimizer step
-            sync()
-        return output
-
-    @hookimpl(wrapper=True)
-    def torchplug_no_sync(self, trainer: Trainer) -> Generator[None, Any, AbstractContextManager[None]]:
-        context = yield
-        return _SyncAfter(context)
-
-    @hookimpl(wrapper=True)
-    def torchplug_optimizer_step(
-        self, trainer: Trainer, optimizer: Optimizer, closure: Callable[[], Any]
-    ) -> Generator[None, Any, Any]:
-        taken = yield
+    @hookimpl
+    def torchplug_on_batch_end(self, trainer: Trainer, stage: str, batch_idx: int) -> None:
         sync()
-        return taken
 
     @hookimpl
     def torchplug_teardown(self, trainer: Trainer) -> None:
@@ -146,6 +132,35 @@ def sync() -> None:
     import torch_xla
 
     torch_xla.sync()
+
+
+class _StepCuts:
+    """Graph cuts for a core without ``torchplug_on_batch_end``: after each optimizer step, each evaluation step
+    and each accumulation micro-batch.
+
+    Correct, but the cut after the optimizer step comes before the core's ``zero_grad``, so the step's graph also
+    writes out every gradient: more device memory traffic than the cut at the batch's end.
+    """
+
+    @hookimpl(wrapper=True)
+    def torchplug_forward(self, trainer: Trainer, stage: str, args: tuple[Any, ...]) -> Generator[None, Any, Any]:
+        output = yield
+        if stage != "train":  # a training step ends at its optimizer step
+            sync()
+        return output
+
+    @hookimpl(wrapper=True)
+    def torchplug_no_sync(self, trainer: Trainer) -> Generator[None, Any, AbstractContextManager[None]]:
+        context = yield
+        return _SyncAfter(context)
+
+    @hookimpl(wrapper=True)
+    def torchplug_optimizer_step(
+        self, trainer: Trainer, optimizer: Optimizer, closure: Callable[[], Any]
+    ) -> Generator[None, Any, Any]:
+        taken = yield
+        sync()
+        return taken
 
 
 class _SyncAfter:
