@@ -234,3 +234,16 @@ def test_a_device_type_without_autocast_is_refused():
     trainer.plugin_manager.register(NoAutocast())
     with pytest.raises(MisconfigurationError, match=r"precision='16-mixed'.*no autocast.*'meta'"):
         trainer.hook.torchplug_convert_module(trainer=trainer, module=net)
+
+
+def test_a_used_instance_pickles_for_spawned_processes():
+    import pickle
+
+    plugin = MixedPrecision()
+    trainer, net, opt = _run(plugin)
+    net.factor = 1e30
+    trainer.hook.torchplug_optimizer_step(
+        trainer=trainer, optimizer=opt, closure=_closure(trainer, opt, torch.randn(8, 4))
+    )
+    copy = pickle.loads(pickle.dumps(plugin))
+    assert copy.scaler.get_scale() == 2.0**15

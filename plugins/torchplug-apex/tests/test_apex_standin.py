@@ -7,6 +7,7 @@ plugin's documented test seam, ``ApexPrecision.supported_accelerators``. Real ap
 
 from __future__ import annotations
 
+import pickle
 import sys
 import types
 from pathlib import Path
@@ -125,6 +126,16 @@ def test_an_unrelated_package_named_apex_is_not_mistaken_for_nvidia_apex(monkeyp
     amp, why = find_amp()
     assert amp is None and "has no amp.initialize" in why
     _forget_apex()
+
+
+def test_a_configured_instance_pickles_for_spawned_processes(amp):
+    plugin = ApexPrecision(amp_level="O3")
+    trainer, _ = _run(plugin)
+    trainer.hook.torchplug_configure(trainer=trainer)
+    assert plugin.amp is amp
+    copy = pickle.loads(pickle.dumps(plugin))
+    assert copy.amp_level == "O3" and copy.amp is None
+    assert plugin.amp is amp
 
 
 def test_initialize_once_with_every_optimizer_and_a_loss_scale_each(amp):

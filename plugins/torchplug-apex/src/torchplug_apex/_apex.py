@@ -92,6 +92,11 @@ class ApexPrecision(Precision):
     def is_available(cls) -> bool:
         return find_amp()[0] is not None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A Trainer given this instance is pickled for spawned processes; a module cannot be, and each process
+        # finds apex again in torchplug_configure.
+        return {**self.__dict__, "amp": None}
+
     # ------------------------------------------------------------------------------------------ construction
     @hookimpl
     def torchplug_configure(self, trainer: Trainer) -> None:
