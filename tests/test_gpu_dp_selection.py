@@ -43,8 +43,11 @@ def test_dp_on_one_gpu_says_it_only_adds_work(gpus):
         torchplug.Trainer(accelerator="gpu", devices=1, strategy="dp", **QUIET)
 
 
-def test_dp_refuses_several_nodes(gpus):
+def test_dp_refuses_several_nodes(gpus, monkeypatch):
     gpus(2)
+    # what a multi-node job by hand sets, so that a cluster environment (torchplug-ddp's) has nothing to refuse
+    for name, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500"), ("NODE_RANK", "0")):
+        monkeypatch.setenv(name, value)
     with pytest.raises(MisconfigurationError, match=r"strategy='dp' runs in one process on one machine, but num_nodes=2"):
         torchplug.Trainer(accelerator="gpu", devices=2, num_nodes=2, strategy="dp", **QUIET)
 
