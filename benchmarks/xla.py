@@ -39,7 +39,9 @@ def make_data(steps: int) -> DataLoader:
 
 def make_net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
+    return nn.Sequential(
+        nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10)
+    )
 
 
 def compile_metrics() -> tuple[int, float]:
@@ -73,12 +75,16 @@ def hand_written(steps: int, warmup: int, log_every: int) -> dict[str, float]:
     xm.wait_device_ops()
     end = time.perf_counter()
     count, seconds = compile_metrics()
-    return {"total": end - start, "steady": (end - steady) / (steps - warmup), "compile": seconds, "compilations": count}
+    return {
+        "total": end - start,
+        "steady": (end - steady) / (steps - warmup),
+        "compile": seconds,
+        "compilations": count,
+    }
 
 
 def with_torchplug(steps: int, warmup: int, log_every: int) -> dict[str, float]:
     import torch_xla.core.xla_model as xm
-
     import torchplug
 
     class Net(torchplug.Module):
@@ -125,7 +131,9 @@ CONTENDERS = {"hand-written torch_xla": hand_written, "torchplug single_xla": wi
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--log-every", type=int, default=50)
@@ -152,7 +160,9 @@ def main() -> None:
           f"{args.steps} steps ({args.warmup} warm-up), batch {BATCH}, loss read every {args.log_every} steps, "
           f"{args.repeats} runs each, medians")  # fmt: skip
     base = statistics.median(r["steady"] for r in results["hand-written torch_xla"])
-    print(f"{'contender':<24} {'step ms':>8} {'steps/s':>8} {'vs hand':>8} {'compile s':>10} {'compilations':>13}")
+    print(
+        f"{'contender':<24} {'step ms':>8} {'steps/s':>8} {'vs hand':>8} {'compile s':>10} {'compilations':>13}"
+    )
     for name, runs in results.items():
         steady = statistics.median(r["steady"] for r in runs)
         compile_s = statistics.median(r["compile"] for r in runs)

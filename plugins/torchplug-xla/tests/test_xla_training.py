@@ -19,7 +19,6 @@ pytestmark = pytest.mark.xla
 torch_xla = pytest.importorskip("torch_xla", reason="needs torch_xla: run in .venv-xla (make test-xla)")
 
 import torch_xla.debug.metrics as met  # noqa: E402
-
 import torchplug  # noqa: E402
 from torchplug import MisconfigurationError, hookspecs  # noqa: E402
 from torchplug._checkpoint import load_checkpoint  # noqa: E402
@@ -28,10 +27,12 @@ from torchplug_xla import XLAAccelerator  # noqa: E402
 from xla_models import Regressor, loader, trainer  # noqa: E402
 
 needs_core_precision_hook = pytest.mark.skipif(
-    not hasattr(hookspecs, "torchplug_precision_name"), reason="the core has no torchplug_precision_name hook yet"
+    not hasattr(hookspecs, "torchplug_precision_name"),
+    reason="the core has no torchplug_precision_name hook yet",
 )
 needs_core_strategy_hook = pytest.mark.skipif(
-    not hasattr(hookspecs, "torchplug_default_strategy"), reason="the core has no torchplug_default_strategy hook yet"
+    not hasattr(hookspecs, "torchplug_default_strategy"),
+    reason="the core has no torchplug_default_strategy hook yet",
 )
 
 
@@ -132,7 +133,9 @@ def test_steady_state_steps_neither_recompile_nor_read_the_device(optimizer):
     class Scheduled(Regressor):
         def configure_optimizers(self):
             opt = super().configure_optimizers()
-            schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step))  # a new lr every step
+            schedule = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda step: 1.0 / (1 + step)
+            )  # a new lr every step
             return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     probe = Probe()
@@ -145,7 +148,7 @@ def test_steady_state_steps_neither_recompile_nor_read_the_device(optimizer):
     assert compiled[2:] == [compiled[2]] * 30, f"recompiled after the first steps: {compiled}"
     read = [row[2] for row in probe.rows]
     # the logs of step N are read after its on_train_batch_end, so the count rises at the batch after each flush
-    for step, count, following in zip(steps[1:], read[1:], read[2:] + [None]):
+    for step, count, following in zip(steps[1:], read[1:], read[2:] + [None], strict=True):
         if following is not None and step % 5:
             assert following == count, f"the device was read after step {step}: {read}"
     assert read[-1] - read[0] >= 5  # and it was read at the intervals
@@ -246,7 +249,9 @@ def test_checkpoint_from_xla_loads_anywhere_and_resumes_where_training_stopped(t
 # ---------------------------------------------------------------------------------------------------- configuration
 def test_xla_strategies_refuse_another_accelerator():
     for strategy in ("xla", "single_xla", "xla_spmd"):
-        with pytest.raises(MisconfigurationError, match=f"strategy='{strategy}' runs on XLA devices.*accelerator='cpu'"):
+        with pytest.raises(
+            MisconfigurationError, match=f"strategy='{strategy}' runs on XLA devices.*accelerator='cpu'"
+        ):
             torchplug.Trainer(accelerator="cpu", strategy=strategy, devices=1, logger=False)
 
 

@@ -14,9 +14,8 @@ import textwrap
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, RandomSampler, Sampler, TensorDataset
-
 import torchplug
+from torch.utils.data import DataLoader, RandomSampler, Sampler, TensorDataset
 from torchplug import MisconfigurationError, registry
 from torchplug_xla import _data, _runtime
 
@@ -29,7 +28,9 @@ def test_entry_points_name_the_accelerator_and_strategies():
     accelerators = {b.name: b for b in registry.discover("accelerator") if b.distribution == "torchplug-xla"}
     assert set(accelerators) == {"tpu"}
     assert accelerators["tpu"].aliases == ("xla",)
-    strategies = {n for b in registry.discover("strategy") if b.distribution == "torchplug-xla" for n in b.names}
+    strategies = {
+        n for b in registry.discover("strategy") if b.distribution == "torchplug-xla" for n in b.names
+    }
     assert strategies == {"xla", "single_xla", "xla_spmd"}
     for backend in registry.discover("strategy"):
         if backend.distribution == "torchplug-xla":
@@ -160,7 +161,9 @@ def test_a_malformed_device_count_names_the_variable(monkeypatch):
 
 
 @no_torch_xla
-@pytest.mark.parametrize(("chip", "index", "visible", "ordinal"), [("0x005e", 2, "2", 0), ("0x0027", 5, "2", 1)])
+@pytest.mark.parametrize(
+    ("chip", "index", "visible", "ordinal"), [("0x005e", 2, "2", 0), ("0x0027", 5, "2", 1)]
+)
 def test_one_device_run_opens_only_its_tpu_chip(tmp_path, monkeypatch, chip, index, visible, ordinal):
     monkeypatch.delenv("PJRT_DEVICE", raising=False)
     for name in ("TPU_VISIBLE_CHIPS", "TPU_CHIPS_PER_PROCESS_BOUNDS", "TPU_PROCESS_BOUNDS"):
@@ -170,7 +173,9 @@ def test_one_device_run_opens_only_its_tpu_chip(tmp_path, monkeypatch, chip, ind
     assert _runtime.pin_one_device(index) == ordinal
     assert os.environ["TPU_VISIBLE_CHIPS"] == visible
     assert os.environ["TPU_PROCESS_BOUNDS"] == os.environ["TPU_CHIPS_PER_PROCESS_BOUNDS"] == "1,1,1"
-    assert _runtime.pin_one_device(index) == ordinal  # asked again in the same process (xmp.spawn, then setup)
+    assert (
+        _runtime.pin_one_device(index) == ordinal
+    )  # asked again in the same process (xmp.spawn, then setup)
 
 
 def test_pinning_leaves_cpu_devices_and_user_choices_alone(monkeypatch):
@@ -195,7 +200,9 @@ def test_each_replica_gets_its_own_equal_share_of_a_shuffled_loader(monkeypatch)
     assert set(padded) == set(range(10)) and len(padded) == 12
     assert seen != [[0, 3, 6, 9], [1, 4, 7, 0], [2, 5, 8, 1]]  # the unshuffled split
     again = _data.with_distributed_sampler(loader, 3, 0)
-    assert [int(i) for (batch,) in again for i in batch] == seen[0]  # same seed, same permutation on every replica
+    assert [int(i) for (batch,) in again for i in batch] == seen[
+        0
+    ]  # same seed, same permutation on every replica
 
 
 def test_an_ordered_loader_stays_ordered_per_replica():

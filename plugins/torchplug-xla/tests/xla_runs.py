@@ -10,7 +10,6 @@ import os
 import sys
 
 import torch
-
 import torchplug
 from xla_models import PidRegressor, Regressor, SpawningXLAStrategy, loader, trainer
 

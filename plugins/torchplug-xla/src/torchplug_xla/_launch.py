@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-
 from torchplug import ProcessFailedError
 from torchplug.utilities import apply_to_collection
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-
 from torchplug import MisconfigurationError
 
 INSTALL_HINT = (
@@ -156,9 +155,14 @@ def pin_one_device(index: int) -> int:
 
 def describe() -> dict[str, str]:
     """What ``torchplug env`` shows for XLA: versions, the configured device type and the device count."""
-    info = {"torch": torch.__version__, "torch-xla": _version("torch-xla") if is_installed() else "not installed"}
+    info = {
+        "torch": torch.__version__,
+        "torch-xla": _version("torch-xla") if is_installed() else "not installed",
+    }
     kind = device_type()
-    info["PJRT_DEVICE"] = os.environ.get("PJRT_DEVICE", "") or (f"unset ({kind} detected)" if kind else "unset")
+    info["PJRT_DEVICE"] = os.environ.get("PJRT_DEVICE", "") or (
+        f"unset ({kind} detected)" if kind else "unset"
+    )
     info["xla devices"] = str(count_devices())
     chips = tpu_chips()
     if chips:

@@ -15,15 +15,14 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
-
 from torchplug import MisconfigurationError, hookimpl, hookspecs
 from torchplug.accelerators import Accelerator
 from torchplug.utilities import apply_to_collection
+
 from torchplug_xla import _runtime
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
-
     from torchplug import Trainer
 
 log = logging.getLogger("torchplug.xla")
@@ -143,7 +142,9 @@ class _StepCuts:
     """
 
     @hookimpl(wrapper=True)
-    def torchplug_forward(self, trainer: Trainer, stage: str, args: tuple[Any, ...]) -> Generator[None, Any, Any]:
+    def torchplug_forward(
+        self, trainer: Trainer, stage: str, args: tuple[Any, ...]
+    ) -> Generator[None, Any, Any]:
         output = yield
         if stage != "train":  # a training step ends at its optimizer step
             sync()
@@ -179,7 +180,9 @@ class _SyncAfter:
         return suppress
 
 
-def send_to_device(batch: Any, device: torch.device, sharding: Callable[[torch.Tensor], Any] | None = None) -> Any:
+def send_to_device(
+    batch: Any, device: torch.device, sharding: Callable[[torch.Tensor], Any] | None = None
+) -> Any:
     """Move every tensor of a nested batch to ``device``, the CPU ones in a single host-to-device transfer.
 
     ``sharding(tensor)`` may give an ``xs.ShardingSpec`` for a CPU tensor (SPMD), which then arrives sharded
@@ -205,7 +208,9 @@ def send_to_device(batch: Any, device: torch.device, sharding: Callable[[torch.T
             spec = sharding(tensor) if sharding is not None else None
             groups.setdefault(id(spec), (spec, []))[1].append(tensor)
         for spec, tensors in groups.values():
-            for before, after in zip(tensors, xm.send_cpu_data_to_device(tensors, device, input_sharding=spec)):
+            for before, after in zip(
+                tensors, xm.send_cpu_data_to_device(tensors, device, input_sharding=spec), strict=True
+            ):
                 moved[id(before)] = after
 
     def move(tensor: torch.Tensor) -> torch.Tensor:

@@ -11,9 +11,9 @@ import pickle
 from typing import TYPE_CHECKING, Any
 
 import torch
-
 from torchplug import MisconfigurationError, World, hookimpl
 from torchplug.strategies import Strategy
+
 from torchplug_xla import _data, _launch, _runtime
 from torchplug_xla.strategies._checks import require_xla_accelerator
 
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from torch import nn
     from torch.optim import Optimizer
     from torch.utils.data import DataLoader
-
     from torchplug import Trainer
 
 _REDUCE_OPS = {"sum": "sum", "mean": "sum", "max": "max", "min": "min"}
@@ -146,5 +145,7 @@ class XLAStrategy(Strategy):
             return (obj,)
         import torch_xla.core.xla_model as xm
 
-        payloads = xm.xla_rendezvous(pickle.dumps(obj) if trainer.global_rank == src else b"", tag="torchplug.broadcast")
+        payloads = xm.xla_rendezvous(
+            pickle.dumps(obj) if trainer.global_rank == src else b"", tag="torchplug.broadcast"
+        )
         return (pickle.loads(payloads[src]),)
