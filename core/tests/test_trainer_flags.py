@@ -267,3 +267,14 @@ def test_iterable_dataset_without_length():
     assert trainer.global_step == 5 and trainer.num_training_batches == math.inf
     with pytest.raises(MisconfigurationError, match="limit_train_batches=0.5: a fraction needs a dataloader"):
         Trainer(**QUIET, max_steps=5, limit_train_batches=0.5).fit(BoringModel(), DataLoader(Endless(), batch_size=None))
+
+
+def test_deterministic_warn_only():
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        fit(max_steps=1, val=False, deterministic="warn")
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    with pytest.raises(MisconfigurationError, match="deterministic='yes'"):
+        Trainer(**QUIET, deterministic="yes")

@@ -115,7 +115,7 @@ class Trainer:
         accumulate_grad_batches: int = 1,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str = "norm",
-        deterministic: bool = False,
+        deterministic: bool | str = False,
         benchmark: bool | None = None,
         use_distributed_sampler: bool = True,
         default_root_dir: str | os.PathLike[str] | None = None,
@@ -193,7 +193,9 @@ class Trainer:
         self.accumulate_grad_batches = accumulate_grad_batches
         self.gradient_clip_val = float(gradient_clip_val) if gradient_clip_val else None
         self.gradient_clip_algorithm = gradient_clip_algorithm
-        self.deterministic, self.benchmark = bool(deterministic), benchmark
+        if deterministic not in (True, False, "warn"):
+            raise MisconfigurationError(f"deterministic={deterministic!r}: use True, False or 'warn'")
+        self.deterministic, self.benchmark = deterministic, benchmark
         self.use_distributed_sampler = use_distributed_sampler
         self.fast_dev_run = fast_dev_batches
         if fast_dev_batches:
@@ -232,7 +234,8 @@ class Trainer:
             self.accelerator_name, self.accelerator = _plugins.resolve("accelerator", accelerator, backend_options, used)
         self.plugin_manager.register(self.accelerator, name=f"accelerator:{self.accelerator_name}")
         device_count = self.hook.torchplug_device_count(trainer=self)
-        self.device_ids = parse_devices(devices, device_count, self.accelerator_name)
+        typed = accelerator if isinstance(accelerator, str) and accelerator != "auto" else self.accelerator_name
+        self.device_ids = parse_devices(devices, device_count, typed)
 
         if strategy == "auto":
             if len(self.device_ids) == 1 and num_nodes == 1:
@@ -496,7 +499,7 @@ class Trainer:
         self.node_rank, self.world_size = world.node_rank, world.world_size
         self.root_device = self.hook.torchplug_root_device(trainer=self)
         if self.deterministic:
-            torch.use_deterministic_algorithms(True)
+            torch.use_deterministic_algorithms(True, warn_only=self.deterministic == "warn")
         if self.benchmark is not None:
             torch.backends.cudnn.benchmark = self.benchmark
         if self.is_global_zero and not getattr(self, "_header_shown", False):
