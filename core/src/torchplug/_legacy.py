@@ -86,5 +86,11 @@ def translate(args: dict[str, Any], legacy: dict[str, Any]) -> None:
         else:
             raise MisconfigurationError(f"amp_backend={backend!r}: use 'native' (precision='16-mixed') or 'apex'")
     # apex's opt level is the apex plugin's own option; giving it with precision=16 selects apex (seed docs).
-    if args["backend_options"].get("amp_level") is not None and str(args["precision"]) in ("16", "16-mixed"):
+    amp_level = args["backend_options"].get("amp_level")
+    if amp_level is not None and str(args["precision"]) in ("16", "16-mixed"):
         args["precision"] = "apex"
+    elif amp_level is not None and str(args["precision"]).startswith("bf16"):
+        raise MisconfigurationError(
+            f"amp_level={amp_level!r} selects NVIDIA apex, which has no bfloat16, but precision={args['precision']!r} "
+            "was given: use precision='bf16-mixed' without amp_level, or precision=16 with amp_level"
+        )

@@ -118,9 +118,8 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from torchplug._plot import plot_metrics
-
     from torchplug._errors import MisconfigurationError
+    from torchplug._plot import plot_metrics
 
     try:
         out = plot_metrics(args.metrics_csv, args.output)

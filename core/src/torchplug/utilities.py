@@ -49,6 +49,17 @@ def move_data_to_device(batch: Any, device: torch.device | str, non_blocking: bo
     return apply_to_collection(batch, torch.Tensor, move)
 
 
+def requires_closure(optimizer: Any) -> bool:
+    """Whether ``optimizer.step`` must be given a closure (LBFGS), which loss-scaling precisions cannot support."""
+    import inspect
+
+    try:
+        closure = inspect.signature(type(optimizer).step).parameters.get("closure")
+    except (TypeError, ValueError):
+        return False
+    return closure is not None and closure.default is inspect.Parameter.empty
+
+
 def seed_everything(seed: int | None = None, workers: bool = False) -> int:
     """Seed ``random``, ``torch`` (and ``numpy`` when installed); with ``workers=True`` dataloader workers too."""
     if seed is None:
@@ -67,4 +78,4 @@ def seed_everything(seed: int | None = None, workers: bool = False) -> int:
     return seed
 
 
-__all__ = ["apply_to_collection", "move_data_to_device", "seed_everything"]
+__all__ = ["apply_to_collection", "move_data_to_device", "requires_closure", "seed_everything"]

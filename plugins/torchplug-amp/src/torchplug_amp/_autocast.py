@@ -9,7 +9,6 @@ schedulers either. ``bf16-mixed`` has float32's exponent range, so it needs no s
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -17,6 +16,7 @@ import torch
 from torch.amp.autocast_mode import is_autocast_available
 from torchplug import MisconfigurationError, hookimpl
 from torchplug.precision import Precision
+from torchplug.utilities import requires_closure
 
 if TYPE_CHECKING:
     from collections.abc import Generator
@@ -185,7 +185,7 @@ class BF16MixedPrecision(AutocastPrecision):
 def refuse_closure_optimizers(trainer: Trainer, optimizers: list[Optimizer]) -> None:
     """A GradScaler checks one scaled backward per step; LBFGS-like optimizers re-run the closure inside step()."""
     for optimizer in optimizers:
-        if _requires_closure(optimizer):
+        if requires_closure(optimizer):
             name = type(optimizer).__name__
             raise MisconfigurationError(
                 f"precision={trainer.precision_name!r} cannot step {name}: its step() requires a closure that it "
@@ -194,13 +194,6 @@ def refuse_closure_optimizers(trainer: Trainer, optimizers: list[Optimizer]) -> 
                 "(SGD, Adam, AdamW, ...)"
             )
 
-
-def _requires_closure(optimizer: Optimizer) -> bool:
-    try:
-        closure = inspect.signature(type(optimizer).step).parameters.get("closure")
-    except (TypeError, ValueError):
-        return False
-    return closure is not None and closure.default is inspect.Parameter.empty
 
 
 def _has_gradients(optimizer: Optimizer) -> bool:

@@ -19,7 +19,6 @@ Each optimizer gets its own loss scale: backward runs through ``amp.scale_loss(l
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torchplug import MisconfigurationError, hookimpl
 from torchplug.precision import Precision
+from torchplug.utilities import requires_closure
 
 if TYPE_CHECKING:
     from torch import nn
@@ -120,7 +120,7 @@ class ApexPrecision(Precision):
     ) -> tuple[nn.Module, list[Optimizer]]:
         amp = self._amp()
         for optimizer in optimizers:
-            if _requires_closure(optimizer):
+            if requires_closure(optimizer):
                 raise MisconfigurationError(
                     f"precision='apex' cannot step {type(optimizer).__name__}: apex amp does not support optimizers "
                     "whose step() takes a closure. Use precision='32-true' or 'bf16-mixed' with it, or an optimizer "
@@ -219,10 +219,3 @@ class ApexPrecision(Precision):
             self.amp = amp
         return self.amp
 
-
-def _requires_closure(optimizer: Optimizer) -> bool:
-    try:
-        closure = inspect.signature(type(optimizer).step).parameters.get("closure")
-    except (TypeError, ValueError):
-        return False
-    return closure is not None and closure.default is inspect.Parameter.empty
