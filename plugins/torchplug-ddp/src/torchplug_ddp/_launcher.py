@@ -211,10 +211,10 @@ class _Supervisor:
         self._stop_children()
         with self._lock:
             main_handles_it, exiting = self._main_handles_it, self._exiting
+        if main_handles_it:  # rank 0's main thread raises (raised) the report itself
+            return
         if exiting:
             self._die()
-        if main_handles_it:
-            return
         _AsyncProcessFailed.supervisor = self
         _raise_in_thread(self._main_thread, _AsyncProcessFailed)
         if not self._acknowledged.wait(_grace_s()):
