@@ -8,6 +8,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
+import torch
+
 from torchplug._errors import MisconfigurationError
 from torchplug.callbacks._base import Callback
 
@@ -44,6 +46,8 @@ class ProgressBar(Callback):
         self._plain = False
         self._bars: dict[str, _Progress] = {}
         self._trainer: Trainer | None = None
+        self._device_values: dict[str, str] = {}
+        self._device_read_interval = -1
 
     # ---------------------------------------------------------------------------------------------------- switches
     @property
@@ -174,7 +178,23 @@ class ProgressBar(Callback):
 
     def _metrics(self) -> dict[str, str]:
         assert self._trainer is not None
-        return {name: _format_value(value) for name, value in self.get_metrics(self._trainer).items()}
+        trainer = self._trainer
+        # A value on an accelerator is read (a device sync) at most once per logging interval, when the trainer
+        # reads its logged values anyway; host values are shown fresh at every redraw.
+        interval = trainer.global_step // max(getattr(trainer, "log_every_n_steps", 1), 1)
+        fresh = not getattr(trainer, "training", False) or interval != self._device_read_interval
+        shown: dict[str, str] = {}
+        for name, value in self.get_metrics(trainer).items():
+            on_device = isinstance(value, torch.Tensor) and value.device.type != "cpu"
+            if on_device and not fresh and name in self._device_values:
+                shown[name] = self._device_values[name]
+                continue
+            shown[name] = _format_value(value)
+            if on_device:
+                self._device_values[name] = shown[name]
+        if fresh:
+            self._device_read_interval = interval
+        return shown
 
     @staticmethod
     def _no_metrics() -> dict[str, str]:
