@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
 
@@ -36,3 +38,49 @@ class Logger:
     def finalize(self, status: str) -> None:
         """The run ended: ``status`` is ``"success"``, ``"failed"`` or ``"interrupted"``."""
         self.save()
+
+
+class FolderLogger(Logger):
+    """A logger writing under ``<save_dir>/<name>/version_N`` (the next free N unless ``version`` is given)."""
+
+    def __init__(self, save_dir: str | os.PathLike[str], name: str | None, version: int | str | None) -> None:
+        self._save_dir = os.fspath(save_dir)
+        self._name = name or ""
+        self._version = version
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def root_dir(self) -> str:
+        """``<save_dir>/<name>``: the folder holding every version."""
+        return os.path.join(self._save_dir, self._name)
+
+    @property
+    def version(self) -> int | str:
+        if self._version is None:
+            self._version = _next_version(self.root_dir)
+        return self._version
+
+    @property
+    def log_dir(self) -> str:
+        version = self.version
+        return os.path.join(self.root_dir, version if isinstance(version, str) else f"version_{version}")
+
+
+def _next_version(root: str) -> int:
+    versions = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return 0
+    for name in names:
+        match = re.fullmatch(r"version_(\d+)", name)
+        if match and os.path.isdir(os.path.join(root, name)):
+            versions.append(int(match.group(1)))
+    return max(versions) + 1 if versions else 0

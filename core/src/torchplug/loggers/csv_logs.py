@@ -7,15 +7,14 @@ import dataclasses
 import enum
 import math
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from torchplug.loggers._base import Logger
+from torchplug.loggers._base import FolderLogger
 
 
-class CSVLogger(Logger):
+class CSVLogger(FolderLogger):
     """Write ``<save_dir>/<name>/version_<N>/metrics.csv`` (one row per logging call) and ``hparams.yaml``.
 
     ``version=None`` takes the next free ``version_N``; an int gives ``version_<int>``, a string is used as the
@@ -44,39 +43,13 @@ class CSVLogger(Logger):
             raise MisconfigurationError(
                 f"CSVLogger(flush_logs_every_n_steps={flush_logs_every_n_steps!r}): use an int >= 1"
             )
-        self._save_dir = os.fspath(save_dir)
-        self._name = name or ""
-        self._version = version
+        super().__init__(save_dir, name, version)
         self._prefix = prefix
         self._flush_every = flush_logs_every_n_steps
         self._experiment: _MetricsWriter | None = None
         self.hparams: dict[str, Any] = {}
 
     # ---------------------------------------------------------------------------------------------------- where
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def root_dir(self) -> str:
-        """``<save_dir>/<name>``: the folder holding every version."""
-        return os.path.join(self._save_dir, self._name)
-
-    @property
-    def version(self) -> int | str:
-        if self._version is None:
-            self._version = _next_version(self.root_dir)
-        return self._version
-
-    @property
-    def log_dir(self) -> str:
-        version = self.version
-        folder = version if isinstance(version, str) else f"version_{version}"
-        return os.path.join(self.root_dir, folder)
 
     @property
     def experiment(self) -> _MetricsWriter:
@@ -166,17 +139,6 @@ def _as_number(value: Any) -> Any:
     return value
 
 
-def _next_version(root: str) -> int:
-    versions = []
-    try:
-        names = os.listdir(root)
-    except OSError:
-        return 0
-    for name in names:
-        match = re.fullmatch(r"version_(\d+)", name)
-        if match and os.path.isdir(os.path.join(root, name)):
-            versions.append(int(match.group(1)))
-    return max(versions) + 1 if versions else 0
 
 
 # ---------------------------------------------------------------------------------------------------- hparams.yaml

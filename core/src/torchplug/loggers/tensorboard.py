@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from torchplug.loggers._base import Logger
-from torchplug.loggers.csv_logs import _as_dict, _next_version, save_hparams_to_yaml, to_plain
+from torchplug.loggers._base import FolderLogger
+from torchplug.loggers.csv_logs import _as_dict, save_hparams_to_yaml, to_plain
 
 _INSTALL_HINT = "pip install 'torchplug[tensorboard]'"
 
@@ -23,7 +23,7 @@ def _require_tensorboard() -> None:
         ) from err
 
 
-class TensorBoardLogger(Logger):
+class TensorBoardLogger(FolderLogger):
     """Write TensorBoard event files to ``<save_dir>/<name>/version_<N>[/<sub_dir>]``; view with ``tensorboard --logdir``.
 
     Scalars go through ``SummaryWriter.add_scalar``; hyperparameters appear in TensorBoard's HPARAMS tab and in
@@ -43,9 +43,7 @@ class TensorBoardLogger(Logger):
         **writer_kwargs: Any,
     ) -> None:
         _require_tensorboard()
-        self._save_dir = os.fspath(save_dir)
-        self._name = name or ""
-        self._version = version
+        super().__init__(save_dir, name, version)
         self._prefix = prefix
         self._sub_dir = os.fspath(sub_dir) if sub_dir is not None else None
         self._writer_kwargs = writer_kwargs
@@ -53,27 +51,8 @@ class TensorBoardLogger(Logger):
         self.hparams: dict[str, Any] = {}
 
     @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def root_dir(self) -> str:
-        return os.path.join(self._save_dir, self._name)
-
-    @property
-    def version(self) -> int | str:
-        if self._version is None:
-            self._version = _next_version(self.root_dir)
-        return self._version
-
-    @property
     def log_dir(self) -> str:
-        version = self.version
-        folder = os.path.join(self.root_dir, version if isinstance(version, str) else f"version_{version}")
+        folder = super().log_dir
         return os.path.join(folder, self._sub_dir) if self._sub_dir else folder
 
     @property
