@@ -48,7 +48,9 @@ test-xla: $(if $(XLA_PLUGIN),$(XLA_VENV)/.installed)
 lint: $(VENV)/.installed
 	$(PY) -m pip -q install ruff && $(VENV)/bin/ruff check core plugins tests benchmarks examples
 
+# Lightning is only a point of comparison for the benchmarks, never a dependency.
 bench: $(VENV)/.installed
+	$(PIP) install pytorch-lightning
 	$(PY) benchmarks/overhead.py
 
 clean:
