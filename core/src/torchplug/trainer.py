@@ -448,6 +448,7 @@ class Trainer:
 
     def _launch(self, stage: str, **kwargs: Any) -> Any:
         self.stage = stage
+        self.lightning_module = kwargs["model"]  # the caller's module, for strategies that return results to it
         result = self.hook.torchplug_launch(trainer=self, function=_Launch(self, stage, kwargs))
         if result is None:
             raise RuntimeError(f"strategy {self.strategy_name!r} answered torchplug_launch with None")
@@ -489,6 +490,10 @@ class Trainer:
                     logger.finalize(status)
             with contextlib.suppress(Exception):
                 self._call("teardown", stage=stage)
+            # Release the strategy's wrapper (DistributedDataParallel) before the process group goes: a wrapper
+            # that outlives it is destroyed at interpreter exit, when gloo's threads may already be gone.
+            self._wrapped_module, self._hot = None, None
+            self._optimizer_handles = []
             self.hook.torchplug_teardown(trainer=self)
             self.training = False
 

@@ -1,69 +1,9 @@
-"""Helpers for torchplug-ddp's tests: run a script in a fresh interpreter, find processes left behind."""
+"""Fixtures for torchplug-ddp's tests; the helpers live in ddp_test_support.py."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-import time
-from pathlib import Path
-
 import pytest
-
-PYTHON = sys.executable
-
-
-class Ran:
-    def __init__(self, proc: subprocess.CompletedProcess[str], seconds: float) -> None:
-        self.returncode, self.stdout, self.stderr, self.seconds = proc.returncode, proc.stdout, proc.stderr, seconds
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-    def check(self) -> Ran:
-        assert self.returncode == 0, f"exit code {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
-        return self
-
-
-def write_script(directory: Path, source: str, name: str = "script.py") -> Path:
-    path = directory / name
-    path.write_text(textwrap.dedent(source))
-    return path
-
-
-def run(argv: list[str], cwd: Path, timeout: float = 120, env: dict[str, str] | None = None) -> Ran:
-    """Run ``argv`` with a clean distributed environment (no inherited RANK, MASTER_PORT, SLURM_* ...)."""
-    base = {k: v for k, v in os.environ.items() if not _distributed_variable(k)}
-    base["PYTHONWARNINGS"] = "ignore"
-    start = time.monotonic()
-    proc = subprocess.run(argv, cwd=cwd, env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout)
-    return Ran(proc, time.monotonic() - start)
-
-
-def _distributed_variable(name: str) -> bool:
-    return name.startswith(("SLURM_", "TORCHELASTIC_", "TORCHPLUG_DDP_")) or name in (
-        "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
-    )  # fmt: skip
-
-
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that mention ``text`` (a tmp_path is unique to one test)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{entry}/stat") as fh:
-                state = fh.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if text in cmdline and state != "Z":
-            found.append(f"{entry}: {cmdline}")
-    return found
+from ddp_test_support import PYTHON
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from torchplug import MisconfigurationError, Trainer
 from torchplug.testing import QUIET
 
-from conftest import _distributed_variable
+from ddp_test_support import _distributed_variable
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import PYTHON, processes_mentioning, write_script
+from ddp_test_support import PYTHON, processes_mentioning, write_script
 
 pytestmark = pytest.mark.timeout(150)
 

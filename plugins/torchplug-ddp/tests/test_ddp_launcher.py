@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import processes_mentioning, run, write_script
+from ddp_test_support import processes_mentioning, run, write_script
 
 CHILD = """
 import os, signal, sys, threading, time

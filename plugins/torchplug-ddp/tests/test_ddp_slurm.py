@@ -12,7 +12,7 @@ import torch
 
 from torchplug_ddp._ports import find_free_port
 
-from conftest import PYTHON, processes_mentioning, run
+from ddp_test_support import PYTHON, processes_mentioning, run
 from test_ddp_training import SCRIPT, single_device
 
 SCRIPTS = Path(__file__).resolve().parents[3] / "tests" / "slurm"

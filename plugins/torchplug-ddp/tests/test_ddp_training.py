@@ -12,7 +12,7 @@ import torch
 
 from torchplug import MisconfigurationError, Trainer, registry
 
-from conftest import processes_mentioning, run
+from ddp_test_support import processes_mentioning, run
 
 SCRIPT = Path(__file__).with_name("ddp_train_script.py")
 pytestmark = pytest.mark.timeout(180)

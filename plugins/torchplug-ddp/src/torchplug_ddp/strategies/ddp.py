@@ -6,6 +6,7 @@ other local ranks (:mod:`torchplug_ddp._launcher`), the way ``python train.py`` 
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -249,6 +250,7 @@ class DDPStrategy(Strategy):
     @hookimpl
     def torchplug_teardown(self, trainer: Trainer) -> None:
         self._ddp = None
+        gc.collect()  # the DDP reducer must be gone before its process group (see the core's teardown)
         if self._owns_process_group and dist.is_initialized():
             try:
                 dist.destroy_process_group()

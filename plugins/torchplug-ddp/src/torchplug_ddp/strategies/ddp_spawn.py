@@ -64,7 +64,7 @@ class DDPSpawnStrategy(DDPStrategy):
 
     @staticmethod
     def _restore_in_caller(trainer: Trainer, function: Callable[[], Any], payload: dict[str, Any]) -> None:
-        model = trainer.lightning_module or getattr(function, "kwargs", {}).get("model")
+        model = trainer.lightning_module
         if model is not None and "state_dict" in payload:
             model.load_state_dict(payload["state_dict"])
             trainer.lightning_module = model
