@@ -19,12 +19,13 @@ pytestmark = pytest.mark.xla
 torch_xla = pytest.importorskip("torch_xla", reason="needs torch_xla: run in .venv-xla (make test-xla)")
 
 import torch_xla.debug.metrics as met  # noqa: E402
+from xla_models import Regressor, loader, trainer  # noqa: E402
+
 import torchplug  # noqa: E402
 from torchplug import MisconfigurationError, hookspecs  # noqa: E402
 from torchplug._checkpoint import load_checkpoint  # noqa: E402
 from torchplug.callbacks import ModelCheckpoint  # noqa: E402
 from torchplug_xla import XLAAccelerator  # noqa: E402
-from xla_models import Regressor, loader, trainer  # noqa: E402
 
 needs_core_precision_hook = pytest.mark.skipif(
     not hasattr(hookspecs, "torchplug_precision_name"),

@@ -14,8 +14,9 @@ import textwrap
 
 import pytest
 import torch
-import torchplug
 from torch.utils.data import DataLoader, RandomSampler, Sampler, TensorDataset
+
+import torchplug
 from torchplug import MisconfigurationError, registry
 from torchplug_xla import _data, _runtime
 
@@ -162,28 +163,47 @@ def test_a_malformed_device_count_names_the_variable(monkeypatch):
 
 @no_torch_xla
 @pytest.mark.parametrize(
-    ("chip", "index", "visible", "ordinal"), [("0x005e", 2, "2", 0), ("0x0027", 5, "2", 1)]
+    ("chip", "index", "visible", "ordinal", "host"), [("0x005e", 2, "2", 0, 4), ("0x0027", 5, "2", 1, 8)]
 )
-def test_one_device_run_opens_only_its_tpu_chip(tmp_path, monkeypatch, chip, index, visible, ordinal):
+def test_one_device_run_opens_only_its_tpu_chip(tmp_path, monkeypatch, chip, index, visible, ordinal, host):
     monkeypatch.delenv("PJRT_DEVICE", raising=False)
-    for name in ("TPU_VISIBLE_CHIPS", "TPU_CHIPS_PER_PROCESS_BOUNDS", "TPU_PROCESS_BOUNDS"):
+    for name in (
+        "TPU_VISIBLE_CHIPS",
+        "TPU_CHIPS_PER_PROCESS_BOUNDS",
+        "TPU_PROCESS_BOUNDS",
+        _runtime.HOST_DEVICES,
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(_runtime, "PCI_DEVICES", _fake_pci(tmp_path, [("0x1ae0", chip)] * 4))
     monkeypatch.setattr(_runtime, "_pinned", {})
     assert _runtime.pin_one_device(index) == ordinal
     assert os.environ["TPU_VISIBLE_CHIPS"] == visible
     assert os.environ["TPU_PROCESS_BOUNDS"] == os.environ["TPU_CHIPS_PER_PROCESS_BOUNDS"] == "1,1,1"
-    assert (
-        _runtime.pin_one_device(index) == ordinal
-    )  # asked again in the same process (xmp.spawn, then setup)
+    # asked again in the same process (xmp.spawn, then the accelerator), and the host's count is unchanged
+    assert _runtime.pin_one_device(index) == ordinal
+    assert _runtime.count_devices() == host
+    with pytest.raises(MisconfigurationError, match=f"already runs on TPU device {index} alone"):
+        _runtime.pin_one_device(index - 1)
 
 
-def test_pinning_leaves_cpu_devices_and_user_choices_alone(monkeypatch):
+def test_pinning_leaves_cpu_devices_and_user_choices_alone(tmp_path, monkeypatch):
     monkeypatch.setenv("PJRT_DEVICE", "CPU")
     monkeypatch.delenv("TPU_VISIBLE_CHIPS", raising=False)
     monkeypatch.setattr(_runtime, "_pinned", {})
     assert _runtime.pin_one_device(3) == 3
+    assert _runtime.pin_one_device(1) == 1  # nothing was restricted: any device stays reachable
     assert "TPU_VISIBLE_CHIPS" not in os.environ
+    monkeypatch.setenv("PJRT_DEVICE", "TPU")
+    monkeypatch.setenv("TPU_VISIBLE_CHIPS", "0,1")
+    monkeypatch.setattr(_runtime, "PCI_DEVICES", _fake_pci(tmp_path, [("0x1ae0", "0x005e")] * 4))
+    assert _runtime.pin_one_device(1) == 1 and os.environ["TPU_VISIBLE_CHIPS"] == "0,1"
+
+
+def test_a_replica_counts_the_devices_of_its_host(monkeypatch):
+    monkeypatch.setenv("PJRT_DEVICE", "CPU")
+    monkeypatch.setenv("CPU_NUM_DEVICES", "1")
+    monkeypatch.setenv(_runtime.HOST_DEVICES, "8")
+    assert _runtime.count_devices() == 8
 
 
 # ------------------------------------------------------------------------------------------------ samplers
@@ -230,3 +250,10 @@ def test_loaders_that_already_shard_are_kept():
     loader = DataLoader(dataset, sampler=torch.utils.data.DistributedSampler(dataset, 2, 0))
     assert _data.with_distributed_sampler(loader, 2, 0) is loader
     assert _data.with_distributed_sampler([1, 2], 2, 0) == [1, 2]
+
+
+def test_a_stage_that_cannot_be_sent_to_the_replicas_is_refused_with_what_to_do(tmp_path):
+    from torchplug_xla import _launch
+
+    with pytest.raises(MisconfigurationError, match="strategy='xla' starts one process per device.*lambdas"):
+        _launch._Replica(lambda: None, str(tmp_path), host_devices=8)

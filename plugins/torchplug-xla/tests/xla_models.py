@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torchplug
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+import torchplug
 from torchplug import hookimpl
 from torchplug_xla import XLAStrategy, _launch
 

@@ -10,8 +10,9 @@ import os
 import sys
 
 import torch
-import torchplug
 from xla_models import PidRegressor, Regressor, SpawningXLAStrategy, loader, trainer
+
+import torchplug
 
 
 class ShardRecorder(Regressor):

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler
+
 from torchplug import MisconfigurationError
 
 

@@ -18,8 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torchplug import ProcessFailedError
+
+from torchplug import MisconfigurationError, ProcessFailedError
 from torchplug.utilities import apply_to_collection
+from torchplug_xla import _runtime
 
 _OUTCOME_FILE = "replica0.pt"
 
@@ -31,13 +33,23 @@ class _Replica:
     must not share one trainer and module.
     """
 
-    def __init__(self, function: Callable[[], Any], outcome_dir: str) -> None:
-        self.payload = pickle.dumps(function)
+    def __init__(self, function: Callable[[], Any], outcome_dir: str, host_devices: int) -> None:
+        try:
+            self.payload = pickle.dumps(function)
+        except (pickle.PicklingError, AttributeError, TypeError) as err:
+            raise MisconfigurationError(
+                "strategy='xla' starts one process per device and sends each the module, the dataloaders and the "
+                f"Trainer's arguments by pickling them, which failed: {type(err).__name__}: {err}. Define them at "
+                "module level (no lambdas, local classes or open handles), or use strategy='xla_spmd' (one process)"
+            ) from err
         self.outcome_dir = outcome_dir
+        self.host_devices = host_devices
 
     def __call__(self, index: int) -> None:
         import torch_xla.runtime as xr
 
+        # This replica sees its own chip only; the trainer rebuilt below must count the host's devices.
+        os.environ[_runtime.HOST_DEVICES] = str(self.host_devices)
         try:
             function = pickle.loads(self.payload)
             result = function()
@@ -67,7 +79,8 @@ def spawn(function: Callable[[], Any], nprocs: int | None, start_method: str) ->
         )
     outcome_dir = tempfile.mkdtemp(prefix="torchplug-xla-")
     try:
-        xmp.spawn(_Replica(function, outcome_dir), nprocs=nprocs, start_method=start_method)
+        replica = _Replica(function, outcome_dir, _runtime.count_devices())
+        xmp.spawn(replica, nprocs=nprocs, start_method=start_method)
         path = os.path.join(outcome_dir, _OUTCOME_FILE)
         if not os.path.exists(path):
             raise ProcessFailedError("the XLA replicas finished but replica 0 reported no result")

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+
 from torchplug import MisconfigurationError
 
 INSTALL_HINT = (
@@ -29,8 +30,11 @@ _GOOGLE_PCI_VENDOR = "0x1ae0"
 # PJRT exposes separately; v4 and later chips are one device each).
 _TPU_PCI_DEVICES = {"0x0027": 2, "0x005e": 1, "0x0062": 1, "0x0063": 1, "0x006f": 1, "0x0076": 1}
 
-# ordinal chosen by pin_one_device, so that a second call in the same process answers the same
+# {device index: ordinal in this process} once pin_one_device restricted this process to one TPU chip
 _pinned: dict[int, int] = {}
+
+#: The launching process's device count, for processes that see only part of the host (see count_devices).
+HOST_DEVICES = "TORCHPLUG_XLA_HOST_DEVICES"
 
 
 def is_installed() -> bool:
@@ -104,7 +108,15 @@ def _env_int(name: str) -> int | None:
 
 
 def count_devices() -> int:
-    """XLA devices on this host as the runtime would see them, without starting the runtime (0 when none)."""
+    """XLA devices on this host as the runtime would see them, without starting the runtime (0 when none).
+
+    Inside a replica started by ``xmp.spawn``, or after :func:`pin_one_device`, the process sees only its own
+    chip; the count is still the host's (``TORCHPLUG_XLA_HOST_DEVICES``), so a trainer rebuilt there from the
+    same arguments (``devices=8``) validates as it did in the launching process.
+    """
+    host = _env_int(HOST_DEVICES)
+    if host is not None:
+        return host
     kind = device_type()
     if kind is None:
         return 0
@@ -140,17 +152,23 @@ def pin_one_device(index: int) -> int:
     ``devices=[k]`` asked for. Elsewhere (CPU, GPU), after the runtime started, or when the user set
     ``TPU_VISIBLE_CHIPS`` themselves, every device stays visible and the ordinal is ``index`` itself.
     """
-    if index in _pinned:
-        return _pinned[index]
-    ordinal = index
-    if device_type() == "TPU" and "TPU_VISIBLE_CHIPS" not in os.environ and not runtime_initialized():
-        cores = cores_per_chip()
-        os.environ["TPU_VISIBLE_CHIPS"] = str(index // cores)
-        os.environ.setdefault("TPU_CHIPS_PER_PROCESS_BOUNDS", "1,1,1")
-        os.environ.setdefault("TPU_PROCESS_BOUNDS", "1,1,1")
-        ordinal = index % cores
-    _pinned[index] = ordinal
-    return ordinal
+    if _pinned:
+        ((pinned_index, ordinal),) = _pinned.items()
+        if index != pinned_index:
+            raise MisconfigurationError(
+                f"devices=[{index}]: this process already runs on TPU device {pinned_index} alone (PyTorch/XLA "
+                "opens its chips once per process); use that device, or run this one in another process"
+            )
+        return ordinal
+    if device_type() != "TPU" or "TPU_VISIBLE_CHIPS" in os.environ or runtime_initialized():
+        return index
+    cores = cores_per_chip()
+    os.environ.setdefault(HOST_DEVICES, str(count_devices()))
+    os.environ["TPU_VISIBLE_CHIPS"] = str(index // cores)
+    os.environ.setdefault("TPU_CHIPS_PER_PROCESS_BOUNDS", "1,1,1")
+    os.environ.setdefault("TPU_PROCESS_BOUNDS", "1,1,1")
+    _pinned[index] = index % cores
+    return _pinned[index]
 
 
 def describe() -> dict[str, str]:

@@ -15,14 +15,15 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
+
 from torchplug import MisconfigurationError, hookimpl, hookspecs
 from torchplug.accelerators import Accelerator
 from torchplug.utilities import apply_to_collection
-
 from torchplug_xla import _runtime
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
+
     from torchplug import Trainer
 
 log = logging.getLogger("torchplug.xla")

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 from torchplug import MisconfigurationError, hookimpl
 from torchplug.strategies import Strategy
-
 from torchplug_xla import _runtime
 from torchplug_xla.strategies._checks import require_xla_accelerator
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+
 from torchplug import MisconfigurationError, hookimpl
 from torchplug.strategies import Strategy
-
 from torchplug_xla import _runtime
 from torchplug_xla.accelerator import send_to_device
 from torchplug_xla.strategies._checks import require_xla_accelerator

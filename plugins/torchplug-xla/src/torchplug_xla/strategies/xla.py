@@ -11,9 +11,9 @@ import pickle
 from typing import TYPE_CHECKING, Any
 
 import torch
+
 from torchplug import MisconfigurationError, World, hookimpl
 from torchplug.strategies import Strategy
-
 from torchplug_xla import _data, _launch, _runtime
 from torchplug_xla.strategies._checks import require_xla_accelerator
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from torch import nn
     from torch.optim import Optimizer
     from torch.utils.data import DataLoader
+
     from torchplug import Trainer
 
 _REDUCE_OPS = {"sum": "sum", "mean": "sum", "max": "max", "min": "min"}
