@@ -39,7 +39,7 @@ setup-xla: $(if $(XLA_PLUGIN),$(XLA_VENV)/.installed)
 $(XLA_VENV)/.installed: $(SETUP_INPUTS)
 	test -x $(XLA_PY) || $(PYTHON) -m venv $(XLA_VENV)
 	$(XLA_PY) -m pip --disable-pip-version-check -q install torch==2.9.0 torch-xla==2.9.0
-	$(XLA_PY) -m pip --disable-pip-version-check -q install -e core -e $(XLA_PLUGIN) pytest pytest-timeout
+	$(XLA_PY) -m pip --disable-pip-version-check -q install -e core -e plugins/torchplug-amp -e $(XLA_PLUGIN) pytest pytest-timeout
 	touch $@
 
 test-xla: $(if $(XLA_PLUGIN),$(XLA_VENV)/.installed)

@@ -66,6 +66,27 @@ def torchplug_device_count(trainer: Trainer) -> int | None:
 
 
 @hookspec(firstresult=True)
+def torchplug_default_strategy(trainer: Trainer) -> str | None:
+    """The strategy that ``strategy="auto"`` means on this accelerator (TPUs: ``single_xla`` or ``xla``).
+
+    Called at construction, every process, after ``trainer.device_ids`` and ``num_nodes`` are set and before the
+    strategy is resolved. Answered by the accelerator; ``None`` keeps the core's choice (``single_device`` for
+    one device on one node, else ``ddp``). Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def torchplug_precision_name(trainer: Trainer, precision: str) -> str | None:
+    """The precision to load in place of the one the user named, on this accelerator.
+
+    TPUs have no float16 arithmetic, so the XLA accelerator answers ``"bf16-mixed"`` for ``"16-mixed"``/``16``
+    (with a notice). Called at construction, every process, before the precision plugin is resolved, only when
+    the precision was given by name. Answered by the accelerator; ``None`` keeps the name. Stops at the first
+    non-None result.
+    """
+
+
+@hookspec(firstresult=True)
 def torchplug_num_processes(trainer: Trainer) -> int | None:
     """How many processes per node this run uses (1 for one process that drives every device, like ``dp``).
 
@@ -231,6 +252,18 @@ def torchplug_step_output(trainer: Trainer, stage: str, output: Any) -> Any:
 
     Called after :func:`torchplug_forward` for every batch, every rank. Answered by a strategy that runs
     several replicas in one process; the default returns ``output``. Stops at the first non-None result.
+    """
+
+
+@hookspec
+def torchplug_on_batch_end(trainer: Trainer, stage: str, batch_idx: int) -> None:
+    """The core finished one batch of ``stage`` (``train``, ``validation``, ``test``, ``predict``).
+
+    Called for every batch, every rank: for ``train`` after forward, backward and, when the batch ends an
+    accumulation window, the optimizer step, the LR schedulers and ``zero_grad``; for the other stages after
+    :func:`torchplug_step_output`. Always before the ``on_<stage>_batch_end`` callbacks and before the logging
+    interval reads logged values. A lazy-tensor accelerator (XLA) cuts its graph here, once the gradients are gone
+    and before anything reads the step's results. Every plugin may answer; results are ignored.
     """
 
 

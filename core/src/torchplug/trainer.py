@@ -238,6 +238,8 @@ class Trainer:
         self.device_ids = parse_devices(devices, device_count, typed)
 
         if strategy == "auto":
+            strategy = self.hook.torchplug_default_strategy(trainer=self) or "auto"
+        if strategy == "auto":
             if len(self.device_ids) == 1 and num_nodes == 1:
                 strategy = "single_device"
             elif any("ddp" in b.names for b in registry.discover("strategy")):
@@ -248,6 +250,10 @@ class Trainer:
                     "pip install torchplug-ddp (then strategy='ddp' is picked), or use devices=1"
                 )
         self.strategy_name, self.strategy = _plugins.resolve("strategy", strategy, backend_options, used)
+        if isinstance(precision, (str, int)) and not isinstance(precision, bool):
+            precision = self.hook.torchplug_precision_name(
+                trainer=self, precision=registry.normalize_name(precision)
+            ) or precision
         self.precision_name, self.precision_plugin = _plugins.resolve("precision", precision, backend_options, used)
         self.plugin_manager.register(self.strategy, name=f"strategy:{self.strategy_name}")
         self.num_processes = self.hook.torchplug_num_processes(trainer=self)
@@ -769,6 +775,7 @@ class Trainer:
             if wants_start and self._batch_start(batch, batch_idx) == -1:
                 break
             output = run_batch(batch, batch_idx, is_last)
+            self._hot.on_batch_end(trainer=self, stage="train", batch_idx=batch_idx)
             self._batches_done = batch_idx + 1
             if wants_end:
                 self._call_batch_end("on_train_batch_end", _detached_output(output), batch, batch_idx)
@@ -987,6 +994,7 @@ class Trainer:
                     self._call_batch(f"on_{name}_batch_start", batch, batch_idx, *extra)
                     output = self._hot.forward(trainer=self, stage=name, args=(batch, batch_idx, *extra))
                     output = self._hot.step_output(trainer=self, stage=name, output=output)
+                    self._hot.on_batch_end(trainer=self, stage=name, batch_idx=batch_idx)
                     self._call_batch_end(f"on_{name}_batch_end", output, batch, batch_idx, *extra)
                 per_loader.append({k for k in results.metrics if k not in before})  # type: ignore[arg-type]
         results.dataloader_idx = None
@@ -1039,6 +1047,7 @@ class Trainer:
                     self._call_batch("on_predict_batch_start", batch, batch_idx, *extra)
                     output = self._hot.forward(trainer=self, stage="predict", args=(batch, batch_idx, *extra))
                     output = self._hot.step_output(trainer=self, stage="predict", output=output)
+                    self._hot.on_batch_end(trainer=self, stage="predict", batch_idx=batch_idx)
                     self._call_batch_end("on_predict_batch_end", output, batch, batch_idx, *extra)
                     outputs.append(output)
                 all_outputs.append(outputs)
@@ -1252,7 +1261,7 @@ class _HotHooks:
     """
 
     _NAMES = (
-        "batch_to_device", "convert_batch", "forward", "step_output", "no_sync", "backward",
+        "batch_to_device", "convert_batch", "forward", "step_output", "no_sync", "backward", "on_batch_end",
         "reduce_gradients", "unscale_gradients", "optimizer_step",
     )  # fmt: skip
 
