@@ -384,7 +384,8 @@ class Trainer:
 
     @property
     def model(self) -> nn.Module | None:
-        return self._wrapped_module
+        """The strategy's wrapper during a run (DistributedDataParallel, ...); the user's module after it."""
+        return self._wrapped_module if self._wrapped_module is not None else self.lightning_module
 
     @property
     def checkpoint_callbacks(self) -> list[Any]:

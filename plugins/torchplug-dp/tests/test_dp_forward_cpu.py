@@ -153,10 +153,17 @@ def fit(tmp_path: Any, dp: bool, **kwargs: Any) -> tuple[Regression, torchplug.T
     options = {"accelerator": StandInGPU(), "strategy": CPUDataParallelStrategy(), "devices": REPLICAS} if dp else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = torchplug.Trainer(max_epochs=2, num_sanity_val_steps=0, **options,
+        trainer = torchplug.Trainer(max_epochs=2, num_sanity_val_steps=0, callbacks=[_KeepWrapper()], **options,
                                     **{**QUIET, "default_root_dir": str(tmp_path)}, **kwargs)  # fmt: skip
     trainer.fit(model, train, loader(n=21))
     return model, trainer
+
+
+class _KeepWrapper(torchplug.Callback):
+    """Keeps the strategy's wrapper (``trainer.model`` during the run; the trainer lets go of it at teardown)."""
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self.wrapper = trainer.model
 
 
 def weights(model: nn.Module) -> torch.Tensor:
@@ -171,7 +178,8 @@ def test_two_replicas_train_like_one_device_with_uneven_splits(tmp_path, as_data
     assert dp.devices_seen == {torch.device("cuda", 0), torch.device("cuda", 1)}
     assert single.devices_seen == {torch.device("cpu")}
     assert sorted(set(dp.sizes_seen)) == [3, 4] and len(dp.sizes_seen) == 2 * len(single.sizes_seen)
-    assert len(dp_trainer.model.threads_used) >= 2
+    wrapper = next(c for c in dp_trainer.callbacks if isinstance(c, _KeepWrapper)).wrapper
+    assert len(wrapper.threads_used) >= 2
     assert torch.allclose(weights(dp), weights(single), atol=1e-6)
     for key in ("train_loss", "epoch_loss", "val_loss"):
         assert float(dp_trainer.callback_metrics[key]) == pytest.approx(float(single_trainer.callback_metrics[key]), rel=1e-5)
