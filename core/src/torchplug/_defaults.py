@@ -13,7 +13,7 @@ import torch
 
 from torchplug._hooks import hookimpl
 from torchplug._types import World
-from torchplug.utilities import move_data_to_device
+from torchplug.utilities import move_data_to_device, requires_closure
 
 if TYPE_CHECKING:
     from torch import nn
@@ -94,7 +94,11 @@ class Defaults:
 
     @hookimpl(trylast=True)
     def torchplug_optimizer_step(self, trainer: Trainer, optimizer: Optimizer, closure: Callable[[], Any]) -> bool:
-        optimizer.step(closure)
+        if requires_closure(optimizer):  # LBFGS evaluates the closure itself, possibly several times
+            optimizer.step(closure)
+        else:  # same result, without optimizer.step's closure handling on every step
+            closure()
+            optimizer.step()
         return True
 
     @hookimpl(trylast=True)

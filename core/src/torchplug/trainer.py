@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -27,6 +28,7 @@ from torchplug.module import DataModule, Module
 from torchplug.precision import Precision
 from torchplug.strategies import StepModule
 from torchplug.strategies._step_module import _STEP_METHODS
+from torchplug.utilities import move_data_to_device
 
 log = logging.getLogger("torchplug")
 
@@ -760,23 +762,23 @@ class Trainer:
         if n == math.inf:  # no length: read one batch ahead to know which is last
             batches: Iterator[tuple[Any, bool]] = _with_last(iter(self._train_loader))
         else:
-            batches = zip(itertools.islice(iter(self._train_loader), int(n)), (i == n - 1 for i in itertools.count()))
+            batches = _with_index_last(itertools.islice(iter(self._train_loader), int(n)), int(n) - 1)
         if resume_at:  # replay the epoch's data order up to where the checkpoint was taken
             for _ in itertools.islice(batches, resume_at):
                 pass
             _set_rng_states(save_time_rng)
         run_batch = self._train_batch_automatic if module.automatic_optimization else self._train_batch_manual
-        to_device, convert = self._hot.batch_to_device, self._hot.convert_batch
-        device = self.root_device
+        prepare, on_batch_end = self._hot.prepare_batch, self._hot.on_batch_end
         wants_start = bool(self._cb_lists["on_train_batch_start"]) or self._module_overrides["on_train_batch_start"]
         wants_end, check_val = self._wants_batch_end, bool(self._val_loaders)
         max_steps, log_every = self.max_steps, self.log_every_n_steps
         for batch_idx, (batch, is_last) in enumerate(batches, start=resume_at):
-            batch = convert(trainer=self, batch=to_device(trainer=self, batch=batch, device=device))
+            batch = prepare(batch)
             if wants_start and self._batch_start(batch, batch_idx) == -1:
                 break
             output = run_batch(batch, batch_idx, is_last)
-            self._hot.on_batch_end(trainer=self, stage="train", batch_idx=batch_idx)
+            if on_batch_end is not _noop:
+                on_batch_end(trainer=self, stage="train", batch_idx=batch_idx)
             self._batches_done = batch_idx + 1
             if wants_end:
                 self._call_batch_end("on_train_batch_end", _detached_output(output), batch, batch_idx)
@@ -817,15 +819,16 @@ class Trainer:
             context = self._hot.no_sync(trainer=self)
             with context if context is not None else contextlib.nullcontext():
                 return self._forward_backward(batch, batch_idx, None)
-        optimizer = self.optimizers[0]
-        closure = _Closure(self, batch, batch_idx, optimizer)
+        closure = self._closure
+        closure.batch, closure.batch_idx, closure.calls = batch, batch_idx, 0
+        optimizer = closure.optimizer
         took = self._hot.optimizer_step(trainer=self, optimizer=optimizer, closure=closure)
         if not closure.calls:
             raise RuntimeError(
                 f"the optimizer step hook of {self._step_answerer()} did not call the closure; the batch was not trained"
             )
         self.global_step += 1
-        if took:
+        if took and self._has_step_schedulers:
             self._step_schedulers("step")
         self._zero_grad(optimizer)
         return closure.output
@@ -835,8 +838,10 @@ class Trainer:
         return ", ".join(self.plugin_manager.get_name(i.plugin) or "?" for i in impls)
 
     def _forward_backward(self, batch: Any, batch_idx: int, optimizer: Any) -> Any:
-        output = self._hot.forward(trainer=self, stage="train", args=(batch, batch_idx))
-        output = self._hot.step_output(trainer=self, stage="train", output=output)
+        hot = self._hot
+        output = hot.forward(trainer=self, stage="train", args=(batch, batch_idx))
+        if hot.step_output is not _identity_step_output:
+            output = hot.step_output(trainer=self, stage="train", output=output)
         if output is None:
             return None
         if isinstance(output, torch.Tensor):
@@ -850,10 +855,16 @@ class Trainer:
             )
         if self.accumulate_grad_batches > 1:
             loss = loss / self.accumulate_grad_batches
-        self._backward(loss, optimizer)
+        if self._quiet_backward:
+            hot.backward(trainer=self, loss=loss, optimizer=optimizer)
+        else:
+            self._backward(loss, optimizer)
         return output
 
     def _backward(self, loss: torch.Tensor, optimizer: Any) -> None:
+        if self._quiet_backward:
+            self._hot.backward(trainer=self, loss=loss, optimizer=optimizer)
+            return
         module = self.lightning_module
         if self._module_overrides["on_before_backward"]:
             module.on_before_backward(loss)
@@ -867,6 +878,8 @@ class Trainer:
 
     def _before_optimizer_step(self, optimizer: Any, clip: bool) -> None:
         """Between the last backward and the step: reduce, unscale, hooks, clipping (inside the closure)."""
+        if self._quiet_pre_step:
+            return
         self._hot.reduce_gradients(trainer=self, optimizer=optimizer)
         self._hot.unscale_gradients(trainer=self, optimizer=optimizer)
         module = self.lightning_module
@@ -883,6 +896,9 @@ class Trainer:
         self.hook.torchplug_clip_gradients(trainer=self, optimizer=optimizer, clip_val=value, algorithm=algorithm)
 
     def _zero_grad(self, optimizer: Any) -> None:
+        if self._quiet_zero_grad:
+            optimizer.zero_grad(set_to_none=True)
+            return
         module = self.lightning_module
         if self._module_overrides["on_before_zero_grad"]:
             module.on_before_zero_grad(optimizer)
@@ -983,14 +999,14 @@ class Trainer:
         self._call(f"on_{name}_start")
         self._call(f"on_{name}_epoch_start")
         per_loader: list[dict[str, torch.Tensor]] = []
-        to_device, convert = self._hot.batch_to_device, self._hot.convert_batch
+        prepare = self._hot.prepare_batch
         with torch.no_grad():
             for dl_idx, (loader, count) in enumerate(zip(loaders, counts)):
                 results.dataloader_idx = dl_idx if len(loaders) > 1 else None
                 before = set(results.metrics)
                 limit = None if count == math.inf else int(count)
                 for batch_idx, batch in enumerate(itertools.islice(iter(loader), limit)):
-                    batch = convert(trainer=self, batch=to_device(trainer=self, batch=batch, device=self.root_device))
+                    batch = prepare(batch)
                     extra = (dl_idx,) if len(loaders) > 1 else ()
                     self._call_batch(f"on_{name}_batch_start", batch, batch_idx, *extra)
                     output = self._hot.forward(trainer=self, stage=name, args=(batch, batch_idx, *extra))
@@ -1037,13 +1053,13 @@ class Trainer:
         self._call("on_predict_start")
         self._call("on_predict_epoch_start")
         all_outputs: list[list[Any]] = []
-        to_device, convert = self._hot.batch_to_device, self._hot.convert_batch
+        prepare = self._hot.prepare_batch
         with torch.no_grad():
             for dl_idx, (loader, count) in enumerate(zip(loaders, counts)):
                 outputs = []
                 limit = None if count == math.inf else int(count)
                 for batch_idx, batch in enumerate(itertools.islice(iter(loader), limit)):
-                    batch = convert(trainer=self, batch=to_device(trainer=self, batch=batch, device=self.root_device))
+                    batch = prepare(batch)
                     extra = (dl_idx,) if len(loaders) > 1 else ()
                     self._call_batch("on_predict_batch_start", batch, batch_idx, *extra)
                     output = self._hot.forward(trainer=self, stage="predict", args=(batch, batch_idx, *extra))
@@ -1067,7 +1083,22 @@ class Trainer:
         }
         self._wants_batch_end = bool(self._cb_lists["on_train_batch_end"]) or self._module_overrides["on_train_batch_end"]
         self._last_logged_step = self.global_step
-        self._hot = _HotHooks(self)
+        self._hot = hot = _HotHooks(self)
+
+        def quiet(*names: str) -> bool:
+            return not any(self._cb_lists[n] or self._module_overrides[n] for n in names)
+
+        # Per-step work that nothing asked for is skipped outright (see benchmarks/overhead.py).
+        self._quiet_backward = quiet("on_before_backward", "on_after_backward")
+        self._quiet_zero_grad = quiet("on_before_zero_grad")
+        self._quiet_pre_step = (
+            quiet("on_before_optimizer_step")
+            and not self.gradient_clip_val
+            and hot.reduce_gradients is _noop
+            and hot.unscale_gradients is _noop
+        )
+        self._closure = _Closure(self, None, 0, self.optimizers[0] if self.optimizers else None)
+        self._has_step_schedulers = any(config.interval == "step" for config in self.lr_scheduler_configs)
 
     def _call(self, name: str, **kwargs: Any) -> None:
         """Call a no-batch hook on the callbacks, the datamodule (setup/teardown) and the module."""
@@ -1279,6 +1310,24 @@ class _HotHooks:
                 setattr(self, name, impls[0].function)
             else:
                 setattr(self, name, caller)
+        if self.step_output == defaults.torchplug_step_output:
+            self.step_output = _identity_step_output
+        to_device, convert, device = self.batch_to_device, self.convert_batch, trainer.root_device
+        if convert == defaults.torchplug_convert_batch:
+            if to_device == defaults.torchplug_batch_to_device:
+                self.prepare_batch = functools.partial(move_data_to_device, device=device)
+            else:
+
+                def prepare_batch(batch: Any) -> Any:
+                    return to_device(trainer=trainer, batch=batch, device=device)
+
+                self.prepare_batch = prepare_batch
+        else:
+
+            def prepare_and_convert(batch: Any) -> Any:
+                return convert(trainer=trainer, batch=to_device(trainer=trainer, batch=batch, device=device))
+
+            self.prepare_batch = prepare_and_convert
         wrapped = trainer._wrapped_module
         if self.forward == defaults.torchplug_forward and type(wrapped) is StepModule:
             module = wrapped.module  # nothing wraps the step: call the user's method directly
@@ -1292,6 +1341,10 @@ class _HotHooks:
 
 def _noop(**kwargs: Any) -> None:
     return None
+
+
+def _identity_step_output(trainer: Trainer, stage: str, output: Any) -> Any:
+    return output
 
 
 class _Closure:
@@ -1311,7 +1364,8 @@ class _Closure:
         self.calls += 1
         # Training runs with grad enabled, and optimizer.step() enables it around a closure too.
         self.output = output = trainer._forward_backward(self.batch, self.batch_idx, self.optimizer)
-        trainer._before_optimizer_step(self.optimizer, clip=True)
+        if not trainer._quiet_pre_step:
+            trainer._before_optimizer_step(self.optimizer, clip=True)
         if output is None:
             return None
         return output if isinstance(output, torch.Tensor) else output["loss"]
@@ -1348,6 +1402,12 @@ class _OptimizerHandle:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.optimizer!r})"
+
+
+def _with_index_last(iterable: Iterable[Any], last: int) -> Iterator[tuple[Any, bool]]:
+    """Yield ``(item, is_last)`` for an iterable of known length (``last`` is the final index)."""
+    for i, item in enumerate(iterable):
+        yield item, i == last
 
 
 def _with_last(iterable: Iterable[Any]) -> Iterator[tuple[Any, bool]]:

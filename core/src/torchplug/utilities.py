@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import os
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +35,8 @@ def apply_to_collection(data: Any, dtype: type | tuple[type, ...], function: Cal
 
 def move_data_to_device(batch: Any, device: torch.device | str, non_blocking: bool = False) -> Any:
     """Move every tensor in ``batch`` to ``device``; ``non_blocking`` only matters for pinned host memory."""
-    device = torch.device(device)
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
 
     def move(tensor: torch.Tensor) -> torch.Tensor:
         if tensor.device == device:
@@ -43,18 +46,24 @@ def move_data_to_device(batch: Any, device: torch.device | str, non_blocking: bo
     if isinstance(batch, torch.Tensor):
         return move(batch)
     kind = type(batch)
-    if kind is list or kind is tuple:  # the common (x, y) batch, without the generic walk
-        if all(type(item) is torch.Tensor and item.device == device for item in batch):
+    if kind is list or kind is tuple:  # the common (x, y) batch already in place, without the generic walk
+        for item in batch:
+            if type(item) is not torch.Tensor or item.device != device:
+                break
+        else:
             return batch
     return apply_to_collection(batch, torch.Tensor, move)
 
 
 def requires_closure(optimizer: Any) -> bool:
     """Whether ``optimizer.step`` must be given a closure (LBFGS), which loss-scaling precisions cannot support."""
-    import inspect
+    return _step_requires_closure(type(optimizer))
 
+
+@functools.cache
+def _step_requires_closure(cls: type) -> bool:
     try:
-        closure = inspect.signature(type(optimizer).step).parameters.get("closure")
+        closure = inspect.signature(cls.step).parameters.get("closure")
     except (TypeError, ValueError):
         return False
     return closure is not None and closure.default is inspect.Parameter.empty
