@@ -10,6 +10,7 @@ import types
 import pytest
 import torch
 from torch import nn
+
 from torchplug import MisconfigurationError, StepModule, registry
 from torchplug._plugins import new_plugin_manager
 from torchplug_amp import STATE_KEY, BF16MixedPrecision, MixedPrecision

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
+
 from torchplug import Callback, Module, Trainer, registry
 from torchplug.testing import QUIET, regression_loader
 from torchplug_amp import STATE_KEY, BF16MixedPrecision, MixedPrecision

@@ -14,6 +14,7 @@ import textwrap
 
 import pytest
 import torch
+
 from torchplug_apex import find_amp
 
 pytestmark = [

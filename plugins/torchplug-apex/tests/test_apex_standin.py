@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+
 from torchplug import MisconfigurationError, Module, StepModule, Trainer, hookimpl, registry
 from torchplug._plugins import new_plugin_manager
 from torchplug.testing import QUIET, regression_loader

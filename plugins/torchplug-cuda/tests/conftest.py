@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import torch
+
 import torchplug_cuda.accelerator as accelerator_module
 from torchplug_cuda import _gpus
 from torchplug_cuda._gpus import GPUState

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 import torchplug
 from torchplug import MisconfigurationError
 from torchplug.testing import QUIET

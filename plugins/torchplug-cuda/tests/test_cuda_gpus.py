@@ -11,6 +11,7 @@ import stat
 import textwrap
 
 import pytest
+
 from torchplug import MisconfigurationError
 from torchplug_cuda import _gpus
 from torchplug_cuda._gpus import GPUState, parse_nvidia_smi, visible_gpus

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 import torchplug
 from torchplug import MisconfigurationError
 from torchplug.testing import QUIET, BoringModel, regression_loader

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 import torch
-import torchplug
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+import torchplug
 from torchplug import Callback, Module
 from torchplug.testing import QUIET, BoringModel, regression_loader
 from torchplug.utilities import apply_to_collection

@@ -5,11 +5,10 @@ Real Trainers are constructed (no process is started: construction only detects 
 import os
 
 import pytest
+from ddp_test_support import _distributed_variable
 
 from torchplug import MisconfigurationError, Trainer
 from torchplug.testing import QUIET
-
-from ddp_test_support import _distributed_variable
 
 
 @pytest.fixture(autouse=True)

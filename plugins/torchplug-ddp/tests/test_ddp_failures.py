@@ -9,7 +9,6 @@ import subprocess
 import time
 
 import pytest
-
 from ddp_test_support import PYTHON, processes_mentioning, write_script
 
 pytestmark = pytest.mark.timeout(150)

@@ -5,7 +5,6 @@ import os
 import sys
 
 import pytest
-
 from ddp_test_support import processes_mentioning, run, write_script
 
 CHILD = """

@@ -7,15 +7,13 @@ import json
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import torch
-
-from torchplug_ddp._ports import find_free_port
-
 from ddp_test_support import PYTHON, processes_mentioning, run
 from test_ddp_training import SCRIPT, single_device
+
+from torchplug_ddp._ports import find_free_port
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -1,9 +1,16 @@
 """The DistributedSampler swap, on real DataLoaders (no process group is needed to build one)."""
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset, SequentialSampler, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    SequentialSampler,
+    TensorDataset,
+)
 
-from torchplug_ddp._sampler import distributed_loader, needs_distributed_sampler
+from torchplug.utilities import distributed_loader, needs_distributed_sampler
 
 DATA = TensorDataset(torch.arange(20).float().unsqueeze(1))
 

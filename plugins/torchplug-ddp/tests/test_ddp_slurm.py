@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from torchplug_ddp._ports import find_free_port
-
 from ddp_test_support import PYTHON, processes_mentioning, run
 from test_ddp_training import SCRIPT, single_device
+
+from torchplug_ddp._ports import find_free_port
 
 SCRIPTS = Path(__file__).resolve().parents[3] / "tests" / "slurm"
 # One xdist worker runs every SLURM test (the cluster is one per machine); see the Makefile's --dist loadgroup.

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from ddp_test_support import processes_mentioning, run
 
 from torchplug import MisconfigurationError, Trainer, registry
-
-from ddp_test_support import processes_mentioning, run
 
 SCRIPT = Path(__file__).with_name("ddp_train_script.py")
 pytestmark = pytest.mark.timeout(180)

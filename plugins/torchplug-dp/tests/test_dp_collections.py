@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 from torch import nn
+
 from torchplug_dp._collections import join_structure, reduce_paths, split_structure, weighted_mean
 
 Point = namedtuple("Point", ["x", "label"])

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+
 import torchplug
 from torchplug import MisconfigurationError
 from torchplug._results import Results

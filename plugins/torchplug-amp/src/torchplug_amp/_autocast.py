@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch.amp.autocast_mode import is_autocast_available
+
 from torchplug import MisconfigurationError, hookimpl
 from torchplug.precision import Precision
 from torchplug.utilities import requires_closure
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
     from torch import nn
     from torch.optim import Optimizer
+
     from torchplug import Trainer
 
 #: The key of this package's state in ``checkpoint["plugins"]``.

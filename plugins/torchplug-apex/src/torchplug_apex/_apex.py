@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+
 from torchplug import MisconfigurationError, hookimpl
 from torchplug.precision import Precision
 from torchplug.utilities import requires_closure
@@ -31,6 +32,7 @@ from torchplug.utilities import requires_closure
 if TYPE_CHECKING:
     from torch import nn
     from torch.optim import Optimizer
+
     from torchplug import Trainer
 
 #: The key of this package's state in ``checkpoint["plugins"]``.

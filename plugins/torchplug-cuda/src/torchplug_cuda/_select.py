@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from torchplug import MisconfigurationError
-
 from torchplug_cuda._gpus import GPUState
 
 

@@ -14,10 +14,10 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
+
 from torchplug import MisconfigurationError, hookimpl
 from torchplug.accelerators import Accelerator
 from torchplug.utilities import apply_to_collection
-
 from torchplug_cuda import _gpus
 from torchplug_cuda._memory import MODES, memory_metrics
 from torchplug_cuda._select import pick_free_gpus

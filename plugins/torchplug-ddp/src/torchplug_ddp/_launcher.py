@@ -30,7 +30,6 @@ from collections.abc import Callable
 from typing import Any
 
 from torchplug import MisconfigurationError, ProcessFailedError
-
 from torchplug_ddp import _failures
 from torchplug_ddp._failures import Failure
 

@@ -22,7 +22,6 @@ import torch
 import torch.multiprocessing as mp
 
 from torchplug import MisconfigurationError, ProcessFailedError
-
 from torchplug_ddp import _failures, _launcher
 
 _RESULT = "result.pt"

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import gather, scatter
-from torchplug.utilities import apply_to_collection
 
+from torchplug.utilities import apply_to_collection
 from torchplug_dp._collections import Path, join_structure, split_structure, weighted_mean
 
 _REDUCE_OPS = {"mean": "mean", "avg": "mean", "sum": "sum", "max": "max", "min": "min",

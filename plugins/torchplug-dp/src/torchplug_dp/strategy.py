@@ -14,14 +14,15 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
+
 from torchplug import MisconfigurationError, hookimpl
 from torchplug.strategies import Strategy
-
 from torchplug_dp._collections import reduce_paths
 from torchplug_dp._parallel import DataParallel
 
 if TYPE_CHECKING:
     from torch import nn
+
     from torchplug.trainer import Trainer
 
 #: Lightning 1.x's per-stage hooks that receive the gathered outputs of every GPU and combine them.

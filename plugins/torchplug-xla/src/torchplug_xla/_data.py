@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset
 
 from torchplug import MisconfigurationError
+from torchplug.utilities import distributed_loader
 
 
 def with_distributed_sampler(loader: Any, num_replicas: int, rank: int) -> Any:
@@ -29,25 +29,4 @@ def with_distributed_sampler(loader: Any, num_replicas: int, rank: int) -> Any:
             f"{num_replicas} XLA replicas automatically: shard it yourself (give each replica its rank's samples, "
             "see self.global_rank) and pass use_distributed_sampler=False"
         )
-    sampler = DistributedSampler(
-        loader.dataset,
-        num_replicas=num_replicas,
-        rank=rank,
-        shuffle=isinstance(loader.sampler, RandomSampler),
-        seed=int(os.environ.get("TORCHPLUG_GLOBAL_SEED", 0)),
-    )
-    options: dict[str, Any] = {
-        "batch_size": loader.batch_size,
-        "drop_last": loader.drop_last,
-        "num_workers": loader.num_workers,
-        "collate_fn": loader.collate_fn,
-        "pin_memory": loader.pin_memory,
-        "timeout": loader.timeout,
-        "worker_init_fn": loader.worker_init_fn,
-        "multiprocessing_context": loader.multiprocessing_context,
-        "generator": loader.generator,
-        "persistent_workers": loader.persistent_workers,
-    }
-    if loader.num_workers > 0:
-        options["prefetch_factor"] = loader.prefetch_factor
-    return DataLoader(loader.dataset, sampler=sampler, **options)
+    return distributed_loader(loader, num_replicas, rank)

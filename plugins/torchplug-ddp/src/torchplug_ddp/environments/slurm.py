@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 from torchplug import ClusterInfo, MisconfigurationError, hookimpl
 from torchplug.environments import ClusterEnvironment
-
 from torchplug_ddp._nodelist import first_host
 from torchplug_ddp.environments._checks import check_layout
 

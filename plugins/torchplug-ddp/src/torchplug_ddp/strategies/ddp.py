@@ -20,10 +20,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from torchplug import ClusterInfo, MisconfigurationError, World, hookimpl
 from torchplug.strategies import Strategy
-
+from torchplug.utilities import distributed_loader, needs_distributed_sampler
 from torchplug_ddp import _collectives, _launcher
 from torchplug_ddp._failures import from_exception
-from torchplug_ddp._sampler import distributed_loader, needs_distributed_sampler
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader

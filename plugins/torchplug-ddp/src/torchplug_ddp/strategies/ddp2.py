@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from torchplug import ClusterInfo, MisconfigurationError, hookimpl
-
 from torchplug_ddp.strategies.ddp import DDPStrategy
 
 if TYPE_CHECKING:

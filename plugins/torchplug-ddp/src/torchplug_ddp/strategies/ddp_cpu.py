@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from torchplug import MisconfigurationError, hookimpl
-
 from torchplug_ddp.strategies.ddp import DDPStrategy
 
 if TYPE_CHECKING:

@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch.multiprocessing as mp
 
-from torchplug import ClusterInfo, MisconfigurationError, hookimpl
-
+from torchplug import ClusterInfo, MisconfigurationError
 from torchplug_ddp import _spawn
 from torchplug_ddp.strategies.ddp import DDPStrategy
 
