@@ -40,6 +40,7 @@ def _worker(name: str, accelerator: str, size: dict[str, int], warmup: int, step
     import torch
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
+
     from torchplug import Callback, Module, Trainer
 
     class Blocks(Module):

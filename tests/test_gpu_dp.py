@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 import torch
-import torchplug
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+import torchplug
 from torchplug import Module
 from torchplug.testing import QUIET
 

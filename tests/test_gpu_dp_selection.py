@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+
 import torchplug
 from torchplug import MisconfigurationError
 from torchplug.testing import QUIET, BoringModel

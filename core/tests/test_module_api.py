@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from torchplug import Callback, DataModule, MisconfigurationError, Module, Trainer, seed_everything
+from torchplug import Callback, DataModule, MisconfigurationError, Trainer, seed_everything
 from torchplug.testing import QUIET, BoringModel, regression_data, regression_loader
 
 HOOKS = [
