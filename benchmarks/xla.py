@@ -16,7 +16,7 @@ Step time is the wall time of the steps after ``--warmup`` steps, waiting for th
 is torch_xla's ``CompileTime`` metric summed over the run; ``compilations`` counts its samples (1 means every step
 reused the first step's graph). Needs ``.venv-xla`` (torch and torch-xla 2.9.0)::
 
-    PJRT_DEVICE=CPU .venv-xla/bin/python benchmarks/xla.py                  # as in docs/benchmarks/xla.md
+    PJRT_DEVICE=CPU .venv-xla/bin/python benchmarks/xla.py                  # as in docs/benchmarks.md
     PJRT_DEVICE=CPU .venv-xla/bin/python benchmarks/xla.py --steps 100 --repeats 2   # quicker
 """
 

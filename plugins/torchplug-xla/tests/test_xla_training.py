@@ -22,19 +22,10 @@ import torch_xla.debug.metrics as met  # noqa: E402
 from xla_models import Regressor, loader, trainer  # noqa: E402
 
 import torchplug  # noqa: E402
-from torchplug import MisconfigurationError, hookspecs  # noqa: E402
+from torchplug import MisconfigurationError  # noqa: E402
 from torchplug._checkpoint import load_checkpoint  # noqa: E402
 from torchplug.callbacks import ModelCheckpoint  # noqa: E402
 from torchplug_xla import XLAAccelerator  # noqa: E402
-
-needs_core_precision_hook = pytest.mark.skipif(
-    not hasattr(hookspecs, "torchplug_precision_name"),
-    reason="the core has no torchplug_precision_name hook yet",
-)
-needs_core_strategy_hook = pytest.mark.skipif(
-    not hasattr(hookspecs, "torchplug_default_strategy"),
-    reason="the core has no torchplug_default_strategy hook yet",
-)
 
 
 def compilations() -> int:
@@ -90,7 +81,6 @@ def test_bf16_mixed_runs_the_step_in_bfloat16_autocast_on_xla():
     assert losses[-1] < losses[0] / 5
 
 
-@needs_core_precision_hook
 @pytest.mark.parametrize("precision", ["16-mixed", 16])
 def test_float16_precision_runs_as_bf16_on_xla_with_a_notice(precision):
     with pytest.warns(UserWarning, match="TPUs have no float16 arithmetic"):
@@ -108,7 +98,6 @@ def test_bf16_true_converts_the_module_on_xla():
     assert all(p.dtype == torch.bfloat16 and p.device.type == "xla" for p in model.parameters())
 
 
-@needs_core_strategy_hook
 def test_auto_strategy_is_single_xla_for_one_device():
     assert trainer().strategy_name == "single_xla"
 

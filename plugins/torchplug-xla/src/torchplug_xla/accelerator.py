@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Generator
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchplug import MisconfigurationError, hookimpl, hookspecs
+from torchplug import MisconfigurationError, hookimpl
 from torchplug.accelerators import Accelerator
 from torchplug.utilities import apply_to_collection
 from torchplug_xla import _runtime
 
 if TYPE_CHECKING:
-    from torch.optim import Optimizer
 
     from torchplug import Trainer
 
@@ -64,8 +62,6 @@ class XLAAccelerator(Accelerator):
                 "PJRT_DEVICE unset). On a TPU VM install libtpu (`pip install 'torchplug-xla[tpu]'`); to run "
                 "XLA on this machine's CPU set PJRT_DEVICE=CPU (and CPU_NUM_DEVICES=N for N devices)"
             )
-        if not hasattr(hookspecs, "torchplug_on_batch_end"):
-            trainer.plugin_manager.register(_StepCuts(), name="accelerator:tpu:step-cuts")
 
     @hookimpl
     def torchplug_device_count(self, trainer: Trainer) -> int:
@@ -132,53 +128,6 @@ def sync() -> None:
     import torch_xla
 
     torch_xla.sync()
-
-
-class _StepCuts:
-    """Graph cuts for a core without ``torchplug_on_batch_end``: after each optimizer step, each evaluation step
-    and each accumulation micro-batch.
-
-    Correct, but the cut after the optimizer step comes before the core's ``zero_grad``, so the step's graph also
-    writes out every gradient: more device memory traffic than the cut at the batch's end.
-    """
-
-    @hookimpl(wrapper=True)
-    def torchplug_forward(
-        self, trainer: Trainer, stage: str, args: tuple[Any, ...]
-    ) -> Generator[None, Any, Any]:
-        output = yield
-        if stage != "train":  # a training step ends at its optimizer step
-            sync()
-        return output
-
-    @hookimpl(wrapper=True)
-    def torchplug_no_sync(self, trainer: Trainer) -> Generator[None, Any, AbstractContextManager[None]]:
-        context = yield
-        return _SyncAfter(context)
-
-    @hookimpl(wrapper=True)
-    def torchplug_optimizer_step(
-        self, trainer: Trainer, optimizer: Optimizer, closure: Callable[[], Any]
-    ) -> Generator[None, Any, Any]:
-        taken = yield
-        sync()
-        return taken
-
-
-class _SyncAfter:
-    """The strategy's no-sync context (or none), then a graph cut: one graph per accumulation micro-batch."""
-
-    def __init__(self, inner: AbstractContextManager[None] | None) -> None:
-        self._inner = inner if inner is not None else nullcontext()
-
-    def __enter__(self) -> None:
-        self._inner.__enter__()
-
-    def __exit__(self, *exc: Any) -> bool | None:
-        suppress = self._inner.__exit__(*exc)
-        if exc[0] is None:
-            sync()
-        return suppress
 
 
 def send_to_device(
