@@ -265,3 +265,18 @@ def test_true_precisions_cast_parameters_and_inputs():
         assert Check.dtypes == [(dtype, dtype)]
     trainer = Trainer(**QUIET, precision=32)
     assert trainer.precision_name == "32-true"
+
+
+def test_a_precision_that_replaces_the_module_is_refused():
+    import copy
+
+    from torchplug import hookimpl
+    from torchplug.precision import Precision
+
+    class Replacing(Precision):
+        @hookimpl
+        def torchplug_convert_module(self, trainer, module):
+            return copy.deepcopy(module)
+
+    with pytest.raises(MisconfigurationError, match="replaced the module in torchplug_convert_module"):
+        Trainer(**QUIET, max_steps=1, precision=Replacing()).fit(BoringModel(), regression_loader(16, 8))

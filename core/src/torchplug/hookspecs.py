@@ -169,7 +169,8 @@ def torchplug_convert_module(trainer: Trainer, module: nn.Module) -> nn.Module |
     """Change the user's module for this precision (``bf16-true`` casts parameters and buffers).
 
     Called once per run on every rank after the module is on ``trainer.root_device``. Answered by the precision
-    plugin; return the module (or a replacement). Stops at the first non-None result.
+    plugin, which changes the module in place and returns it (a different object is refused: the user's module is
+    what the loop, checkpoints and ``self`` in the steps refer to). Stops at the first non-None result.
     """
 
 
@@ -180,8 +181,8 @@ def torchplug_setup_optimizers(
     """Let a precision plugin take over the module and its optimizers (apex's ``amp.initialize``).
 
     Called once per run on every rank, after ``configure_optimizers`` and before the module is wrapped by the
-    strategy and before any checkpoint is restored. Return ``(module, optimizers)``; LR schedulers are re-pointed
-    at the returned optimizers. Answered by the precision plugin. Stops at the first non-None result.
+    strategy and before any checkpoint is restored. Return ``(module, optimizers)``: the same module, changed in
+    place, and the optimizers to use (LR schedulers are re-pointed at them). Answered by the precision plugin. Stops at the first non-None result.
     """
 
 

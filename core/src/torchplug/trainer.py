@@ -316,6 +316,7 @@ class Trainer:
         self._epoch_start_rng: dict[str, Any] | None = None
         self._restored: dict[str, Any] | None = None
         self.ckpt_path: str | None = None
+        self._header_shown = False
 
     # ==================================================================================================== construction
     def _default_callbacks(
@@ -466,7 +467,6 @@ class Trainer:
     # ==================================================================================================== one process
     def _run_stage(self, stage: str, model: Module, loaders: dict[str, Any], datamodule: Any, ckpt_path: Any) -> Any:
         self.stage = stage
-        self._setup_process()
         self.lightning_module, self.datamodule = model, datamodule
         model.trainer = self
         self.ckpt_path, self._restored = None, None
@@ -474,6 +474,7 @@ class Trainer:
             datamodule.trainer = self
         status = "failed"
         try:
+            self._setup_process()  # inside: a half-made process group is still torn down
             self._prepare_data(model, datamodule)
             self._call("setup", stage=stage)
             self._setup_module(model, stage)
@@ -516,7 +517,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=self.deterministic == "warn")
         if self.benchmark is not None:
             torch.backends.cudnn.benchmark = self.benchmark
-        if self.is_global_zero and not getattr(self, "_header_shown", False):
+        if self.is_global_zero and not self._header_shown:
             self._header_shown = True
             log.info(
                 "torchplug: accelerator=%s strategy=%s precision=%s devices=%s num_nodes=%s world_size=%s%s",
@@ -543,6 +544,11 @@ class Trainer:
             optimizers, self.lr_scheduler_configs = self._configure_optimizers(model)
             answer = self.hook.torchplug_setup_optimizers(trainer=self, module=model, optimizers=optimizers)
             model_after, optimizers_after = answer
+            if model_after is not model:
+                raise MisconfigurationError(
+                    f"precision {self.precision_name!r} replaced the module in torchplug_setup_optimizers; change it "
+                    "in place and return the same object"
+                )
             for old, new in zip(optimizers, optimizers_after):
                 if new is not old:
                     for config in self.lr_scheduler_configs:
