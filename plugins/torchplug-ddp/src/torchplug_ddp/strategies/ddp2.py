@@ -36,6 +36,7 @@ class DDP2Strategy(DDPStrategy):
                 "process with one device per node (DataParallel has nothing to split over). Pass devices=1 and "
                 "num_nodes=<nodes>, or use strategy='ddp_cpu' for several CPU processes per node"
             )
+        super().torchplug_configure(trainer)  # ddp's own checks (backend, sync_batchnorm)
 
     def _local_device_index(self, info: ClusterInfo) -> int:
         return 0  # the one process of the node drives every device of it; the first is its root device

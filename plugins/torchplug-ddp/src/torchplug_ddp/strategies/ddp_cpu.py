@@ -25,3 +25,4 @@ class DDPCPUStrategy(DDPStrategy):
             raise MisconfigurationError(
                 f"process_group_backend={self.process_group_backend!r}: strategy='ddp_cpu' communicates with 'gloo'"
             )
+        super().torchplug_configure(trainer)  # ddp's own checks (backend, timeout, sync_batchnorm, environment)
