@@ -127,7 +127,8 @@ def test_checkpoint_holds_everything_a_resume_needs(tmp_path):
                 "hyper_parameters", "epoch", "global_step"):  # fmt: skip
         assert key in checkpoint, key
     assert checkpoint["hyper_parameters"] == {"scheduler": "epoch", "features": 4, "lr": 0.05}
-    assert checkpoint["global_step"] == 12 and checkpoint["loops"]["phase"] == "complete"
+    # saved by a plain callback's on_train_epoch_end: before the epoch's LR scheduler step, which a resume does
+    assert checkpoint["global_step"] == 12 and checkpoint["loops"]["phase"] == "validated"
 
 
 class SaveOnValidationEnd(Callback):
@@ -154,4 +155,30 @@ def test_resume_from_the_last_batch_of_an_epoch(tmp_path):
     path = tmp_path / "step24.ckpt"
     run("epoch", 3, 1, callbacks=[SaveAt(path, step=24)], max_steps=24)  # 12 batches an epoch: the end of epoch 1
     _, resumed = run("epoch", 3, 1, ckpt_path=path, seed=3)
+    assert_bitwise_equal(full, resumed)
+
+
+class Plateau(Noisy):
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self._loss(batch))
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=self.lr)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "val_loss"}}
+
+
+def test_resume_with_a_plateau_scheduler_from_a_mid_epoch_last_checkpoint(tmp_path):
+    def go(max_epochs, ckpt_path=None, seed=0, max_steps=-1, callbacks=()):
+        seed_everything(seed)
+        model = Plateau()
+        trainer = Trainer(**{**QUIET, "enable_checkpointing": True}, max_epochs=max_epochs, max_steps=max_steps,
+                          val_check_interval=0.5, callbacks=list(callbacks), default_root_dir=tmp_path)  # fmt: skip
+        trainer.fit(model, loader(), DataLoader(regression_data(16), batch_size=8), ckpt_path=ckpt_path)
+        return model
+
+    full = go(3)
+    last = ModelCheckpoint(dirpath=tmp_path / "ck", monitor="val_loss", save_last=True)
+    go(3, max_steps=18, callbacks=[last])  # stops after the mid-epoch validation of epoch 1
+    resumed = go(3, ckpt_path=tmp_path / "ck" / "last.ckpt", seed=4)
     assert_bitwise_equal(full, resumed)

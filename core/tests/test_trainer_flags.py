@@ -79,7 +79,7 @@ def test_check_val_every_n_epoch():
 
 def test_val_check_interval_int_and_float():
     _, model = fit(max_epochs=1, val_check_interval=3)  # 8 batches: after 3, 6 and at the end
-    assert sorted({step for _, step, _ in model.val_batches}) == [3, 6, 8]
+    assert sorted({step for _, step, _ in model.val_batches}) == [3, 6]  # as Lightning: none extra at epoch end
     _, model = fit(max_epochs=1, val_check_interval=0.5)
     assert sorted({step for _, step, _ in model.val_batches}) == [4, 8]
 
@@ -278,3 +278,102 @@ def test_deterministic_warn_only():
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
     with pytest.raises(MisconfigurationError, match="deterministic='yes'"):
         Trainer(**QUIET, deterministic="yes")
+
+
+def test_epoch_end_order_lets_monitors_see_metrics_logged_in_on_train_epoch_end():
+    from torchplug.callbacks import EarlyStopping
+
+    order = []
+
+    class LogsAtEpochEnd(BoringModel):
+        def on_train_epoch_end(self):
+            order.append("module")
+            self.log("train_metric", float(self.current_epoch))  # rises: early stopping in "min" mode stops
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "train_metric"}}
+
+    class Plain(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            order.append("callback")
+
+    class Watching(EarlyStopping):
+        def on_train_epoch_end(self, trainer, pl_module):
+            order.append("monitor")
+            super().on_train_epoch_end(trainer, pl_module)
+
+    trainer = Trainer(**QUIET, max_epochs=10, callbacks=[Watching(monitor="train_metric", patience=1), Plain()])
+    trainer.fit(LogsAtEpochEnd(), regression_loader(16, 8))
+    assert order[:3] == ["callback", "module", "monitor"]
+    assert trainer.current_epoch == 2  # epoch 0 is the best; epoch 1 is one check without improvement
+    assert trainer.optimizers[0].param_groups[0]["lr"] < 0.1  # the plateau scheduler saw the metric
+
+
+class _TwoRanksAlike:
+    """Stand-in for the all-reduce of two processes that logged the same values (sum doubles, mean keeps); it
+    counts how often a value is reduced. Real two-process reductions are tested in plugins/torchplug-ddp."""
+
+    def __init__(self):
+        self.reductions = 0
+
+    from torchplug import hookimpl
+
+    @hookimpl
+    def torchplug_all_reduce(self, trainer, tensor, op):
+        self.reductions += 1
+        return tensor * 2 if op == "sum" else tensor
+
+
+def test_sync_dist_reduces_the_epoch_aggregate_once():
+    class Logs(BoringModel):
+        def training_step(self, batch, batch_idx):
+            self.log("one", 1.0, on_step=True, on_epoch=True, reduce_fx="sum", sync_dist=True)
+            return super().training_step(batch, batch_idx)
+
+    ranks = _TwoRanksAlike()
+    trainer = Trainer(**QUIET, max_epochs=1, plugins=[ranks])
+    trainer.fit(Logs(), regression_loader(32, 8))  # 4 batches
+    assert float(trainer.callback_metrics["one_step"]) == 2.0
+    assert float(trainer.callback_metrics["one_epoch"]) == 8.0  # 4 local ones, summed over 2 "ranks"
+    assert ranks.reductions == 4 + 1
+
+
+def test_val_check_interval_across_epochs_on_a_loader_without_length():
+    class Counting(Recorder):
+        pass
+
+    model = Counting()
+    Trainer(**QUIET, max_steps=10, val_check_interval=3, check_val_every_n_epoch=None, num_sanity_val_steps=0).fit(
+        model, DataLoader(Endless(), batch_size=None), regression_loader(16, 8)
+    )
+    assert sorted({step for _, step, _ in model.val_batches}) == [3, 6, 9]
+
+
+def test_limit_val_batches_zero_runs_no_validation_at_all():
+    starts = []
+
+    class Spy(Callback):
+        def on_validation_start(self, trainer, pl_module):
+            starts.append(trainer.global_step)
+
+    fit(max_epochs=2, limit_val_batches=0, callbacks=[Spy()], num_sanity_val_steps=2)
+    assert starts == []
+
+
+@pytest.mark.parametrize(("flag", "value"), [("accumulate_grad_batches", 2), ("gradient_clip_val", 1.0)])
+def test_manual_optimization_refuses_flags_it_would_ignore(flag, value):
+    class Manual(BoringModel):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            self.manual_backward(self._loss(batch))
+            opt.step()
+            opt.zero_grad()
+
+    with pytest.raises(MisconfigurationError, match=f"{flag} is not applied with manual optimization"):
+        Trainer(**QUIET, max_steps=1, **{flag: value}).fit(Manual(), regression_loader(16, 8))

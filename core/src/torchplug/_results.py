@@ -98,6 +98,9 @@ class Results:
         elif value.requires_grad:
             value = value.detach()
         trainer = self.trainer
+        if metric.on_epoch:  # this process's own value: the epoch aggregate is reduced across processes once
+            metric.values.append(value)
+            metric.weights.append(1 if batch_size is None else int(batch_size))
         if metric.on_step:
             if metric.sync_dist:
                 value = trainer._all_reduce(value, metric.op)
@@ -109,9 +112,6 @@ class Results:
             trainer.callback_metrics[key] = value
             if metric.on_epoch:
                 trainer.callback_metrics[name] = value
-        if metric.on_epoch:
-            metric.values.append(value)
-            metric.weights.append(1 if batch_size is None else int(batch_size))
 
     def epoch_end(self) -> dict[str, torch.Tensor]:
         """Aggregate epoch values (every rank must call it: ``sync_dist`` reduces here) and clear them."""

@@ -312,6 +312,8 @@ class Trainer:
         self._results: Results | None = None
         self._wrapped_module: nn.Module | None = None
         self._batches_done = 0
+        self._total_batches = 0
+        self._validated_at = -1
         self._epoch_phase = "train"
         self._epoch_start_rng: dict[str, Any] | None = None
         self._restored: dict[str, Any] | None = None
@@ -488,10 +490,9 @@ class Trainer:
                 result = self._run_evaluation(stage, loaders[stage])
             status = "success"
             return result
-        except KeyboardInterrupt:
-            status = "interrupted"
-            raise
         except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                status = "interrupted"
             self._callbacks("on_exception", exc)
             raise
         finally:
@@ -657,9 +658,20 @@ class Trainer:
         if not has_val_step:
             val_loaders = []
         self.num_training_batches = self._num_batches(train_loader, self.limit_train_batches, "limit_train_batches")
-        self.num_val_batches = [self._num_batches(dl, self.limit_val_batches, "limit_val_batches") for dl in val_loaders]
+        counts = [self._num_batches(dl, self.limit_val_batches, "limit_val_batches") for dl in val_loaders]
+        # A loader limited to 0 batches is no validation at all: no sanity check, no validation hooks.
+        val_loaders = [dl for dl, count in zip(val_loaders, counts) if count]
+        self.num_val_batches = [count for count in counts if count]
         self._val_check_batch = self._resolve_val_check_batch()
         self._train_loader, self._val_loaders = train_loader, val_loaders
+        if not module.automatic_optimization:
+            for flag, value in (("accumulate_grad_batches", self.accumulate_grad_batches != 1),
+                                ("gradient_clip_val", self.gradient_clip_val)):  # fmt: skip
+                if value:
+                    raise MisconfigurationError(
+                        f"{flag} is not applied with manual optimization (self.automatic_optimization = False): "
+                        "accumulate or clip in training_step (self.clip_gradients(opt, ...)), and leave the flag unset"
+                    )
 
         self._prepare_call_lists()
         if self.is_global_zero:
@@ -670,20 +682,18 @@ class Trainer:
             self._sanity_check()
         if self._restored is not None:
             _set_rng_states(self._restored["rng_states"])
+            self.callback_metrics.update(self._restored["callback_metrics"])  # the sanity check cleared them
         self._results = Results(self, default_on_step=True)
         self.training = True
         module.train()
         self._call("on_train_start")
         try:
-            while not self._fit_done():
+            while self.num_training_batches and not self._fit_done():  # limit_train_batches=0: no training
                 self._train_epoch()
-                if self.num_training_batches == 0:
-                    break
         finally:
             self.training = False
         self._call("on_train_end")
         self._call("on_fit_end")
-        return None
 
     def _fit_done(self) -> bool:
         if self.max_steps != -1 and self.global_step >= self.max_steps:
@@ -731,8 +741,8 @@ class Trainer:
         """One training epoch, or what a checkpoint left of it.
 
         ``_epoch_phase`` records how far the epoch got, for checkpoints: ``"train"`` (``_batches_done`` batches
-        trained), ``"validated"`` (all batches trained; the epoch-end validation is running or done) and
-        ``"complete"`` (LR schedulers stepped; only ``on_train_epoch_end`` hooks remain).
+        trained, with their validations), ``"validated"`` (every batch done; the epoch-end hooks are running) and
+        ``"complete"`` (LR schedulers stepped; only the metric-monitoring callbacks remain).
         """
         loops, self._restored = (self._restored["loops"] if self._restored else None), None
         phase = loops["phase"] if loops else "train"
@@ -748,16 +758,20 @@ class Trainer:
         if phase == "train":
             self._train_batches(resume_at, loops["save_time_rng"] if resume_at else None)
             self._epoch_phase = "validated"
-            if self._val_loaders and self._epoch_end_val_due():
-                self._run_validation()
-        epoch_logs = self._results.epoch_end()
+        # Lightning's order: callbacks, then the module (whose epoch-end logs count for this epoch), then the LR
+        # schedulers (ReduceLROnPlateau may monitor those logs), then callbacks that monitor metrics (checkpoints,
+        # early stopping), which so see the whole epoch and a checkpoint holds the stepped schedulers.
+        results = self._results
+        results.dataloader_idx = None
+        results.default_on_step = False  # self.log in epoch-end hooks is per epoch
+        epoch_logs = results.epoch_end()
+        self._callbacks("on_train_epoch_end", monitors=False)
+        self.lightning_module.on_train_epoch_end()
+        results.default_on_step = True
+        epoch_logs.update(results.epoch_end())
         self._step_schedulers("epoch")
         self._epoch_phase = "complete"
-        self._results.dataloader_idx = None
-        self._results.default_on_step = False  # self.log in epoch-end hooks is per epoch
-        self._call("on_train_epoch_end")
-        self._results.default_on_step = True
-        epoch_logs.update(self._results.epoch_end())  # values logged in on_train_epoch_end itself
+        self._callbacks("on_train_epoch_end", monitors=True)
         self._flush_step_logs(epoch_metrics=epoch_logs)
         self.current_epoch += 1
         self._batches_done, self._epoch_phase = 0, "train"
@@ -769,14 +783,18 @@ class Trainer:
             batches: Iterator[tuple[Any, bool]] = _with_last(iter(self._train_loader))
         else:
             batches = _with_index_last(itertools.islice(iter(self._train_loader), int(n)), int(n) - 1)
+        check_val = bool(self._val_loaders)
         if resume_at:  # replay the epoch's data order up to where the checkpoint was taken
             for _ in itertools.islice(batches, resume_at):
                 pass
             _set_rng_states(save_time_rng)
+            # A checkpoint from on_train_batch_end precedes that batch's validation: run it if it was due.
+            if check_val and self._validated_at != self._total_batches and self._val_due(resume_at - 1, resume_at == n):
+                self._run_validation()
         run_batch = self._train_batch_automatic if module.automatic_optimization else self._train_batch_manual
         prepare, on_batch_end = self._hot.prepare_batch, self._hot.on_batch_end
         wants_start = bool(self._cb_lists["on_train_batch_start"]) or self._module_overrides["on_train_batch_start"]
-        wants_end, check_val = self._wants_batch_end, bool(self._val_loaders)
+        wants_end = self._wants_batch_end
         max_steps, log_every = self.max_steps, self.log_every_n_steps
         for batch_idx, (batch, is_last) in enumerate(batches, start=resume_at):
             batch = prepare(batch)
@@ -786,6 +804,7 @@ class Trainer:
             if on_batch_end is not _noop:
                 on_batch_end(trainer=self, stage="train", batch_idx=batch_idx)
             self._batches_done = batch_idx + 1
+            self._total_batches += 1
             if wants_end:
                 self._call_batch_end("on_train_batch_end", _detached_output(output), batch, batch_idx)
             step = self.global_step
@@ -797,19 +816,14 @@ class Trainer:
                 break
 
     def _val_due(self, batch_idx: int, is_last: bool) -> bool:
-        if not self._val_loaders or self._val_check_batch == math.inf:
-            return False
+        """Lightning's schedule: after every ``val_check_batch``-th batch (1.0 means the epoch's last batch) of the
+        epochs ``check_val_every_n_epoch`` selects; with ``check_val_every_n_epoch=None`` counted across epochs."""
+        every = self._val_check_batch
         if self.check_val_every_n_epoch is None:
-            total = self.current_epoch * self.num_training_batches + batch_idx + 1
-            return total % self._val_check_batch == 0
-        if is_last:
-            return False  # the epoch-end validation covers it
-        return (batch_idx + 1) % self._val_check_batch == 0 and self._epoch_end_val_due()
-
-    def _epoch_end_val_due(self) -> bool:
-        if self.check_val_every_n_epoch is None:
+            return every != math.inf and self._total_batches % every == 0
+        if (self.current_epoch + 1) % self.check_val_every_n_epoch:
             return False
-        return (self.current_epoch + 1) % self.check_val_every_n_epoch == 0
+        return is_last if every == math.inf else (batch_idx + 1) % every == 0
 
     def _batch_start(self, batch: Any, batch_idx: int) -> Any:
         for callback in self._cb_lists["on_train_batch_start"]:
@@ -868,9 +882,7 @@ class Trainer:
         return output
 
     def _backward(self, loss: torch.Tensor, optimizer: Any) -> None:
-        if self._quiet_backward:
-            self._hot.backward(trainer=self, loss=loss, optimizer=optimizer)
-            return
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # the real optimizer behind self.optimizers()
         module = self.lightning_module
         if self._module_overrides["on_before_backward"]:
             module.on_before_backward(loss)
@@ -897,8 +909,9 @@ class Trainer:
             self._clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
 
     def _clip_gradients(self, optimizer: Any, value: float, algorithm: str) -> None:
-        if algorithm not in ("norm", "value"):
+        if algorithm not in ("norm", "value"):  # self.clip_gradients(...) arrives here unchecked
             raise MisconfigurationError(f"gradient_clip_algorithm={algorithm!r}: use 'norm' or 'value'")
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # the real optimizer behind self.optimizers()
         self.hook.torchplug_clip_gradients(trainer=self, optimizer=optimizer, clip_val=value, algorithm=algorithm)
 
     def _zero_grad(self, optimizer: Any) -> None:
@@ -960,6 +973,7 @@ class Trainer:
             self._log_to_loggers(values, max(self.global_step - 1, 0))
 
     def _log_to_loggers(self, metrics: dict[str, float], step: int) -> None:
+        """Write to every logger on global rank 0 (callbacks such as LearningRateMonitor use this too)."""
         if self.is_global_zero:
             for logger in self.loggers:
                 logger.log_metrics(metrics, step)
@@ -969,6 +983,7 @@ class Trainer:
 
     # ==================================================================================================== evaluation
     def _run_validation(self) -> None:
+        self._validated_at = self._total_batches  # before the hooks, so a checkpoint taken in them records it
         module = self.lightning_module
         train_results = self._results
         self._eval_loop("validate", self._val_loaders, self.num_val_batches, log_to_loggers=True)
@@ -1118,8 +1133,11 @@ class Trainer:
         if method is not None:
             method(**kwargs)
 
-    def _callbacks(self, name: str, *args: Any) -> None:
+    def _callbacks(self, name: str, *args: Any, monitors: bool | None = None) -> None:
+        """Call a hook on the callbacks that override it; ``monitors`` picks only those that do (not) monitor."""
         for callback in self.callbacks:
+            if monitors is not None and callback.monitors_metrics != monitors:
+                continue
             if _has_override(callback, name, Callback):
                 getattr(callback, name)(self, self.lightning_module, *args)
 
@@ -1174,6 +1192,8 @@ class Trainer:
             checkpoint["loops"] = {
                 "phase": self._epoch_phase,
                 "batches_done": self._batches_done,
+                "total_batches": self._total_batches,
+                "validated_at": self._validated_at,
                 "epoch_start_rng": self._epoch_start_rng if mid_epoch else None,
                 "save_time_rng": save_time_rng,
             }
@@ -1282,12 +1302,18 @@ class Trainer:
         loops = checkpoint["loops"]
         self.global_step = checkpoint["global_step"]
         self.callback_metrics.update(checkpoint.get("callback_metrics", {}))
+        self._total_batches = loops.get("total_batches", 0)
+        self._validated_at = loops.get("validated_at", -1)
         if loops["phase"] == "complete":  # only on_train_epoch_end hooks were left: start the next epoch
             self.current_epoch = checkpoint["epoch"] + 1
             loops = None
         else:
             self.current_epoch = checkpoint["epoch"]
-        self._restored = {"loops": loops, "rng_states": checkpoint["rng_states"]}
+        self._restored = {
+            "loops": loops,
+            "rng_states": checkpoint["rng_states"],
+            "callback_metrics": dict(self.callback_metrics),
+        }
 
 
 # ======================================================================================================== helpers

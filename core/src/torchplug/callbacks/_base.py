@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import torch
@@ -17,6 +17,10 @@ class Callback:
     it, so unused hooks cost nothing per batch. ``state_dict``/``load_state_dict`` round-trip through
     checkpoints under ``state_key`` (the class name, plus whatever makes two instances differ).
     """
+
+    #: Callbacks that act on monitored metrics (checkpoints, early stopping) run their ``on_train_epoch_end`` after
+    #: the module's ``on_train_epoch_end`` and the epoch's LR scheduler step, so they see every epoch metric.
+    monitors_metrics: ClassVar[bool] = False
 
     @property
     def state_key(self) -> str:

@@ -26,6 +26,8 @@ class EarlyStopping(Callback):
     trainer still honours ``min_epochs``/``min_steps``. Rank 0's value decides on every rank.
     """
 
+    monitors_metrics = True
+
     def __init__(
         self,
         monitor: str,

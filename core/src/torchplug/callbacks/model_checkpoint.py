@@ -41,6 +41,8 @@ class ModelCheckpoint(Callback):
     files, and the decisions (which file, whether it enters the top k) are rank 0's, broadcast to the others.
     """
 
+    monitors_metrics = True
+
     CHECKPOINT_JOIN_CHAR = "-"
     CHECKPOINT_EQUALS_CHAR = "="
     CHECKPOINT_NAME_LAST = "last"
