@@ -296,3 +296,37 @@ def test_ddp_cpu_with_two_processes(precision, dtype, scale, tmp_path):
         first, last = sum(rank["losses"][:4]) / 4, sum(rank["losses"][-4:]) / 4
         assert last < 0.5 * first, (first, last)
     assert ranks[0]["params"] == ranks[1]["params"]  # gradients were averaged, and the skip agreed
+
+
+def test_manual_optimization_clip_gradients_unscales_once():
+    """self.clip_gradients(opt, ...) with the handle from self.optimizers() must see true gradients, not
+    gradients divided by the scale twice (a huge clip value leaves them unclipped)."""
+    import torchplug
+    from torchplug.testing import QUIET, BoringModel, regression_loader
+
+    norms = {}
+
+    class Manual(BoringModel):
+        def __init__(self, clip):
+            super().__init__()
+            self.automatic_optimization, self.clip = False, clip
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            self.manual_backward(self._loss(batch))
+            if self.clip:
+                self.clip_gradients(opt, gradient_clip_val=1e9)
+            opt.step()
+            opt.zero_grad()
+
+        def on_before_optimizer_step(self, optimizer):
+            grads = [p.grad.norm() for p in self.parameters() if p.grad is not None]
+            norms.setdefault(self.clip, []).append(float(torch.stack(grads).norm()))
+
+    from torchplug_amp import MixedPrecision
+
+    for clip in (False, True):
+        torch.manual_seed(0)
+        precision = MixedPrecision(scaler=torch.amp.GradScaler("cpu", init_scale=1024.0))
+        torchplug.Trainer(**QUIET, precision=precision, max_steps=2).fit(Manual(clip), regression_loader(16, 8))
+    assert norms[True] == pytest.approx(norms[False], rel=1e-3)

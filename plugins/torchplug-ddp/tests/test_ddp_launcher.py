@@ -58,8 +58,11 @@ def child(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_the_command_is_rerun_for_every_local_rank_and_waited_for(tmp_path, child, python):
-    ran = run([python, "-u", str(child), "ok", str(tmp_path), "--flag=1"], tmp_path).check()
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    ran = run([python, "-u", str(child), "ok", str(tmp_path), "--flag=1"], tmp_path, env={"TMPDIR": str(scratch)}).check()
     assert "rank 0 got 0" in ran.stdout
+    assert list(scratch.iterdir()) == []  # the launcher's error folder is removed after a clean run
     for rank in range(2):
         fields = (tmp_path / f"rank{rank}.txt").read_text().split()
         assert fields == [str(rank), str(rank), "2", "0", "127.0.0.1", "23456", "ok", str(tmp_path), "--flag=1"]
@@ -142,6 +145,7 @@ def test_children_die_with_a_sigkilled_rank_0(tmp_path, child, python):
         deadline = time.monotonic() + 30
         while not all((tmp_path / f"rank{r}.txt").exists() for r in range(2)) and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert all((tmp_path / f"rank{r}.txt").exists() for r in range(2)), "the ranks never started"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         deadline = time.monotonic() + 10

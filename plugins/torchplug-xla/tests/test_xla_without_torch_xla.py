@@ -250,6 +250,8 @@ def test_loaders_that_already_shard_are_kept():
     loader = DataLoader(dataset, sampler=torch.utils.data.DistributedSampler(dataset, 2, 0))
     assert _data.with_distributed_sampler(loader, 2, 0) is loader
     assert _data.with_distributed_sampler([1, 2], 2, 0) == [1, 2]
+    custom = DataLoader(dataset, sampler=torch.utils.data.SubsetRandomSampler(range(4)))
+    assert _data.with_distributed_sampler(custom, 2, 0) is custom  # the user's sampler decides
 
 
 def test_a_stage_that_cannot_be_sent_to_the_replicas_is_refused_with_what_to_do(tmp_path):

@@ -148,12 +148,13 @@ class MixedPrecision(AutocastPrecision):
             return True
         scaler = self._ready_scaler(trainer)
         self._unscale(optimizer)
-        scale = scaler.get_scale()
+        # After unscale_, GradScaler records per device whether it found inf/NaN; scaler.step skips exactly then.
+        # Reading it is the one host sync scaler.step makes anyway.
+        found_inf = sum(float(v.item()) for v in scaler._found_inf_per_device(optimizer).values())
         scaler.step(optimizer)
         scaler.update()
         self._unscaled.clear()
-        # GradScaler lowers the scale (its backoff_factor must be < 1) exactly when it found inf/NaN and skipped.
-        return scaler.get_scale() >= scale
+        return found_inf == 0
 
     @hookimpl
     def torchplug_state_dict(self, trainer: Trainer) -> dict[str, Any] | None:

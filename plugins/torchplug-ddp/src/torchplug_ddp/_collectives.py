@@ -18,8 +18,12 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def all_reduce(tensor: torch.Tensor, op: str) -> torch.Tensor:
-    """A reduced copy of ``tensor`` (``mean`` is the sum divided by the world size); the input is untouched."""
+def all_reduce(tensor: torch.Tensor, op: str, device: torch.device | None = None) -> torch.Tensor:
+    """A reduced copy of ``tensor`` (``mean`` is the sum divided by the world size); the input is untouched.
+
+    The reduction runs on ``device`` (the process group's device: NCCL has no CPU tensors) and the result comes
+    back on the tensor's own device.
+    """
     name = _ALIASES.get(str(op).lower(), str(op).lower())
     if name not in _OPS:
         raise MisconfigurationError(f"reduce_fx={op!r}: processes can be reduced with 'mean', 'sum', 'max' or 'min'")
@@ -30,10 +34,13 @@ def all_reduce(tensor: torch.Tensor, op: str) -> torch.Tensor:
         result = result.to(torch.get_default_dtype())
     if not active():
         return result
+    home = result.device
+    if device is not None and home != device:
+        result = result.to(device)
     dist.all_reduce(result, op=_OPS[name])
     if name == "mean":
         result /= dist.get_world_size()
-    return result
+    return result.to(home) if result.device != home else result
 
 
 def broadcast_object(obj: Any, src: int, device: torch.device) -> Any:

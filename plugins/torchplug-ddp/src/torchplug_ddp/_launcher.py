@@ -291,6 +291,9 @@ class _Supervisor:
             )
             os._exit(1)
         self._thread.join()
+        # Every child is gone; if the watchdog decided a failure it reported from (and removed) the folder itself.
+        if not self._decided.is_set():
+            shutil.rmtree(self.error_dir, ignore_errors=True)
 
 
 def _signal(child: subprocess.Popen[bytes], signum: int) -> None:

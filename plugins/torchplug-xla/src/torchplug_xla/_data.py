@@ -7,7 +7,7 @@ from typing import Any
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset
 
 from torchplug import MisconfigurationError
-from torchplug.utilities import distributed_loader
+from torchplug.utilities import distributed_loader, needs_distributed_sampler
 
 
 def with_distributed_sampler(loader: Any, num_replicas: int, rank: int) -> Any:
@@ -29,4 +29,6 @@ def with_distributed_sampler(loader: Any, num_replicas: int, rank: int) -> Any:
             f"{num_replicas} XLA replicas automatically: shard it yourself (give each replica its rank's samples, "
             "see self.global_rank) and pass use_distributed_sampler=False"
         )
+    if not needs_distributed_sampler(loader):  # the user's own sampler decides what each replica sees
+        return loader
     return distributed_loader(loader, num_replicas, rank)

@@ -229,7 +229,7 @@ class DDPStrategy(Strategy):
     # ------------------------------------------------------------------------------------------------ collectives
     @hookimpl
     def torchplug_all_reduce(self, trainer: Trainer, tensor: torch.Tensor, op: str) -> torch.Tensor:
-        return _collectives.all_reduce(tensor, op)
+        return _collectives.all_reduce(tensor, op, self._comm_device(trainer))
 
     @hookimpl
     def torchplug_barrier(self, trainer: Trainer, name: str) -> bool:

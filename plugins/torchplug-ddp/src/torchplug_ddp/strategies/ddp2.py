@@ -47,6 +47,12 @@ class DDP2Strategy(DDPStrategy):
             return nn.DataParallel(module, device_ids=list(trainer.device_ids), output_device=trainer.device_ids[0])
         return module
 
+    def _ddp_kwargs(self, trainer: Trainer) -> dict[str, Any]:
+        kwargs = super()._ddp_kwargs(trainer)
+        if self._replicas > 1:  # DDP around a module spanning several devices takes no device_ids
+            kwargs["device_ids"] = None
+        return kwargs
+
     @hookimpl
     def torchplug_batch_to_device(self, trainer: Trainer, batch: Any, device: torch.device) -> Any:
         # DataParallel scatters the host batch straight to each device; copying it to the first one would be waste

@@ -21,7 +21,11 @@ if TYPE_CHECKING:
 
 
 class DDPSpawnStrategy(DDPStrategy):
-    """Takes every ``ddp`` option, and ``start_method``: ``"spawn"`` (default), ``"forkserver"`` or ``"fork"``."""
+    """Takes every ``ddp`` option, and ``start_method``: ``"spawn"`` (default) or ``"fork"``.
+
+    ``"forkserver"`` is refused: its workers are children of the fork server, not of this process, so the
+    watchdog that ends them when the caller dies cannot hold.
+    """
 
     def __init__(
         self,
@@ -41,7 +45,7 @@ class DDPSpawnStrategy(DDPStrategy):
             gradient_as_bucket_view=gradient_as_bucket_view, bucket_cap_mb=bucket_cap_mb,
             broadcast_buffers=broadcast_buffers,
         )  # fmt: skip
-        methods = mp.get_all_start_methods()
+        methods = [m for m in mp.get_all_start_methods() if m != "forkserver"]
         if start_method not in methods:
             raise MisconfigurationError(f"start_method={start_method!r}: this platform offers {', '.join(methods)}")
         self.start_method = start_method
