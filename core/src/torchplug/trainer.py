@@ -477,6 +477,7 @@ class Trainer:
         status = "failed"
         try:
             self._setup_process()  # inside: a half-made process group is still torn down
+            self._agree_on_log_versions()
             self._prepare_data(model, datamodule)
             self._call("setup", stage=stage)
             self._setup_module(model, stage)
@@ -525,6 +526,16 @@ class Trainer:
                 self.accelerator_name, self.strategy_name, self.precision_name, self.device_ids, self.num_nodes,
                 self.world_size, f" environment={self.environment_name}" if self.environment_name else "",
             )  # fmt: skip
+
+    def _agree_on_log_versions(self) -> None:
+        """Every rank uses rank 0's ``version_N``, so ``trainer.log_dir`` is the same folder everywhere."""
+        from torchplug.loggers._base import FolderLogger
+
+        if self.world_size == 1:
+            return
+        for logger in self.loggers:
+            if isinstance(logger, FolderLogger) and logger._version is None:
+                logger._version = self.broadcast(logger.version if self.is_global_zero else None)
 
     def _prepare_data(self, model: Module, datamodule: DataModule | None) -> None:
         if self.local_rank == 0:
