@@ -97,7 +97,7 @@ def discover(kind: str) -> tuple[Backend, ...]:
     group = GROUPS[kind]
     by_object: dict[tuple[str, str], list[Any]] = {}
     seen: set[tuple[str, str]] = set()
-    for ep in md.entry_points(group=group):
+    for ep in _torchplug_entry_points().get(group, ()):
         dist = ep.dist
         dist_name = dist.metadata["Name"] if dist is not None else "<unknown>"
         if (dist_name, ep.name) in seen:  # the same distribution found twice on sys.path
@@ -123,8 +123,16 @@ def discover(kind: str) -> tuple[Backend, ...]:
     return tuple(sorted(backends, key=lambda b: b.name))
 
 
+@cache
+def _torchplug_entry_points() -> dict[str, list[Any]]:
+    """Every entry point of the four groups, from one pass over the installed metadata."""
+    everything = md.entry_points()  # one scan; selecting from it reads nothing more
+    return {group: list(everything.select(group=group)) for group in GROUPS.values()}
+
+
 def clear_cache() -> None:
     """Forget what was discovered (after installing or removing a backend in this process)."""
+    _torchplug_entry_points.cache_clear()
     discover.cache_clear()
     _load.cache_clear()
     importlib.invalidate_caches()

@@ -9,7 +9,6 @@ import logging
 import math
 import os
 import random
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -1533,4 +1532,3 @@ def _version() -> str:
     return __version__
 
 
-warnings.filterwarnings("default", category=DeprecationWarning, module="torchplug")
