@@ -978,9 +978,12 @@ class Trainer:
             return
         values = {k: float(v) for k, v in metrics.items()}
         self.logged_metrics.update(values)
-        if self.is_global_zero and self.loggers:
-            values["epoch"] = float(self.current_epoch)
-            self._log_to_loggers(values, max(self.global_step - 1, 0))
+        self._write_logs(values)
+
+    def _write_logs(self, values: dict[str, float]) -> None:
+        """Values read at a logging point, with the epoch, to the loggers (global rank 0 only)."""
+        if values and self.is_global_zero and self.loggers:
+            self._log_to_loggers({**values, "epoch": float(self.current_epoch)}, max(self.global_step - 1, 0))
 
     def _log_to_loggers(self, metrics: dict[str, float], step: int) -> None:
         """Write to every logger on global rank 0 (callbacks such as LearningRateMonitor use this too)."""
@@ -1051,9 +1054,7 @@ class Trainer:
         if log_to_loggers and not self.sanity_checking:
             values = {k: float(v) for k, v in logged.items()}
             self.logged_metrics.update(values)
-            if values and self.is_global_zero and self.loggers:
-                values["epoch"] = float(self.current_epoch)
-                self._log_to_loggers(values, max(self.global_step - 1, 0))
+            self._write_logs(values)
         self._call(f"on_{name}_end")
         if was_training:
             module.train()
