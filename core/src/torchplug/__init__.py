@@ -2,9 +2,11 @@
 
 import logging as _logging
 
-from torchplug._errors import MisconfigurationError, PluginLoadError, ProcessFailedError
+from torchplug._checkpoint import load_checkpoint
+from torchplug._errors import MisconfigurationError, PluginError, PluginLoadError, ProcessFailedError
 from torchplug._hooks import hookimpl
-from torchplug._types import ClusterInfo, World
+from torchplug._step import StepOps
+from torchplug._types import ClusterInfo, RunSpec, World
 from torchplug.callbacks._base import Callback
 from torchplug.module import DataModule, LightningDataModule, LightningModule, Module
 from torchplug.strategies import StepModule
@@ -28,11 +30,15 @@ __all__ = [
     "LightningModule",
     "MisconfigurationError",
     "Module",
+    "PluginError",
     "PluginLoadError",
     "ProcessFailedError",
+    "RunSpec",
     "StepModule",
+    "StepOps",
     "Trainer",
     "World",
     "hookimpl",
+    "load_checkpoint",
     "seed_everything",
 ]

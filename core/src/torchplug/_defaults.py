@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from torchplug import _checkpoint
+from torchplug._devices import parse_devices
 from torchplug._hooks import hookimpl
+from torchplug._step import StepOps, default_step_ops
 from torchplug._types import World
-from torchplug.utilities import move_data_to_device, requires_closure
 
 if TYPE_CHECKING:
     from torch import nn
@@ -25,7 +27,11 @@ if TYPE_CHECKING:
 
 class Defaults:
     @hookimpl(trylast=True)
-    def torchplug_num_processes(self, trainer: Trainer) -> int:
+    def torchplug_select_devices(self, devices: Any, device_count: int | None, device_type: str) -> list[int]:
+        return parse_devices(devices, device_count, device_type)
+
+    @hookimpl(trylast=True)
+    def torchplug_num_processes(self, device_ids: list[int], num_nodes: int) -> int:
         return 1
 
     @hookimpl(trylast=True)
@@ -39,10 +45,6 @@ class Defaults:
     @hookimpl(trylast=True)
     def torchplug_root_device(self, trainer: Trainer) -> torch.device:
         return torch.device("cpu")
-
-    @hookimpl(trylast=True)
-    def torchplug_autocast_device_type(self, trainer: Trainer) -> str:
-        return trainer.root_device.type
 
     @hookimpl(trylast=True)
     def torchplug_convert_module(self, trainer: Trainer, module: nn.Module) -> nn.Module:
@@ -59,51 +61,20 @@ class Defaults:
         return module
 
     @hookimpl(trylast=True)
+    def torchplug_step_ops(self, trainer: Trainer) -> StepOps:
+        return default_step_ops(trainer, trainer.model)
+
+    @hookimpl(trylast=True)
     def torchplug_setup_dataloader(self, trainer: Trainer, dataloader: DataLoader, stage: str) -> DataLoader:
         return dataloader
 
     @hookimpl(trylast=True)
-    def torchplug_batch_to_device(self, trainer: Trainer, batch: Any, device: torch.device) -> Any:
-        return move_data_to_device(batch, device)
-
-    @hookimpl(trylast=True)
-    def torchplug_convert_batch(self, trainer: Trainer, batch: Any) -> Any:
-        return batch
-
-    @hookimpl(trylast=True)
-    def torchplug_forward(self, trainer: Trainer, stage: str, args: tuple[Any, ...]) -> Any:
-        return trainer._wrapped_module(stage, *args)
-
-    @hookimpl(trylast=True)
-    def torchplug_step_output(self, trainer: Trainer, stage: str, output: Any) -> Any:
-        return output
-
-    @hookimpl(trylast=True)
-    def torchplug_backward(self, trainer: Trainer, loss: torch.Tensor, optimizer: Optimizer | None) -> bool:
-        loss.backward()
-        return True
-
-    @hookimpl(trylast=True)
-    def torchplug_clip_gradients(self, trainer: Trainer, optimizer: Optimizer, clip_val: float, algorithm: str) -> bool:
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if algorithm == "value":
-            torch.nn.utils.clip_grad_value_(params, clip_val)
-        else:
-            torch.nn.utils.clip_grad_norm_(params, clip_val)
-        return True
-
-    @hookimpl(trylast=True)
-    def torchplug_optimizer_step(self, trainer: Trainer, optimizer: Optimizer, closure: Callable[[], Any]) -> bool:
-        if requires_closure(optimizer):  # LBFGS evaluates the closure itself, possibly several times
-            optimizer.step(closure)
-        else:  # same result, without optimizer.step's closure handling on every step
-            closure()
-            optimizer.step()
-        return True
-
-    @hookimpl(trylast=True)
     def torchplug_all_reduce(self, trainer: Trainer, tensor: torch.Tensor, op: str) -> torch.Tensor:
         return tensor
+
+    @hookimpl(trylast=True)
+    def torchplug_all_gather(self, trainer: Trainer, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.unsqueeze(0)
 
     @hookimpl(trylast=True)
     def torchplug_barrier(self, trainer: Trainer, name: str) -> bool:
@@ -112,3 +83,41 @@ class Defaults:
     @hookimpl(trylast=True)
     def torchplug_broadcast(self, trainer: Trainer, obj: Any, src: int) -> tuple[Any]:
         return (obj,)
+
+    @hookimpl(trylast=True)
+    def torchplug_gather_objects(self, trainer: Trainer, obj: Any) -> list[Any]:
+        return [obj]
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+    @hookimpl(trylast=True)
+    def torchplug_model_state_dict(self, trainer: Trainer, module: nn.Module) -> dict[str, Any]:
+        return module.state_dict()
+
+    @hookimpl(trylast=True)
+    def torchplug_optimizer_state_dict(self, trainer: Trainer, optimizer: Optimizer) -> dict[str, Any]:
+        return optimizer.state_dict()
+
+    @hookimpl(trylast=True)
+    def torchplug_save_checkpoint(self, trainer: Trainer, checkpoint: dict[str, Any], path: str) -> bool:
+        if "plugins" in checkpoint:  # every rank's plugin state goes into the one file rank 0 writes
+            ranks = trainer.hook.torchplug_gather_objects(trainer=trainer, obj=checkpoint["plugins"]["ranks"][0])
+            checkpoint = {**checkpoint, "plugins": {"ranks": ranks}}
+        if trainer.is_global_zero:
+            _checkpoint.atomic_save(checkpoint, path)
+        return True
+
+    @hookimpl(trylast=True)
+    def torchplug_load_checkpoint(self, trainer: Trainer, path: str) -> dict[str, Any]:
+        return _checkpoint.load_checkpoint(path)
+
+    @hookimpl(trylast=True)
+    def torchplug_load_model_state_dict(self, trainer: Trainer, module: nn.Module, state_dict: dict[str, Any]) -> bool:
+        module.load_state_dict(state_dict)
+        return True
+
+    @hookimpl(trylast=True)
+    def torchplug_load_optimizer_state_dict(
+        self, trainer: Trainer, optimizer: Optimizer, state_dict: dict[str, Any]
+    ) -> bool:
+        optimizer.load_state_dict(state_dict)
+        return True

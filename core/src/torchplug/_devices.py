@@ -9,7 +9,7 @@ from torchplug._errors import MisconfigurationError
 _FORMS = "an int (3 = the first three, -1 = all), a list of indices ([1, 3]), a string ('3', '1, 3', '-1') or 'auto'"
 
 
-def parse_devices(devices: Any, device_count: int | None, accelerator: str) -> list[int]:
+def parse_devices(devices: Any, device_count: int | None, accelerator: str = "device") -> list[int]:
     """Device indices for ``devices``; ``device_count=None`` means any number (the CPU: N processes).
 
     ``3`` → [0, 1, 2]; ``-1``/``"-1"`` → all; ``[1, 3]``/``"1, 3"`` → [1, 3]; ``"3"`` → [0, 1, 2];

@@ -11,3 +11,7 @@ class PluginLoadError(ImportError):
 
 class ProcessFailedError(RuntimeError):
     """A process of a multi-process job failed; the message names its rank."""
+
+
+class PluginError(TypeError):
+    """A plugin breaks torchplug's hook contract; the message names the plugin, its distribution and the mistake."""

@@ -1,128 +1,161 @@
-"""Turning ``Trainer`` arguments into registered plugins: names or instances in, one plugin manager out."""
+"""The plugin manager of a run, and the checks every plugin passes before it is registered.
+
+A plugin's mistakes are found when it is registered (and by ``torchplug plugins --check``), not when a hook it
+meant to implement silently never runs: a ``torchplug_*`` method that matches no hook, one that is not decorated
+with ``@hookimpl``, a parameter the hook does not have, a generator that is not marked ``wrapper=True``. Each
+error names the plugin, its distribution and the fix.
+"""
 
 from __future__ import annotations
 
+import difflib
+import functools
+import importlib.metadata as md
 import inspect
-import logging
 import os
 import sys
-import warnings
 from typing import Any
 
 import pluggy
 
-from torchplug import hookspecs, registry
+from torchplug import hookspecs
 from torchplug._defaults import Defaults
-from torchplug._errors import MisconfigurationError, PluginLoadError
-from torchplug.accelerators import Accelerator
-from torchplug.environments import ClusterEnvironment
-from torchplug.precision import Precision
-from torchplug.strategies import Strategy
+from torchplug._errors import PluginError
 
-log = logging.getLogger("torchplug")
+_PREFIX = "torchplug_"
+_MARKER = "torchplug_impl"  # the attribute pluggy's HookimplMarker("torchplug") sets on a decorated function
 
-_BASES: dict[str, type] = {
-    "accelerator": Accelerator,
-    "strategy": Strategy,
-    "precision": Precision,
-    "environment": ClusterEnvironment,
-}
+
+def tracing() -> bool:
+    """Whether ``TORCHPLUG_TRACE_HOOKS`` asks for every hook call (and step operation) to be printed."""
+    return os.environ.get("TORCHPLUG_TRACE_HOOKS", "") not in ("", "0")
+
+
+def trace(message: str) -> None:
+    print(f"[torchplug hook] {message}", file=sys.stderr, flush=True)
 
 
 def new_plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager("torchplug")
     pm.add_hookspecs(hookspecs)
     pm.register(Defaults(), name="torchplug._defaults")
-    if os.environ.get("TORCHPLUG_TRACE_HOOKS", "") not in ("", "0"):
-        _trace(pm)
+    if tracing():
+        pm.add_hookcall_monitoring(_before, _after)
     return pm
 
 
-def _trace(pm: pluggy.PluginManager) -> None:
-    def before(hook_name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
-        who = ", ".join(pm.get_name(impl.plugin) or type(impl.plugin).__name__ for impl in impls)
-        print(f"[torchplug hook] {hook_name} -> {who}", file=sys.stderr, flush=True)
-
-    def after(outcome: Any, hook_name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
-        pass
-
-    pm.add_hookcall_monitoring(before, after)
+def _before(hook_name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
+    trace(f"{hook_name} -> {', '.join(_plugin_label(impl.plugin_name, impl.plugin) for impl in impls)}")
 
 
-def instantiate(kind: str, cls: Any, name: str, options: dict[str, Any], used: set[str]) -> Any:
-    """Create a backend from its class, filling constructor keywords from ``Trainer(**options)``."""
-    if not callable(cls):
-        raise MisconfigurationError(f"the {kind} {name!r} entry point does not name a class or factory: {cls!r}")
+def _after(outcome: Any, hook_name: str, impls: list[Any], kwargs: dict[str, Any]) -> None:
+    pass
+
+
+def _plugin_label(name: str, plugin: Any) -> str:
+    return name or type(plugin).__name__
+
+
+def register(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
+    """Check ``plugin`` against the hook specifications, then register it; raise :class:`PluginError` if it fails."""
+    problems = check_plugin(plugin)
+    if problems:
+        raise PluginError(_report(plugin, name, problems))
     try:
-        params = inspect.signature(cls).parameters
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as err:  # what our own checks do not foresee, still named
+        raise PluginError(_report(plugin, name, [str(err)])) from err
+
+
+def _report(plugin: Any, name: str, problems: list[str]) -> str:
+    cls = type(plugin) if not isinstance(plugin, type) else plugin
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    lines = [f"the {name} plugin {where} ({distribution_of(cls)}) breaks torchplug's hook contract:"]
+    lines += [f"  - {problem}" for problem in problems]
+    lines.append("Hook names, parameters and markers are documented in torchplug.hookspecs (docs/hooks.md).")
+    return "\n".join(lines)
+
+
+def check_plugin(plugin: Any) -> list[str]:
+    """Every mistake in ``plugin``'s hook implementations (an instance or a class); empty when it is sound."""
+    specs = _specs()
+    problems: list[str] = []
+    cls = plugin if isinstance(plugin, type) else type(plugin)
+    for attr in sorted(dir(cls)):
+        if not attr.startswith(_PREFIX):
+            continue
+        function = inspect.getattr_static(cls, attr, None)
+        if isinstance(function, (staticmethod, classmethod)):
+            function = function.__func__
+        if not callable(function):
+            continue
+        options = getattr(function, _MARKER, None)
+        spec = specs.get(attr)
+        if spec is None:
+            close = difflib.get_close_matches(attr, specs, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(f"{attr!r} is not a torchplug hook, so it would never be called{hint}")
+            continue
+        if options is None:
+            problems.append(
+                f"{attr!r} is not decorated with @hookimpl (from torchplug import hookimpl), so it would never be "
+                "called"
+            )
+            continue
+        problems += _check_signature(attr, function, spec)
+        is_wrapper = options.get("wrapper") or options.get("hookwrapper")
+        if inspect.isgeneratorfunction(function) and not is_wrapper:
+            problems.append(
+                f"{attr!r} is a generator (it yields), but it is not marked @hookimpl(wrapper=True): it would "
+                "return a generator object as its answer instead of wrapping the hook"
+            )
+        elif is_wrapper and not inspect.isgeneratorfunction(function):
+            problems.append(f"{attr!r} is marked wrapper=True but does not yield to the implementations it wraps")
+    return problems
+
+
+def _check_signature(attr: str, function: Any, spec: list[str]) -> list[str]:
+    try:
+        params = list(inspect.signature(function).parameters.values())
     except (TypeError, ValueError):
-        params = {}
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    kwargs = {k: v for k, v in options.items() if k in params or accepts_any}
-    used.update(kwargs)
-    try:
-        return cls(**kwargs)
-    except MisconfigurationError:
-        raise
-    except TypeError as err:
-        raise MisconfigurationError(f"could not create the {kind} {name!r} with {kwargs}: {err}") from err
+        return []
+    if params and params[0].name in ("self", "cls"):
+        params = params[1:]
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [n for n in names if n not in spec]
+    if not unknown:
+        return []
+    advice = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, spec, n=1)
+        advice.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return [
+        f"{attr!r} takes {', '.join(advice)}, which the hook does not pass; it passes {', '.join(spec)} "
+        "(take any subset of them, by name)"
+    ]
 
 
-def resolve(kind: str, value: Any, options: dict[str, Any], used: set[str]) -> tuple[str, Any]:
-    """``(canonical name, instance)`` for a name or an instance given by the user."""
-    if isinstance(value, str) or isinstance(value, int):
-        backend = registry.find(kind, value)
-        cls = backend.load()
-        return backend.name, instantiate(kind, cls, backend.name, options, used)
-    base = _BASES[kind]
-    if isinstance(value, type):
-        raise MisconfigurationError(f"{kind}={value.__name__}: pass an instance ({value.__name__}()) or a name")
-    if not isinstance(value, base):
-        warnings.warn(
-            f"{kind}={value!r} does not subclass torchplug's {base.__name__}; using it as a plugin anyway",
-            stacklevel=4,
-        )
-    return getattr(value, "name", None) or _name_of(kind, value), value
+@functools.cache
+def _specs() -> dict[str, list[str]]:
+    found = {}
+    for name, function in vars(hookspecs).items():
+        if name.startswith(_PREFIX) and callable(function):
+            found[name] = list(inspect.signature(function).parameters)
+    return found
 
 
-def _name_of(kind: str, instance: Any) -> str:
-    """The registered name of an instance's class, or its class name."""
-    cls = type(instance)
-    target = f"{cls.__module__}:{cls.__qualname__}"
-    for backend in registry.discover(kind):
-        if backend.value.replace(" ", "") == target:
-            return backend.name
-    return cls.__name__
-
-
-def auto_accelerator() -> tuple[str, type]:
-    """The available installed accelerator with the highest priority."""
-    best: tuple[int, str, type] | None = None
-    for backend in registry.discover("accelerator"):
+def distribution_of(cls: type) -> str:
+    """``"distribution version"`` of the installed package that holds ``cls``, or where it was defined."""
+    top = cls.__module__.split(".")[0]
+    names = _packages_distributions().get(top)
+    if names:
         try:
-            cls = backend.load()
-            available = cls.is_available()
-        except PluginLoadError as err:
-            log.warning("skipping accelerator %r for accelerator='auto': %s", backend.name, err)
-            continue
-        if available and (best is None or getattr(cls, "priority", 0) > best[0]):
-            best = (getattr(cls, "priority", 0), backend.name, cls)
-    if best is None:
-        raise MisconfigurationError("accelerator='auto': no installed accelerator is available on this machine")
-    return best[1], best[2]
+            return f"distribution {names[0]} {md.version(names[0])}"
+        except md.PackageNotFoundError:
+            return f"distribution {names[0]}"
+    return f"defined in module {cls.__module__!r}, not in an installed distribution"
 
 
-def detect_environment(options: dict[str, Any], used: set[str]) -> tuple[str, Any] | None:
-    """The first installed cluster environment, by ``detect_order``, whose ``detect()`` is true."""
-    candidates = []
-    for backend in registry.discover("environment"):
-        try:
-            cls = backend.load()
-        except PluginLoadError as err:
-            log.warning("skipping cluster environment %r: %s", backend.name, err)
-            continue
-        candidates.append((getattr(cls, "detect_order", 100), backend.name, cls))
-    for _, name, cls in sorted(candidates, key=lambda c: (c[0], c[1])):
-        if cls.detect():
-            return name, instantiate("environment", cls, name, options, used)
-    return None
+@functools.cache
+def _packages_distributions() -> dict[str, list[str]]:
+    return md.packages_distributions()

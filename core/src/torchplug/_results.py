@@ -103,7 +103,7 @@ class Results:
             metric.weights.append(1 if batch_size is None else int(batch_size))
         if metric.on_step:
             if metric.sync_dist:
-                value = trainer._all_reduce(value, metric.op)
+                value = trainer.hook.torchplug_all_reduce(trainer=trainer, tensor=value, op=metric.op)
             key = f"{name}_step" if metric.on_epoch else name
             if metric.logger:
                 self.step_metrics[key] = value
@@ -122,7 +122,7 @@ class Results:
                 continue
             value = metric.aggregate()
             if metric.sync_dist:
-                value = trainer._all_reduce(value, metric.op)
+                value = trainer.hook.torchplug_all_reduce(trainer=trainer, tensor=value, op=metric.op)
             key = f"{metric.name}_epoch" if metric.on_step else metric.name
             trainer.callback_metrics[metric.name] = value
             trainer.callback_metrics[key] = value

@@ -1,13 +1,14 @@
-"""Small value types that hooks pass around."""
+"""Small value types that hooks pass around and read."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
 class World:
-    """Where this process sits among the job's processes (answer of ``torchplug_world``)."""
+    """Where this process sits among the job's processes (answer of ``torchplug_world``, ``trainer.world``)."""
 
     global_rank: int = 0
     local_rank: int = 0
@@ -31,3 +32,34 @@ class ClusterInfo:
     main_port: int
     creates_processes_externally: bool
     num_nodes: int = 1
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What the Trainer's arguments selected, fixed for the Trainer's life: ``trainer.run``.
+
+    Hooks decide compatibility on the capabilities here, never on the names users typed: ``device_type`` is the
+    accelerator's declared torch device type (``"cpu"``, ``"cuda"``, ``"xla"``, ...), so a third party's
+    accelerator on CUDA is accepted wherever ``cuda`` is. The names are the selected backends' primary names, for
+    messages and the run header.
+    """
+
+    accelerator: str
+    strategy: str
+    precision: str
+    environment: str | None
+    device_type: str
+    device_ids: tuple[int, ...]
+    num_nodes: int
+    num_processes: int
+    devices_arg: Any = "auto"
+
+    @property
+    def world_size(self) -> int:
+        """How many processes the job has: processes per node times nodes."""
+        return self.num_processes * self.num_nodes
+
+    @property
+    def num_devices(self) -> int:
+        """Devices per node."""
+        return len(self.device_ids)

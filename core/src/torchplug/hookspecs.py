@@ -1,29 +1,36 @@
-"""Every hook the training loop calls, and nothing else: this file is the contract between the loop and backends.
+"""Every hook the trainer calls, and nothing else: this file is the contract between the core and its backends.
 
 A run has one accelerator, one strategy, one precision plugin and at most one cluster environment, each an
 ordinary pluggy plugin registered on the trainer's plugin manager (``trainer.plugin_manager``), plus any extra
-plugins the user passes in ``Trainer(plugins=[...])``. The core registers a last-resort plugin
-(``torchplug._defaults``) answering every ``firstresult`` hook with the single-process, full-precision behaviour,
-so a backend implements only the hooks where it differs.
+plugins the user passes in ``Trainer(plugins=[...])``. They are registered in that order: accelerator, strategy,
+cluster environment, precision, extras. The core registers a last-resort plugin first (``torchplug._defaults``)
+answering every ``firstresult`` hook with the single-process, full-precision behaviour, so a backend implements
+only the hooks where it differs.
 
 How answers combine is written on each spec and decided here, in the marker, never by the caller:
 
 * ``firstresult``: the first implementation returning something other than ``None`` wins. Implementations run
-  in LIFO registration order, so the run's backends (registered after the defaults) come first; among them use
-  ``tryfirst``/``trylast`` only where an order is part of the contract.
-* ``wrapper`` (``torchplug_forward``, ``torchplug_optimizer_step``): a precision plugin or strategy may wrap the
-  call with ``@hookimpl(wrapper=True)``, e.g. to run the step inside ``torch.autocast`` without knowing which
-  strategy performs it.
+  in LIFO registration order (extras, precision, environment, strategy, accelerator, then the defaults), so the
+  later a plugin is registered the earlier it answers. Use ``tryfirst``/``trylast`` only where an order is part
+  of the contract.
+* ``wrapper`` (:func:`torchplug_step_ops`): a plugin wraps the hook with ``@hookimpl(wrapper=True)``, takes the
+  answer of the plugins below it from ``yield`` and returns it changed. Wrappers unwind innermost first, so the
+  accelerator changes the answer first, then the strategy, the environment, the precision and the extras.
 * otherwise every implementation runs and the caller gets the list of results.
 
+What a hook may read: ``trainer.run`` (a frozen :class:`torchplug.RunSpec`: the selected backends' names, the
+device type, device ids, nodes and processes) from :func:`torchplug_configure` on, and ``trainer.world``
+(:class:`torchplug.World`: this process's ranks) and ``trainer.root_device`` from setup on. Compatibility is
+decided on capabilities (``trainer.run.device_type == "cuda"``), never on the names users typed.
+
 "Every rank" means every process of the job; hooks without that note run in each process too, unless they say
-"calling process only". ``trainer`` is always the :class:`torchplug.Trainer` running the hook.
+"calling process only". ``trainer`` is always the :class:`torchplug.Trainer` running the hook. No hook is called
+per batch: per-batch work is bound once per run through :func:`torchplug_step_ops`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -34,6 +41,7 @@ if TYPE_CHECKING:
     from torch.optim import Optimizer
     from torch.utils.data import DataLoader
 
+    from torchplug._step import StepOps
     from torchplug._types import ClusterInfo, World
     from torchplug.trainer import Trainer
 
@@ -41,57 +49,63 @@ hookspec = pluggy.HookspecMarker("torchplug")
 
 
 # --------------------------------------------------------------------------------------------------------------
-# configuration: in every process, when the Trainer is constructed
+# selection: every process, while the Trainer is constructed, before trainer.run exists
+# --------------------------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def torchplug_select_devices(devices: Any, device_count: int | None, device_type: str) -> list[int] | None:
+    """The device indices this run uses, from the user's ``devices`` argument.
+
+    ``device_count`` is the accelerator's ``device_count()`` (``None``: any number, as on the CPU) and
+    ``device_type`` its declared device type, for messages. Answered by an
+    accelerator that chooses devices itself (``auto_select_gpus``); the default parses ``devices`` (``2``,
+    ``-1``, ``[1, 3]``, ``"1, 3"``, ``"auto"``) and checks the indices against ``device_count``. Stops at the
+    first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def torchplug_default_strategy(device_ids: list[int], num_nodes: int) -> str | None:
+    """The strategy that ``strategy="auto"`` means for these devices.
+
+    Answered by the accelerator: the base :class:`~torchplug.accelerators.Accelerator` answers
+    ``"single_device"`` for one device on one node and ``"ddp"`` otherwise; TPUs answer ``"single_xla"`` or
+    ``"xla"``. Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def torchplug_precision_name(precision: str) -> str | None:
+    """The precision to load in place of the one the user named, on this accelerator.
+
+    TPUs have no float16 arithmetic, so the XLA accelerator answers ``"bf16-mixed"`` for ``"16-mixed"``/``16``
+    (with a notice). Only called when the precision was given by name. Answered by the accelerator; ``None``
+    keeps the name. Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def torchplug_num_processes(device_ids: list[int], num_nodes: int) -> int | None:
+    """How many processes per node the run uses (1 for one process that drives every device, like ``dp``).
+
+    Answered by the strategy; the default is 1. Stops at the first non-None result.
+    """
+
+
+# --------------------------------------------------------------------------------------------------------------
+# configuration: every process, once per Trainer, after trainer.run is set
 # --------------------------------------------------------------------------------------------------------------
 
 
 @hookspec
 def torchplug_configure(trainer: Trainer) -> None:
-    """Check that this plugin can run with the others selected, and raise if not.
+    """Check that this plugin can run with the others selected, and raise if not. Change nothing.
 
     Called once per ``Trainer`` construction, in every process, after every selected plugin is registered and
-    ``trainer.accelerator_name``/``strategy_name``/``precision_name``/``device_ids``/``num_nodes`` are set.
-    Every plugin may answer; results are ignored. Raise :class:`torchplug.MisconfigurationError` with a
-    message naming the argument, what was given and what would work (apex refuses a non-cuda accelerator here).
-    """
-
-
-@hookspec(firstresult=True)
-def torchplug_device_count(trainer: Trainer) -> int | None:
-    """How many devices of its kind the accelerator sees on this machine; ``None`` means "any number".
-
-    Called at construction to validate ``devices``, in every process. Answered by the accelerator (the CPU
-    answers ``None``: ``devices=N`` there means N processes). Stops at the first non-None result.
-    """
-
-
-@hookspec(firstresult=True)
-def torchplug_default_strategy(trainer: Trainer) -> str | None:
-    """The strategy that ``strategy="auto"`` means on this accelerator (TPUs: ``single_xla`` or ``xla``).
-
-    Called at construction, every process, after ``trainer.device_ids`` and ``num_nodes`` are set and before the
-    strategy is resolved. Answered by the accelerator; ``None`` keeps the core's choice (``single_device`` for
-    one device on one node, else ``ddp``). Stops at the first non-None result.
-    """
-
-
-@hookspec(firstresult=True)
-def torchplug_precision_name(trainer: Trainer, precision: str) -> str | None:
-    """The precision to load in place of the one the user named, on this accelerator.
-
-    TPUs have no float16 arithmetic, so the XLA accelerator answers ``"bf16-mixed"`` for ``"16-mixed"``/``16``
-    (with a notice). Called at construction, every process, before the precision plugin is resolved, only when
-    the precision was given by name. Answered by the accelerator; ``None`` keeps the name. Stops at the first
-    non-None result.
-    """
-
-
-@hookspec(firstresult=True)
-def torchplug_num_processes(trainer: Trainer) -> int | None:
-    """How many processes per node this run uses (1 for one process that drives every device, like ``dp``).
-
-    Called at construction, every process. Answered by the strategy; the default is 1. Stops at the first
-    non-None result. ``trainer.world_size`` before launch is this times ``num_nodes``.
+    ``trainer.run`` is set. Every plugin may answer; results are ignored. Raise
+    :class:`torchplug.MisconfigurationError` with a message naming the argument, what was given and what would
+    work (apex refuses a run whose ``trainer.run.device_type`` is not ``"cuda"``).
     """
 
 
@@ -107,8 +121,20 @@ def torchplug_launch(trainer: Trainer, function: Callable[[], Any]) -> Any:
     Called by ``fit``/``validate``/``test``/``predict`` in the calling process. Answered by the strategy: a
     multi-process strategy starts the other processes (or finds them already started by torchrun/SLURM) and runs
     ``function`` in each; it returns what ``function`` returned in this process, wrapped in a one-element tuple
-    so that a ``None`` result is still an answer. The default calls ``function()`` here. Stops at the first
-    non-None result.
+    so that a ``None`` result is still an answer. A strategy whose processes do not include the calling one
+    (``ddp_spawn``) hands the outcome back with :func:`torchplug.distributed.capture_run` and
+    :func:`torchplug.distributed.adopt_run`. The default calls ``function()`` here. Stops at the first non-None
+    result.
+    """
+
+
+@hookspec(firstresult=True)
+def torchplug_cluster_info(trainer: Trainer) -> ClusterInfo | None:
+    """Where this process sits in a job made by someone else (torchrun, SLURM) or by our own launcher.
+
+    Called by multi-process strategies, before and after launch, instead of reading scheduler variables
+    themselves. Answered by the cluster environment plugin, if one is selected; ``None`` when none is. Stops at
+    the first non-None result.
     """
 
 
@@ -117,50 +143,33 @@ def torchplug_launch(trainer: Trainer, function: Callable[[], Any]) -> Any:
 # --------------------------------------------------------------------------------------------------------------
 
 
-@hookspec
-def torchplug_setup_environment(trainer: Trainer) -> None:
-    """Prepare this process: join the process group, pick and set the device, seed per-rank state.
-
-    Called on every rank before anything touches a device. Every plugin may answer; results are ignored. The
-    strategy should initialise the process group here; an accelerator that needs the rank should read it from
-    :func:`torchplug_world` rather than assume the order of answers.
-    """
-
-
-@hookspec(firstresult=True)
-def torchplug_cluster_info(trainer: Trainer) -> ClusterInfo | None:
-    """Where this process sits in a job made by someone else (torchrun, SLURM) or by our own launcher.
-
-    Called by multi-process strategies on every rank, before and after launch, instead of reading scheduler
-    variables themselves. Answered by the cluster environment plugin, if one is selected; ``None`` when none is.
-    Stops at the first non-None result.
-    """
-
-
 @hookspec(firstresult=True)
 def torchplug_world(trainer: Trainer) -> World | None:
     """Ranks and world size of this process; the default is a world of one.
 
-    Called on every rank after :func:`torchplug_setup_environment` and cached as ``trainer.global_rank`` etc.
-    Answered by the strategy. Stops at the first non-None result.
+    First of the setup hooks, on every rank, and cached as ``trainer.world``. Answered by the strategy, from the
+    cluster environment's :func:`torchplug_cluster_info`. Must not touch a device or a process group yet. Stops at
+    the first non-None result.
     """
 
 
 @hookspec(firstresult=True)
 def torchplug_root_device(trainer: Trainer) -> torch.device | None:
-    """The device this process computes on (``trainer.root_device``, ``module.device``).
+    """The device this process computes on (``trainer.root_device``, ``module.device``), made current.
 
-    Called on every rank after :func:`torchplug_world`. Answered by the accelerator, which may use
-    ``trainer.local_rank`` and ``trainer.device_ids``. Stops at the first non-None result.
+    Called on every rank after :func:`torchplug_world`. Answered by the accelerator, from
+    ``trainer.world.local_rank`` and ``trainer.run.device_ids``; the CUDA accelerator also makes it the current
+    device, so no other plugin needs to. Stops at the first non-None result.
     """
 
 
-@hookspec(firstresult=True)
-def torchplug_autocast_device_type(trainer: Trainer) -> str | None:
-    """The ``device_type`` to give ``torch.autocast`` for this accelerator (``"cuda"``, ``"cpu"``, ``"xla"``).
+@hookspec
+def torchplug_setup_environment(trainer: Trainer) -> None:
+    """Prepare this process on its root device: join the process group, set per-process flags.
 
-    Asked by precision plugins, every rank. Answered by the accelerator; the default is
-    ``trainer.root_device.type``. Stops at the first non-None result.
+    Called on every rank after :func:`torchplug_root_device`. Every plugin may answer; results are ignored. The
+    strategy initialises its process group here (on ``trainer.root_device``'s backend); the accelerator applies
+    the Trainer's ``benchmark``/``deterministic`` to its libraries.
     """
 
 
@@ -174,15 +183,28 @@ def torchplug_convert_module(trainer: Trainer, module: nn.Module) -> nn.Module |
     """
 
 
+@hookspec
+def torchplug_setup_module(trainer: Trainer, module: nn.Module) -> None:
+    """Change the module in place before its optimizers exist (FSDP's ``fully_shard``, activation checkpointing).
+
+    ``module`` is the :class:`torchplug.StepModule` around the user's module (its only child, ``module.module``);
+    its ``forward(stage, *args)`` runs the user's ``<stage>_step``, so a wrapper applied to it sees every step.
+    Called once per run on every rank after :func:`torchplug_convert_module` and before ``configure_optimizers``,
+    so that the optimizers are built over the parameters as they will be trained. Every plugin may answer;
+    results are ignored.
+    """
+
+
 @hookspec(firstresult=True)
 def torchplug_setup_optimizers(
     trainer: Trainer, module: nn.Module, optimizers: list[Optimizer]
 ) -> tuple[nn.Module, list[Optimizer]] | None:
     """Let a precision plugin take over the module and its optimizers (apex's ``amp.initialize``).
 
-    Called once per run on every rank, after ``configure_optimizers`` and before the module is wrapped by the
-    strategy and before any checkpoint is restored. Return ``(module, optimizers)``: the same module, changed in
-    place, and the optimizers to use (LR schedulers are re-pointed at them). Answered by the precision plugin. Stops at the first non-None result.
+    Called once per ``fit`` on every rank, after ``configure_optimizers`` and before :func:`torchplug_wrap_module`
+    and before any checkpoint is restored. Return ``(module, optimizers)``: the same module, changed in place, and
+    the optimizers to use (LR schedulers are re-pointed at them). Answered by the precision plugin. Stops at the
+    first non-None result.
     """
 
 
@@ -190,10 +212,31 @@ def torchplug_setup_optimizers(
 def torchplug_wrap_module(trainer: Trainer, module: nn.Module) -> nn.Module | None:
     """Wrap the module for this strategy (DistributedDataParallel, DataParallel).
 
-    Called once per run on every rank after :func:`torchplug_setup_optimizers`. ``module`` is a
-    :class:`torchplug.StepModule`, whose ``forward(stage, *args)`` runs the user's ``<stage>_step``, so a
-    wrapper that intercepts ``forward`` sees every step. Answered by the strategy; return the wrapped module;
-    the default returns ``module``. Stops at the first non-None result.
+    Called once per run on every rank after :func:`torchplug_setup_optimizers`. ``module`` is the
+    :class:`torchplug.StepModule` after :func:`torchplug_setup_module`. Answered by the strategy; return the
+    wrapped module; the default returns ``module``. Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def torchplug_step_ops(trainer: Trainer) -> StepOps | None:
+    """The per-batch operations of this run, bound once: the loop calls them directly, with no hook per batch.
+
+    Called once per run on every rank, after :func:`torchplug_wrap_module`. The core's default answers a
+    :class:`torchplug.StepOps` with the one-process, full-precision behaviour. A backend that differs per batch
+    implements this as a wrapper and replaces the operations it changes, usually around the ones it received::
+
+        @hookimpl(wrapper=True)
+        def torchplug_step_ops(self, trainer):
+            ops = yield
+            inner = ops.backward
+            ops.backward = lambda loss, optimizer: inner(self.scaler.scale(loss), optimizer)
+            return ops
+
+    Wrappers unwind in registration order: the accelerator changes the operations first (``to_device``), then
+    the strategy (``forward`` through its wrapper, ``no_sync``), then the precision (``forward`` inside
+    ``torch.autocast``, ``backward`` with a loss scale), then extra plugins. With ``TORCHPLUG_TRACE_HOOKS=1`` the
+    final operations are wrapped once more to print each call; the same operations run either way.
     """
 
 
@@ -213,127 +256,6 @@ def torchplug_on_train_epoch_start(trainer: Trainer, epoch: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# step: every rank, for every batch
-# --------------------------------------------------------------------------------------------------------------
-
-
-@hookspec(firstresult=True)
-def torchplug_batch_to_device(trainer: Trainer, batch: Any, device: torch.device) -> Any:
-    """Move one batch (nested tuples, lists, dicts, dataclasses of tensors) to ``device``.
-
-    Called for every batch, every rank, before the step. Answered by the accelerator (to copy non-blocking from
-    pinned memory) or by a strategy that scatters batches itself (``dp`` returns the batch unchanged); the
-    default moves every tensor with ``.to(device)``. Stops at the first non-None result.
-    """
-
-
-@hookspec(firstresult=True)
-def torchplug_convert_batch(trainer: Trainer, batch: Any) -> Any:
-    """Change one batch, already on its device, for this precision (``*-true`` casts floating-point tensors).
-
-    Called for every batch, every rank, after :func:`torchplug_batch_to_device`. Answered by the precision
-    plugin; the default returns ``batch`` (mixed precision leaves inputs alone). Stops at the first non-None result.
-    """
-
-
-@hookspec(firstresult=True)
-def torchplug_forward(trainer: Trainer, stage: str, args: tuple[Any, ...]) -> Any:
-    """Run the user's ``<stage>_step(*args)`` (stage is ``train``, ``validation``, ``test`` or ``predict``).
-
-    Called for every batch, every rank. Only the core answers: it calls the module the strategy returned from
-    :func:`torchplug_wrap_module` (``wrapped(stage, *args)``), so DistributedDataParallel or DataParallel sees
-    the forward. Precision plugins and strategies wrap it (``@hookimpl(wrapper=True)``), e.g. to run it inside
-    ``torch.autocast``. ``None`` (the user skipped the batch) is a valid result.
-    """
-
-
-@hookspec(firstresult=True)
-def torchplug_step_output(trainer: Trainer, stage: str, output: Any) -> Any:
-    """Combine the per-device outputs of one in-process step into one (``dp`` averages per-GPU losses).
-
-    Called after :func:`torchplug_forward` for every batch, every rank. Answered by a strategy that runs
-    several replicas in one process; the default returns ``output``. Stops at the first non-None result.
-    """
-
-
-@hookspec
-def torchplug_on_batch_end(trainer: Trainer, stage: str, batch_idx: int) -> None:
-    """The core finished one batch of ``stage`` (``train``, ``validation``, ``test``, ``predict``).
-
-    Called for every batch, every rank: for ``train`` after forward, backward and, when the batch ends an
-    accumulation window, the optimizer step, the LR schedulers and ``zero_grad``; for the other stages after
-    :func:`torchplug_step_output`. Always before the ``on_<stage>_batch_end`` callbacks and before the logging
-    interval reads logged values. A lazy-tensor accelerator (XLA) cuts its graph here, once the gradients are gone
-    and before anything reads the step's results. Every plugin may answer; results are ignored.
-    """
-
-
-@hookspec(firstresult=True)
-def torchplug_no_sync(trainer: Trainer) -> AbstractContextManager[None] | None:
-    """A context in which forward and backward skip gradient synchronisation (accumulation micro-batches).
-
-    Called for each micro-batch that does not end an accumulation window, every rank. Answered by a strategy
-    that synchronises in backward (DDP's ``no_sync``); ``None`` (the default) means no such context. Stops at
-    the first non-None result.
-    """
-
-
-@hookspec(firstresult=True)
-def torchplug_backward(trainer: Trainer, loss: torch.Tensor, optimizer: Optimizer | None) -> bool | None:
-    """Backpropagate ``loss`` (automatic optimization and ``manual_backward``).
-
-    Called once per micro-batch, every rank. Answered by the precision plugin (AMP scales the loss; apex uses
-    ``amp.scale_loss``); the default calls ``loss.backward()``. Return ``True`` once done. Stops at the first
-    non-None result.
-    """
-
-
-# --------------------------------------------------------------------------------------------------------------
-# optimizer: every rank, once per optimizer step (after the last micro-batch of an accumulation window)
-# --------------------------------------------------------------------------------------------------------------
-
-
-@hookspec
-def torchplug_reduce_gradients(trainer: Trainer, optimizer: Optimizer) -> None:
-    """Make gradients agree across replicas when the strategy does not do it in backward (XLA).
-
-    Called inside the step closure after backward and before unscaling and clipping, every rank. Every plugin
-    may answer; results are ignored.
-    """
-
-
-@hookspec
-def torchplug_unscale_gradients(trainer: Trainer, optimizer: Optimizer) -> None:
-    """Bring gradients back to their true scale (AMP's ``scaler.unscale_``).
-
-    Called inside the step closure after :func:`torchplug_reduce_gradients`, before gradient clipping and before
-    ``on_before_optimizer_step``, every rank. Answered by the precision plugin; results are ignored.
-    """
-
-
-@hookspec(firstresult=True)
-def torchplug_clip_gradients(trainer: Trainer, optimizer: Optimizer, clip_val: float, algorithm: str) -> bool | None:
-    """Clip gradients of ``optimizer``'s parameters by ``"norm"`` or ``"value"``.
-
-    Called inside the step closure when ``gradient_clip_val`` is set, every rank. Answered by a plugin that
-    keeps the true parameters elsewhere (apex clips ``amp.master_params``); the default clips the parameters of
-    the optimizer's param groups. Return ``True`` once done. Stops at the first non-None result.
-    """
-
-
-@hookspec(firstresult=True)
-def torchplug_optimizer_step(trainer: Trainer, optimizer: Optimizer, closure: Callable[[], Any]) -> bool | None:
-    """Step ``optimizer``; ``closure`` runs the last forward/backward, unscaling, hooks and clipping.
-
-    Called once per optimizer step, every rank. The answer says whether the step was taken: ``False`` when it
-    was skipped (AMP found inf/NaN gradients), and then no LR scheduler advances. Answered by the precision
-    plugin or the strategy (either may also wrap it); the default is ``optimizer.step(closure)`` and ``True``.
-    A plugin that cannot call ``closure`` through ``optimizer.step`` must call it itself exactly once. Stops at
-    the first non-None result.
-    """
-
-
-# --------------------------------------------------------------------------------------------------------------
 # collectives: every rank must make the same calls in the same order
 # --------------------------------------------------------------------------------------------------------------
 
@@ -344,6 +266,15 @@ def torchplug_all_reduce(trainer: Trainer, tensor: torch.Tensor, op: str) -> tor
 
     Used by ``self.log(..., sync_dist=True)`` and epoch-end metric aggregation; every rank. Answered by the
     strategy; the default returns ``tensor``. Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def torchplug_all_gather(trainer: Trainer, tensor: torch.Tensor) -> torch.Tensor | None:
+    """Stack ``tensor`` from every process along a new first dimension (``self.all_gather``).
+
+    Every rank; answered by the strategy; the default returns ``tensor.unsqueeze(0)``. Stops at the first
+    non-None result.
     """
 
 
@@ -361,27 +292,98 @@ def torchplug_broadcast(trainer: Trainer, obj: Any, src: int) -> tuple[Any] | No
     """
 
 
+@hookspec(firstresult=True)
+def torchplug_gather_objects(trainer: Trainer, obj: Any) -> list[Any] | None:
+    """Every rank's picklable ``obj``, in rank order, on every rank (per-rank state for checkpoints).
+
+    Every rank; answered by the strategy; the default returns ``[obj]``. Stops at the first non-None result.
+    """
+
+
 # --------------------------------------------------------------------------------------------------------------
-# checkpoints and metrics
+# checkpoints: whoever creates state saves it; the core only orchestrates (layout: docs/checkpoints.md)
 # --------------------------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def torchplug_model_state_dict(trainer: Trainer, module: nn.Module) -> dict[str, Any] | None:
+    """The user's module's state for a checkpoint, as this strategy holds it.
+
+    Called on every rank when a checkpoint is made. Answered by a strategy that shards or replaces parameters
+    (FSDP answers its shards as DTensors, or the full state on rank 0); the default is ``module.state_dict()``.
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def torchplug_optimizer_state_dict(trainer: Trainer, optimizer: Optimizer) -> dict[str, Any] | None:
+    """One optimizer's state for a checkpoint, as this strategy holds it.
+
+    Called on every rank when a checkpoint is made, once per optimizer. Answered by a sharding strategy; the
+    default is ``optimizer.state_dict()``. Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def torchplug_save_checkpoint(trainer: Trainer, checkpoint: dict[str, Any], path: str) -> bool | None:
+    """Write ``checkpoint`` (made on every rank, with this rank's plugin state) to ``path``.
+
+    Called on every rank by ``trainer.save_checkpoint``. Answered by a strategy that writes something other than
+    one file (FSDP writes a directory, each rank its shard, with ``torch.distributed.checkpoint``); the default
+    has global rank 0 write one file atomically, with every rank's plugin state gathered into it. The checkpoint
+    must appear at ``path`` atomically: all of it or none. Return ``True`` once written. Stops at the first
+    non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def torchplug_load_checkpoint(trainer: Trainer, path: str) -> dict[str, Any] | None:
+    """Read the checkpoint at ``path`` on this rank, as the dictionary that was saved.
+
+    Called on every rank when resuming (``ckpt_path``), after setup, so the module and optimizers exist.
+    Answered by a strategy whose checkpoints are not one file (FSDP loads its shards into the current module's
+    and optimizers' layout); the default reads one file with ``torch.load(weights_only=True)``. Stops at the
+    first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def torchplug_load_model_state_dict(trainer: Trainer, module: nn.Module, state_dict: dict[str, Any]) -> bool | None:
+    """Restore the user's module from ``state_dict`` (what :func:`torchplug_model_state_dict` saved).
+
+    Called on every rank when resuming or evaluating from a checkpoint. Answered by a sharding strategy; the
+    default is ``module.load_state_dict(state_dict)``. Return ``True`` once done. Stops at the first non-None
+    result.
+    """
+
+
+@hookspec(firstresult=True)
+def torchplug_load_optimizer_state_dict(
+    trainer: Trainer, optimizer: Optimizer, state_dict: dict[str, Any]
+) -> bool | None:
+    """Restore one optimizer from ``state_dict``. Every rank, when resuming ``fit``; answered as its counterpart."""
 
 
 @hookspec
 def torchplug_state_dict(trainer: Trainer) -> dict[str, Any] | None:
-    """This plugin's state for a checkpoint, as ``{key: picklable state}`` (AMP: the scaler's state).
+    """This plugin's state on this rank, as ``{key: state}`` (AMP's scaler, the CUDA RNG).
 
-    Called on every rank when a checkpoint is made (rank 0 writes it). Every plugin may answer; the dicts are
-    merged into ``checkpoint["plugins"]``, so pick a key that names the plugin.
+    Called on every rank when a checkpoint is made. Every plugin may answer; the dicts are merged (pick a key that
+    names the plugin). State is kept per rank: the checkpoint holds every rank's answer
+    (``checkpoint["plugins"]["ranks"]``), so state that differs between ranks is never lost. It must hold only
+    tensors and plain Python data.
     """
 
 
 @hookspec
 def torchplug_load_state_dict(trainer: Trainer, states: dict[str, Any]) -> None:
-    """Restore this plugin's state from ``checkpoint["plugins"]`` when resuming.
+    """Restore this plugin's state: ``states`` is what this rank's plugins saved (see below), read-only.
 
-    Called on every rank after the module and optimizers are restored (so last in the order apex needs). Every
-    plugin may answer and reads its own key; a plugin may refuse a checkpoint it cannot resume (apex with
-    another opt level) by raising :class:`torchplug.MisconfigurationError`.
+    Called on every rank after the module and optimizers are restored (the order apex needs). Every plugin may
+    answer and reads its own key; keys no plugin reads are reported in a warning naming them. When resuming on
+    another number of processes, rank ``r`` gets the state of saved rank ``r``, or of saved rank 0 where there is
+    none (a warning names the keys whose saved values differed between ranks). A plugin may refuse a checkpoint it
+    cannot resume (apex with another opt level) by raising :class:`torchplug.MisconfigurationError`.
     """
 
 
@@ -401,7 +403,8 @@ def torchplug_metrics(trainer: Trainer) -> dict[str, float] | None:
 
 @hookspec
 def torchplug_teardown(trainer: Trainer) -> None:
-    """Release what setup took (process group, device memory). Every rank, after the run, also after an error.
+    """Release what setup took (wrappers, device memory). Every rank, after the run, also after an error.
 
-    Every plugin may answer; results are ignored. Must not raise when setup stopped half way.
+    Every plugin may answer; results are ignored. Must not raise when setup stopped half way. A process group may
+    outlive the run: the next ``fit``/``validate`` of the same script reuses it.
     """

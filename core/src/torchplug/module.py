@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from torchplug._errors import MisconfigurationError
+from torchplug.utilities import move_data_to_device
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -111,6 +112,45 @@ class Module(nn.Module):
     def on_before_zero_grad(self, optimizer: Optimizer) -> None: ...
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
+    def on_exception(self, exception: BaseException) -> None: ...
+    def configure_model(self) -> None:
+        """Create or change layers right before setup (after ``setup``, before ``configure_optimizers``)."""
+
+    # ---------------------------------------------------------------- how the loop trains (override to change)
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """Backpropagate ``loss`` (already scaled by a mixed precision plugin)."""
+        loss.backward(*args, **kwargs)
+
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Callable[[], Any] | None = None
+    ) -> None:
+        """Step ``optimizer`` (a handle: its ``step`` runs the run's precision and strategy); the closure runs
+        ``training_step``, ``zero_grad`` and backward, and must be called (``optimizer.step`` calls it)."""
+        optimizer.step(closure=optimizer_closure)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Optimizer) -> None:
+        optimizer.zero_grad()
+
+    def configure_gradient_clipping(
+        self, optimizer: Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Clip before each optimizer step; by default with the Trainer's ``gradient_clip_val``/``_algorithm``."""
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm or "norm")
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        scheduler.step() if metric is None else scheduler.step(metric)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return batch
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        loop = self._trainer._loop if self._trainer is not None else None
+        if loop is not None and loop.ops is not None and device == self._trainer.root_device:
+            return loop.ops.to_device(batch)
+        return move_data_to_device(batch, device)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return batch
 
     # ---------------------------------------------------------------- trainer state
     @property
@@ -178,9 +218,10 @@ class Module(nn.Module):
         Values stay on their device: they are read to the host only at the logging interval.
         ``sync_dist=True`` reduces the value across processes with ``reduce_fx`` (mean, sum, max, min).
         """
-        if self._trainer is None or self._trainer._results is None:
+        trainer = self._trainer
+        if trainer is None or trainer._results is None:
             return
-        self._trainer._results.log(
+        trainer._results.log(
             name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
             reduce_fx=reduce_fx, sync_dist=sync_dist, batch_size=batch_size, add_dataloader_idx=add_dataloader_idx,
         )  # fmt: skip
@@ -192,7 +233,8 @@ class Module(nn.Module):
     # ---------------------------------------------------------------- manual optimization
     def optimizers(self, use_pl_optimizer: bool = True) -> Any:
         """The optimizers from ``configure_optimizers``; ``.step()`` on them runs the precision/strategy hooks."""
-        opts = self.trainer._optimizer_handles if use_pl_optimizer else self.trainer.optimizers
+        loop = self.trainer._loop
+        opts = loop.handles if use_pl_optimizer and loop is not None else self.trainer.optimizers
         return opts[0] if len(opts) == 1 else opts
 
     def lr_schedulers(self) -> Any:
@@ -203,13 +245,13 @@ class Module(nn.Module):
 
     def manual_backward(self, loss: torch.Tensor, optimizer: Optimizer | None = None) -> None:
         """``loss.backward()`` through the precision plugin (AMP scales the loss)."""
-        self.trainer._backward(loss, optimizer)
+        self.trainer._loop.backward(loss, optimizer)
 
     def clip_gradients(
         self, optimizer: Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str = "norm"
     ) -> None:
         if gradient_clip_val:
-            self.trainer._clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            self.trainer._loop.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def toggle_optimizer(self, optimizer: Any) -> None:
         """Freeze parameters owned only by other optimizers (for GAN-style manual optimization)."""

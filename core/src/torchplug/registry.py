@@ -33,6 +33,7 @@ _PROJECT_PACKAGES: dict[str, dict[str, str]] = {
         "ddp_spawn": "torchplug-ddp",
         "ddp_cpu": "torchplug-ddp",
         "ddp2": "torchplug-ddp",
+        "fsdp": "torchplug-fsdp",
         "xla": "torchplug-xla",
         "single_xla": "torchplug-xla",
         "xla_spmd": "torchplug-xla",
@@ -45,7 +46,7 @@ _PROJECT_PACKAGES: dict[str, dict[str, str]] = {
         "bf16": "torchplug-amp",
         "apex": "torchplug-apex",
     },
-    "environment": {"torchelastic": "torchplug-ddp", "slurm": "torchplug-ddp", "local": "torchplug-ddp"},
+    "environment": {},
 }
 
 
@@ -84,10 +85,20 @@ def _load(backend: Backend) -> Any:
     return obj
 
 
-def normalize_name(name: Any) -> str:
-    """``16`` and ``"16"`` are the same precision; names are matched as stripped strings."""
-    if isinstance(name, bool):
-        raise MisconfigurationError(f"expected a backend name, got {name!r}")
+def normalize_name(name: Any, kind: str = "backend") -> str:
+    """The name to look up for a value the user gave: ``16``, ``16.0`` and ``"16"`` are the same precision.
+
+    A float is accepted only where it equals a whole number (YAML turns ``16`` into ``16.0``); anything that is not
+    a string or a number is refused, naming the argument, so it never reaches a backend as a silent default.
+    """
+    argument = "plugins" if kind == "environment" else kind
+    if isinstance(name, float) and not isinstance(name, bool) and name.is_integer():
+        name = int(name)
+    if isinstance(name, bool) or not isinstance(name, (str, int)):
+        installed = ", ".join(installed_names(kind)) if kind in GROUPS else ""
+        raise MisconfigurationError(
+            f"{argument}={name!r}: expected a name" + (f" ({installed})" if installed else "") + " or an instance"
+        )
     return str(name).strip()
 
 
@@ -136,6 +147,9 @@ def clear_cache() -> None:
     discover.cache_clear()
     _load.cache_clear()
     importlib.invalidate_caches()
+    from torchplug import _plugins
+
+    _plugins._packages_distributions.cache_clear()
 
 
 def installed_names(kind: str) -> list[str]:
@@ -144,7 +158,7 @@ def installed_names(kind: str) -> list[str]:
 
 def find(kind: str, name: Any) -> Backend:
     """The backend registered under ``name`` (or an alias), with a helpful error when there is none or two."""
-    wanted = normalize_name(name)
+    wanted = normalize_name(name, kind)
     matches = [b for b in discover(kind) if wanted in b.names]
     if len(matches) == 1:
         return matches[0]

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+
+from torchplug._devices import parse_devices
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
@@ -159,6 +161,7 @@ __all__ = [
     "distributed_loader",
     "move_data_to_device",
     "needs_distributed_sampler",
+    "parse_devices",
     "requires_closure",
     "seed_everything",
 ]

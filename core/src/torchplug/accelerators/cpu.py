@@ -14,11 +14,8 @@ if TYPE_CHECKING:
 class CPUAccelerator(Accelerator):
     """The CPU. ``devices=N`` means N processes, so it takes any count (with a multi-process strategy)."""
 
+    device_type = "cpu"
     priority = 0
-
-    @hookimpl
-    def torchplug_device_count(self, trainer: Trainer) -> None:
-        return None
 
     @hookimpl
     def torchplug_root_device(self, trainer: Trainer) -> torch.device:

@@ -1,6 +1,7 @@
 """Cluster environments: who started the processes and where the job's rendezvous is.
 
-None is built in; ``torchplug-ddp`` provides ``torchelastic``, ``slurm`` and ``local``.
+Built in: ``torchelastic`` (torchrun), ``slurm`` (srun) and ``local`` (our own launcher, or processes started by hand
+with ``MASTER_ADDR``/``MASTER_PORT``/``NODE_RANK``).
 """
 
 from __future__ import annotations
@@ -22,4 +23,20 @@ class ClusterEnvironment:
         return False
 
 
-__all__ = ["ClusterEnvironment"]
+__all__ = ["ClusterEnvironment", "LocalEnvironment", "SLURMEnvironment", "TorchElasticEnvironment", "expand_nodelist", "first_host"]
+
+
+def __getattr__(name: str) -> object:
+    # The built-in environments, importable from here without importing them all with the base class.
+    from torchplug.environments import _nodelist, local, slurm, torchelastic
+
+    found = {
+        "LocalEnvironment": local.LocalEnvironment,
+        "SLURMEnvironment": slurm.SLURMEnvironment,
+        "TorchElasticEnvironment": torchelastic.TorchElasticEnvironment,
+        "expand_nodelist": _nodelist.expand_nodelist,
+        "first_host": _nodelist.first_host,
+    }
+    if name in found:
+        return found[name]
+    raise AttributeError(f"module 'torchplug.environments' has no attribute {name!r}")

@@ -1,13 +1,15 @@
-"""Full precision and the "true" half precisions, which cast parameters and buffers."""
+"""Full precision and the "true" half precisions, which cast parameters, buffers and inputs."""
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from torchplug._hooks import hookimpl
+from torchplug._step import StepOps
 from torchplug.precision import Precision
 from torchplug.utilities import apply_to_collection
 
@@ -27,21 +29,27 @@ class _TruePrecision(Precision):
         return module.to(dtype=self.dtype)
 
     @hookimpl(wrapper=True)
-    def torchplug_forward(self, trainer: Trainer, stage: str, args: tuple[Any, ...]) -> Any:
-        # Floating-point inputs are cast to the model's dtype; everything else is left alone.
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(self.dtype)
-        try:
-            return (yield)
-        finally:
-            torch.set_default_dtype(default)
+    def torchplug_step_ops(self, trainer: Trainer) -> Generator[None, StepOps, StepOps]:
+        ops = yield
+        dtype, to_device, forward = self.dtype, ops.to_device, ops.forward
 
-    @hookimpl
-    def torchplug_convert_batch(self, trainer: Trainer, batch: Any) -> Any:
-        def convert(tensor: torch.Tensor) -> torch.Tensor:
-            return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
+        def cast(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
-        return apply_to_collection(batch, torch.Tensor, convert)
+        def to_device_and_cast(batch: Any) -> Any:
+            return apply_to_collection(to_device(batch), torch.Tensor, cast)
+
+        def forward_in_dtype(stage: str, args: tuple[Any, ...]) -> Any:
+            # Tensors the step creates (torch.zeros, torch.randn, ...) get the model's dtype too.
+            default = torch.get_default_dtype()
+            torch.set_default_dtype(dtype)
+            try:
+                return forward(stage, args)
+            finally:
+                torch.set_default_dtype(default)
+
+        ops.to_device, ops.forward = to_device_and_cast, forward_in_dtype
+        return ops
 
 
 class DoublePrecision(_TruePrecision):

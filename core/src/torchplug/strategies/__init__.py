@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torchplug.strategies._step_module import StepModule
 
 
 class Strategy:
     """Base for strategy plugins; subclasses add ``@hookimpl`` methods for the hooks where they differ.
 
+    ``needs_cluster_environment``: the strategy reads :func:`~torchplug.hookspecs.torchplug_cluster_info` even
+    for a job of one process (a process group of one), so selection finds a cluster environment for it.
     Keyword arguments of ``__init__`` are filled from ``Trainer(**kwargs)`` by name (``find_unused_parameters``).
+    :class:`torchplug.distributed.ProcessGroupStrategy` is the base of strategies with a process group.
     """
+
+    needs_cluster_environment: ClassVar[bool] = False
 
     @classmethod
     def is_available(cls) -> bool:

@@ -4,7 +4,7 @@ from typing import Any
 
 from torch import nn
 
-_STEP_METHODS = {
+STEP_METHODS = {
     "train": "training_step",
     "validation": "validation_step",
     "test": "test_step",
@@ -25,4 +25,4 @@ class StepModule(nn.Module):
         self.module = module
 
     def forward(self, stage: str, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.module, _STEP_METHODS[stage])(*args, **kwargs)
+        return getattr(self.module, STEP_METHODS[stage])(*args, **kwargs)

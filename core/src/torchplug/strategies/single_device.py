@@ -15,7 +15,7 @@ class SingleDeviceStrategy(Strategy):
 
     @hookimpl
     def torchplug_configure(self, trainer: Trainer) -> None:
-        if len(trainer.device_ids) != 1 or trainer.num_nodes != 1:
+        if trainer.run.num_devices != 1 or trainer.run.num_nodes != 1:
             raise MisconfigurationError(
                 f"strategy='single_device' runs one process on one device, but devices={trainer.devices_arg!r} and "
                 f"num_nodes={trainer.num_nodes}; use devices=1, or a multi-process strategy such as 'ddp'"

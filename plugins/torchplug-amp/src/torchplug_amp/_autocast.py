@@ -9,19 +9,17 @@ schedulers either. ``bf16-mixed`` has float32's exponent range, so it needs no s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch.amp.autocast_mode import is_autocast_available
 
-from torchplug import MisconfigurationError, hookimpl
+from torchplug import MisconfigurationError, StepOps, hookimpl
 from torchplug.precision import Precision
 from torchplug.utilities import requires_closure
 
 if TYPE_CHECKING:
-    from collections.abc import Generator
-
     from torch import nn
     from torch.optim import Optimizer
 
@@ -34,39 +32,33 @@ STATE_KEY = "torchplug_amp"
 class AutocastPrecision(Precision):
     """Runs every step (train, validation, test, predict) inside ``torch.autocast(device_type, dtype)``.
 
-    ``device_type`` is the accelerator's answer to ``torchplug_autocast_device_type`` (``cuda``, ``cpu``, ``xla``,
-    ...), asked once per run.
+    ``device_type`` is the accelerator's declared device type (``trainer.run.device_type``: ``cuda``, ``cpu``,
+    ``xla``, ...). The autocast context is made once per run and entered around each step.
     """
 
     dtype: ClassVar[torch.dtype]
 
-    def __init__(self) -> None:
-        self._device_type: str | None = None
-
     @hookimpl
-    def torchplug_convert_module(self, trainer: Trainer, module: nn.Module) -> None:
-        # Parameters stay float32, so nothing is converted: this is only the once-per-run point after the module
-        # reached its device. Answering None leaves the module to the other plugins and the defaults.
-        self._setup(trainer)
-
-    @hookimpl(wrapper=True)
-    def torchplug_forward(
-        self, trainer: Trainer, stage: str, args: tuple[Any, ...]
-    ) -> Generator[None, Any, Any]:
-        device_type = self._device_type or self._setup(trainer)
-        with torch.autocast(device_type=device_type, dtype=self.dtype):
-            return (yield)
-
-    def _setup(self, trainer: Trainer) -> str:
-        device_type = trainer.hook.torchplug_autocast_device_type(trainer=trainer)
+    def torchplug_configure(self, trainer: Trainer) -> None:
+        device_type = trainer.run.device_type
         if not is_autocast_available(device_type):
             raise MisconfigurationError(
                 f"precision={trainer.precision_name!r}: torch {torch.__version__} has no autocast for the device "
-                f"type {device_type!r} that accelerator={trainer.accelerator_name!r} names; use "
-                "precision='32-true', or an accelerator whose device type autocast supports (cuda, cpu, xla, ...)"
+                f"type {device_type!r} of accelerator={trainer.accelerator_name!r}; use precision='32-true', or an "
+                "accelerator whose device type autocast supports (cuda, cpu, xla, ...)"
             )
-        self._device_type = device_type
-        return device_type
+
+    @hookimpl(wrapper=True)
+    def torchplug_step_ops(self, trainer: Trainer) -> Generator[None, StepOps, StepOps]:
+        ops = yield
+        autocast, forward = torch.autocast(device_type=trainer.run.device_type, dtype=self.dtype), ops.forward
+
+        def forward_in_autocast(stage: str, args: tuple[Any, ...]) -> Any:
+            with autocast:
+                return forward(stage, args)
+
+        ops.forward = forward_in_autocast
+        return ops
 
 
 class MixedPrecision(AutocastPrecision):
@@ -80,7 +72,6 @@ class MixedPrecision(AutocastPrecision):
     dtype = torch.float16
 
     def __init__(self, scaler: torch.amp.GradScaler | None = None) -> None:
-        super().__init__()
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
             raise MisconfigurationError(
                 f"scaler={scaler!r}: expected a torch.amp.GradScaler, or None for one made for the device"
@@ -88,8 +79,7 @@ class MixedPrecision(AutocastPrecision):
         self.scaler = scaler
         self._unscaled: set[int] = set()  # ids of the optimizers unscaled since the scaler's last update()
 
-    def _setup(self, trainer: Trainer) -> str:
-        device_type = super()._setup(trainer)
+    def _ready_scaler(self, trainer: Trainer) -> torch.amp.GradScaler:
         grads_on = trainer.root_device.type
         if self.scaler is None:
             self.scaler = torch.amp.GradScaler(grads_on)
@@ -98,12 +88,6 @@ class MixedPrecision(AutocastPrecision):
                 f"scaler=GradScaler({self.scaler._device!r}): the gradients of this run live on {grads_on!r}; "
                 f"pass torch.amp.GradScaler({grads_on!r}) or leave scaler unset"
             )
-        return device_type
-
-    def _ready_scaler(self, trainer: Trainer) -> torch.amp.GradScaler:
-        if self._device_type is None:
-            self._setup(trainer)
-        assert self.scaler is not None
         return self.scaler
 
     def _unscale(self, optimizer: Optimizer) -> None:
@@ -119,42 +103,45 @@ class MixedPrecision(AutocastPrecision):
     ) -> None:
         refuse_closure_optimizers(trainer, optimizers)
 
-    @hookimpl
-    def torchplug_backward(self, trainer: Trainer, loss: torch.Tensor, optimizer: Optimizer | None) -> bool:
-        self._ready_scaler(trainer).scale(loss).backward()
-        return True
-
-    @hookimpl
-    def torchplug_unscale_gradients(self, trainer: Trainer, optimizer: Optimizer) -> None:
-        self._unscale(optimizer)
-
-    @hookimpl
-    def torchplug_clip_gradients(
-        self, trainer: Trainer, optimizer: Optimizer, clip_val: float, algorithm: str
-    ) -> None:
-        # Clipping scaled gradients would clip at clip_val * scale. The step closure has usually unscaled already;
-        # a manual-optimization self.clip_gradients() before opt.step() has not. The defaults then clip.
-        self._unscale(optimizer)
-
-    @hookimpl
-    def torchplug_optimizer_step(
-        self, trainer: Trainer, optimizer: Optimizer, closure: Callable[[], Any]
-    ) -> bool:
-        # GradScaler.step refuses closures: run it here, exactly once.
-        closure()
-        if not _has_gradients(optimizer):
-            # Nothing was backpropagated (training_step returned None): step as full precision would.
-            optimizer.step()
-            return True
+    @hookimpl(wrapper=True)
+    def torchplug_step_ops(self, trainer: Trainer) -> Generator[None, StepOps, StepOps]:
+        ops = yield from super().torchplug_step_ops(trainer)
         scaler = self._ready_scaler(trainer)
-        self._unscale(optimizer)
-        # After unscale_, GradScaler records per device whether it found inf/NaN; scaler.step skips exactly then.
-        # Reading it is the one host sync scaler.step makes anyway.
-        found_inf = sum(float(v.item()) for v in scaler._found_inf_per_device(optimizer).values())
-        scaler.step(optimizer)
-        scaler.update()
+        backward, prepare_gradients, clip_gradients = ops.backward, ops.prepare_gradients, ops.clip_gradients
         self._unscaled.clear()
-        return found_inf == 0
+
+        def scaled_backward(loss: torch.Tensor, optimizer: Optimizer | None) -> None:
+            backward(scaler.scale(loss), optimizer)
+
+        def prepare_and_unscale(optimizer: Optimizer) -> None:
+            prepare_gradients(optimizer)
+            self._unscale(optimizer)
+
+        def unscale_and_clip(optimizer: Optimizer, value: float, algorithm: str) -> None:
+            # Clipping scaled gradients would clip at value * scale. The step closure has usually unscaled
+            # already; a manual-optimization self.clip_gradients() before opt.step() has not.
+            self._unscale(optimizer)
+            clip_gradients(optimizer, value, algorithm)
+
+        def scaled_step(optimizer: Optimizer, closure: Callable[[], Any]) -> bool:
+            # GradScaler.step refuses closures: run it here, exactly once.
+            closure()
+            if not _has_gradients(optimizer):
+                # Nothing was backpropagated (training_step returned None): step as full precision would.
+                optimizer.step()
+                return True
+            self._unscale(optimizer)
+            # After unscale_, GradScaler records per device whether it found inf/NaN; scaler.step skips exactly
+            # then. Reading it is the one host sync scaler.step makes anyway.
+            found_inf = sum(float(v.item()) for v in scaler._found_inf_per_device(optimizer).values())
+            scaler.step(optimizer)
+            scaler.update()
+            self._unscaled.clear()
+            return found_inf == 0
+
+        ops.backward, ops.prepare_gradients = scaled_backward, prepare_and_unscale
+        ops.clip_gradients, ops.optimizer_step = unscale_and_clip, scaled_step
+        return ops
 
     @hookimpl
     def torchplug_state_dict(self, trainer: Trainer) -> dict[str, Any] | None:
@@ -163,7 +150,7 @@ class MixedPrecision(AutocastPrecision):
         return {STATE_KEY: {"scaler": self.scaler.state_dict()}}
 
     @hookimpl
-    def torchplug_load_state_dict(self, trainer: Trainer, states: dict[str, Any]) -> None:
+    def torchplug_load_state_dict(self, trainer: Trainer, states: Mapping[str, Any]) -> None:
         state = states.get(STATE_KEY)
         if not state or not state.get("scaler"):  # a checkpoint of another precision, or of a disabled scaler
             return
@@ -175,14 +162,14 @@ class BF16MixedPrecision(AutocastPrecision):
 
     dtype = torch.bfloat16
 
-    def _setup(self, trainer: Trainer) -> str:
-        device_type = super()._setup(trainer)
-        if device_type == "cuda" and not torch.cuda.is_bf16_supported():
+    @hookimpl
+    def torchplug_setup_environment(self, trainer: Trainer) -> None:
+        device = trainer.root_device
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise MisconfigurationError(
-                f"precision={trainer.precision_name!r}: {torch.cuda.get_device_name(trainer.root_device)} does not "
-                "support bfloat16; use precision='16-mixed'"
+                f"precision={trainer.precision_name!r}: {torch.cuda.get_device_name(device)} does not support "
+                "bfloat16; use precision='16-mixed'"
             )
-        return device_type
 
 
 def refuse_closure_optimizers(trainer: Trainer, optimizers: list[Optimizer]) -> None:

@@ -19,13 +19,13 @@ Each optimizer gets its own loss scale: backward runs through ``amp.scale_loss(l
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from torchplug import MisconfigurationError, hookimpl
+from torchplug import MisconfigurationError, StepOps, hookimpl
 from torchplug.precision import Precision
 from torchplug.utilities import requires_closure
 
@@ -73,10 +73,10 @@ class ApexPrecision(Precision):
     inputs of the module's ``forward``: call ``self(x)`` in ``training_step``, or cast what you give submodules.
     """
 
-    #: Accelerator names apex may run on: apex amp refuses parameters that are not on a CUDA device.
+    #: Device types apex may run on: apex amp refuses parameters that are not on a CUDA device.
     #: TEST SEAM, for tests only: the CPU tests of this package, which replace ``apex.amp`` with a recording
-    #: stand-in (tests/_apex_standin.py), add ``"cpu"`` here with ``monkeypatch``. Nothing else changes it.
-    supported_accelerators: ClassVar[tuple[str, ...]] = ("cuda", "gpu")
+    #: stand-in (tests/apex_standin), add ``"cpu"`` here with ``monkeypatch``. Nothing else changes it.
+    supported_device_types: ClassVar[tuple[str, ...]] = ("cuda",)
 
     def __init__(self, amp_level: str = "O2") -> None:
         level = str(amp_level).strip()
@@ -102,11 +102,12 @@ class ApexPrecision(Precision):
     # ------------------------------------------------------------------------------------------ construction
     @hookimpl
     def torchplug_configure(self, trainer: Trainer) -> None:
-        if trainer.accelerator_name not in self.supported_accelerators:
+        if trainer.run.device_type not in self.supported_device_types:
             raise MisconfigurationError(
-                f"precision='apex' (amp_level={self.amp_level!r}) needs accelerator='gpu': NVIDIA apex amp runs "
-                f"only on CUDA, and accelerator={trainer.accelerator_name!r} was selected. Use accelerator='gpu', "
-                "or precision='16-mixed' / 'bf16-mixed', which run on every accelerator with autocast"
+                f"precision='apex' (amp_level={self.amp_level!r}) needs a CUDA accelerator: NVIDIA apex amp runs "
+                f"only on CUDA, and accelerator={trainer.accelerator_name!r} computes on {trainer.run.device_type!r}. "
+                "Use accelerator='gpu', or precision='16-mixed' / 'bf16-mixed', which run on every accelerator "
+                "with autocast"
             )
         amp, why = find_amp()
         if amp is None:
@@ -149,46 +150,35 @@ class ApexPrecision(Precision):
         return module, list(optimizers)
 
     # ------------------------------------------------------------------------------------------ step
-    @hookimpl
-    def torchplug_backward(self, trainer: Trainer, loss: torch.Tensor, optimizer: Optimizer | None) -> bool:
+    @hookimpl(wrapper=True)
+    def torchplug_step_ops(self, trainer: Trainer) -> Generator[None, StepOps, StepOps]:
+        ops = yield
         if not self._initialized:  # no optimizers were set up (not fit): nothing to scale for
-            loss.backward()
-            return True
-        optimizers = trainer.optimizers
-        if optimizer is None:
-            # manual_backward(loss) without an optimizer: every optimizer's gradients, the first loss scale
-            target: Any = optimizers[0] if len(optimizers) == 1 else list(optimizers)
-            loss_id = 0
-        else:
-            target = optimizer
-            loss_id = next((i for i, opt in enumerate(optimizers) if opt is optimizer), 0)
-        with self._amp().scale_loss(loss, target, loss_id=loss_id) as scaled_loss:
-            scaled_loss.backward()
-        return True
+            return ops
+        backward = ops.backward
 
-    @hookimpl
-    def torchplug_clip_gradients(
-        self, trainer: Trainer, optimizer: Optimizer, clip_val: float, algorithm: str
-    ) -> bool:
-        # At O2 the optimizer steps float32 master copies; the model's float16 .grad stay scaled.
-        params = [p for p in self._amp().master_params(optimizer) if p.grad is not None]
-        if algorithm == "value":
-            torch.nn.utils.clip_grad_value_(params, clip_val)
-        else:
-            torch.nn.utils.clip_grad_norm_(params, clip_val)
-        return True
+        def scaled_backward(loss: torch.Tensor, optimizer: Optimizer | None) -> None:
+            optimizers = trainer.optimizers
+            if optimizer is None:
+                # manual_backward(loss) without an optimizer: every optimizer's gradients, the first loss scale
+                target: Any = optimizers[0] if len(optimizers) == 1 else list(optimizers)
+                loss_id = 0
+            else:
+                target = optimizer
+                loss_id = next((i for i, opt in enumerate(optimizers) if opt is optimizer), 0)
+            with self._amp().scale_loss(loss, target, loss_id=loss_id) as scaled_loss:
+                backward(scaled_loss, optimizer)
 
-    @hookimpl
-    def torchplug_optimizer_step(
-        self, trainer: Trainer, optimizer: Optimizer, closure: Callable[[], Any]
-    ) -> bool:
-        closure()  # apex's step() refuses a closure
-        # When scale_loss finds inf/NaN it lowers the scale and replaces optimizer.step by a one-shot skip,
-        # marking _amp_stash.already_patched (apex/amp/handle.py, 25.04): that step is not taken.
-        stash = getattr(optimizer, "_amp_stash", None)
-        skipped = bool(getattr(stash, "already_patched", False))
-        optimizer.step()
-        return not skipped
+        def clip_master_gradients(optimizer: Optimizer, value: float, algorithm: str) -> None:
+            # At O2 the optimizer steps float32 master copies; the model's float16 .grad stay scaled.
+            params = [p for p in self._amp().master_params(optimizer) if p.grad is not None]
+            if algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, value)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, value)
+
+        ops.backward, ops.clip_gradients, ops.optimizer_step = scaled_backward, clip_master_gradients, _apex_step
+        return ops
 
     # ------------------------------------------------------------------------------------------ checkpoints
     @hookimpl
@@ -198,7 +188,7 @@ class ApexPrecision(Precision):
         return {STATE_KEY: {"opt_level": self.amp_level, "amp": dict(self._amp().state_dict())}}
 
     @hookimpl
-    def torchplug_load_state_dict(self, trainer: Trainer, states: dict[str, Any]) -> None:
+    def torchplug_load_state_dict(self, trainer: Trainer, states: Mapping[str, Any]) -> None:
         state = states.get(STATE_KEY)
         if state is None:  # a checkpoint of another precision: apex starts from its initial loss scales
             return
@@ -212,6 +202,7 @@ class ApexPrecision(Precision):
             self._amp().load_state_dict(state["amp"])
 
     def _amp(self) -> ModuleType:
+        """apex.amp, found again where this instance was unpickled (a spawned process)."""
         if self.amp is None:  # an instance used without torchplug_configure (e.g. registered by hand)
             amp, why = find_amp()
             if amp is None:
@@ -221,3 +212,13 @@ class ApexPrecision(Precision):
             self.amp = amp
         return self.amp
 
+
+
+def _apex_step(optimizer: Optimizer, closure: Callable[[], Any]) -> bool:
+    closure()  # apex's step() refuses a closure
+    # When scale_loss finds inf/NaN it lowers the scale and replaces optimizer.step by a one-shot skip, marking
+    # _amp_stash.already_patched (apex/amp/handle.py, 25.04): that step is not taken.
+    stash = getattr(optimizer, "_amp_stash", None)
+    skipped = bool(getattr(stash, "already_patched", False))
+    optimizer.step()
+    return not skipped

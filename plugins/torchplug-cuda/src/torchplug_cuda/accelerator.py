@@ -8,16 +8,19 @@ process is using.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
+from collections.abc import Generator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchplug import MisconfigurationError, hookimpl
+from torchplug import MisconfigurationError, StepOps, hookimpl
+from torchplug.utilities import parse_devices
 from torchplug.accelerators import Accelerator
-from torchplug.utilities import apply_to_collection
+from torchplug.utilities import move_data_to_device
 from torchplug_cuda import _gpus
 from torchplug_cuda._memory import MODES, memory_metrics
 from torchplug_cuda._select import pick_free_gpus
@@ -26,6 +29,9 @@ if TYPE_CHECKING:
     from torchplug.trainer import Trainer
 
 log = logging.getLogger(__name__)
+
+#: The key of this package's per-rank state (the CUDA RNG) in a checkpoint's plugin states.
+STATE_KEY = "torchplug_cuda"
 
 #: Set by the process that ran ``auto_select_gpus`` (``"<pid>|<devices>|<ids>"``) so that the processes it
 #: launches use the same GPUs instead of choosing again while their siblings start using some.
@@ -54,6 +60,7 @@ class CUDAAccelerator(Accelerator):
             at the logging interval. Reading it takes an NVML call (or an nvidia-smi run), so it slows training.
     """
 
+    device_type = "cuda"
     priority = 100
 
     def __init__(self, auto_select_gpus: bool = False, log_gpu_memory: str | None = None) -> None:
@@ -78,30 +85,33 @@ class CUDAAccelerator(Accelerator):
     def device_count(cls) -> int:
         return _cuda_device_count()
 
-    # ---------------------------------------------------------------------------------------- configuration
+    # ---------------------------------------------------------------------------------------- selection
     @hookimpl
-    def torchplug_device_count(self, trainer: Trainer) -> int:
-        return _cuda_device_count()
+    def torchplug_select_devices(self, devices: Any, device_count: int | None, device_type: str) -> list[int] | None:
+        if not self.auto_select_gpus:
+            return None  # the core parses devices
+        return self._auto_select(devices)
 
-    # First, so that the strategy and the others check the GPUs auto_select_gpus chose, not GPUs 0..k-1.
-    @hookimpl(tryfirst=True)
+    @hookimpl
     def torchplug_configure(self, trainer: Trainer) -> None:
-        if self.auto_select_gpus:
-            trainer.device_ids = self._auto_select(trainer)
         if self.log_gpu_memory:
             self._check_memory_source(trainer.device_ids)
-        _set_cuda_flags(getattr(trainer, "benchmark", None), getattr(trainer, "deterministic", None))
+        if trainer.deterministic and trainer.benchmark:
+            warnings.warn(
+                "deterministic=True with benchmark=True: cuDNN's autotuner may pick a different convolution "
+                "algorithm on each run, so results can still differ. Leave benchmark unset for reproducible runs",
+                UserWarning,
+                stacklevel=2,
+            )
 
-    def _auto_select(self, trainer: Trainer) -> list[int]:
-        requested = trainer.devices_arg
+    def _auto_select(self, requested: Any) -> list[int]:
         if isinstance(requested, (list, tuple)) or (isinstance(requested, str) and "," in requested):
             raise MisconfigurationError(
                 f"auto_select_gpus=True chooses which GPUs to use, but devices={requested!r} already names them. "
                 "Give a number of GPUs (devices=2, or -1 for all of them) or set auto_select_gpus=False"
             )
-        # devices=k, "k", -1 or "auto" all parse to a count (every GPU for -1 and "auto"), and the strategy has
-        # already sized its processes by it; only which GPUs changes.
-        count = len(trainer.device_ids)
+        # devices=k, "k", -1 or "auto" all parse to a count (every GPU for -1 and "auto"); only which GPUs changes.
+        count = len(parse_devices(requested, _cuda_device_count(), "cuda"))
         key = repr(requested)
         inherited = os.environ.get(AUTO_SELECTED_ENV, "").split("|")
         if len(inherited) == 3 and inherited[0] != str(os.getpid()) and inherited[1] == key:
@@ -150,15 +160,32 @@ class CUDAAccelerator(Accelerator):
         torch.cuda.set_device(device)
         return device
 
-    # ---------------------------------------------------------------------------------------- step
     @hookimpl
-    def torchplug_batch_to_device(self, trainer: Trainer, batch: Any, device: torch.device) -> Any:
-        if device.type != "cuda":
-            return None
+    def torchplug_setup_environment(self, trainer: Trainer) -> None:
+        _set_cuda_flags(trainer.benchmark, trainer.deterministic)
+
+    # ---------------------------------------------------------------------------------------- step
+    @hookimpl(wrapper=True)
+    def torchplug_step_ops(self, trainer: Trainer) -> Generator[None, StepOps, StepOps]:
+        ops = yield
         # non_blocking is safe for every host-to-device copy: from pinned memory it overlaps with compute, from
         # pageable memory the driver stages it before returning. A blocking copy would instead synchronise the
         # stream on every batch.
-        return apply_to_collection(batch, torch.Tensor, lambda t: t.to(device, non_blocking=True))
+        ops.to_device = functools.partial(move_data_to_device, device=trainer.root_device, non_blocking=True)
+        return ops
+
+    # ---------------------------------------------------------------------------------------- state
+    @hookimpl
+    def torchplug_state_dict(self, trainer: Trainer) -> dict[str, Any] | None:
+        if not torch.cuda.is_initialized():
+            return None
+        return {STATE_KEY: {"rng_state": torch.cuda.get_rng_state(trainer.root_device)}}
+
+    @hookimpl
+    def torchplug_load_state_dict(self, trainer: Trainer, states: Mapping[str, Any]) -> None:
+        state = states.get(STATE_KEY)
+        if state is not None:
+            torch.cuda.set_rng_state(state["rng_state"], trainer.root_device)
 
     @hookimpl
     def torchplug_metrics(self, trainer: Trainer) -> dict[str, float] | None:
@@ -189,13 +216,6 @@ def _set_cuda_flags(benchmark: bool | None, deterministic: bool | str | None) ->
     if deterministic:  # True or "warn"
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.deterministic = True
-        if benchmark:
-            warnings.warn(
-                "deterministic=True with benchmark=True: cuDNN's autotuner may pick a different convolution "
-                "algorithm on each run, so results can still differ. Leave benchmark unset for reproducible runs",
-                UserWarning,
-                stacklevel=2,
-            )
     if benchmark is not None:
         torch.backends.cudnn.benchmark = bool(benchmark)
     elif deterministic:

@@ -1,20 +1,9 @@
-"""torchplug-ddp: multi-process training on torch.distributed (``ddp``, ``ddp_spawn``, ``ddp_cpu``, ``ddp2``)
-and the cluster environments that say who started the processes (``torchelastic``, ``slurm``, ``local``)."""
+"""torchplug-ddp: multi-process data parallel training with DistributedDataParallel (``ddp``, ``ddp_spawn``,
+``ddp_cpu``, ``ddp2``). Built on the core's :class:`torchplug.distributed.ProcessGroupStrategy`; the cluster
+environments (``torchelastic``, ``slurm``, ``local``) are part of the core."""
 
-from torchplug_ddp._nodelist import expand_nodelist, first_host
-from torchplug_ddp.environments import LocalEnvironment, SLURMEnvironment, TorchElasticEnvironment
 from torchplug_ddp.strategies import DDP2Strategy, DDPCPUStrategy, DDPSpawnStrategy, DDPStrategy
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DDP2Strategy",
-    "DDPCPUStrategy",
-    "DDPSpawnStrategy",
-    "DDPStrategy",
-    "LocalEnvironment",
-    "SLURMEnvironment",
-    "TorchElasticEnvironment",
-    "expand_nodelist",
-    "first_host",
-]
+__all__ = ["DDP2Strategy", "DDPCPUStrategy", "DDPSpawnStrategy", "DDPStrategy"]

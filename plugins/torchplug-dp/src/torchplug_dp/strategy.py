@@ -11,11 +11,12 @@ from __future__ import annotations
 import itertools
 import sys
 import warnings
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchplug import MisconfigurationError, hookimpl
+from torchplug import MisconfigurationError, StepOps, hookimpl
 from torchplug.strategies import Strategy
 from torchplug_dp._collections import reduce_paths
 from torchplug_dp._parallel import DataParallel
@@ -45,11 +46,13 @@ class DataParallelStrategy(Strategy):
 
     @hookimpl
     def torchplug_configure(self, trainer: Trainer) -> None:
-        if trainer.accelerator_name not in ("cuda", "gpu"):
+        device_type = trainer.run.device_type
+        if device_type != "cuda":
+            advice = "strategy='ddp_cpu' runs several CPU processes" if device_type == "cpu" else "strategy='ddp'"
             raise MisconfigurationError(
                 f"strategy='dp' runs torch.nn.DataParallel, which needs CUDA GPUs, but accelerator="
-                f"{trainer.accelerator_name!r} was selected. Use accelerator='gpu', or a strategy for "
-                f"{trainer.accelerator_name!r} (strategy='ddp_cpu' runs several CPU processes)"
+                f"{trainer.accelerator_name!r} computes on {device_type!r}. Use a CUDA accelerator "
+                f"(accelerator='gpu'), or another strategy ({advice})"
             )
         if trainer.num_nodes != 1:
             raise MisconfigurationError(
@@ -58,14 +61,14 @@ class DataParallelStrategy(Strategy):
             )
         advice = (
             "on one GPU it only adds work: leave strategy='auto' (single_device)"
-            if len(trainer.device_ids) == 1
+            if trainer.run.num_devices == 1
             else "strategy='ddp' runs one process per GPU and is faster (DataParallel copies the model to "
             "every GPU on each step and runs the copies in Python threads)"
         )
         warnings.warn(f"strategy='dp' is kept for porting old code; {advice}.", UserWarning, stacklevel=_user_frame())
 
     @hookimpl
-    def torchplug_num_processes(self, trainer: Trainer) -> int:
+    def torchplug_num_processes(self, device_ids: list[int], num_nodes: int) -> int:
         return 1
 
     @hookimpl
@@ -88,17 +91,25 @@ class DataParallelStrategy(Strategy):
         self._module = DataParallel(module, list(trainer.device_ids), trainer)
         return self._module
 
-    @hookimpl(tryfirst=True)
-    def torchplug_batch_to_device(self, trainer: Trainer, batch: Any, device: torch.device) -> Any:
+    @hookimpl(wrapper=True)
+    def torchplug_step_ops(self, trainer: Trainer) -> Generator[None, StepOps, StepOps]:
+        ops = yield
+        forward = ops.forward
+
+        def forward_and_combine(stage: str, args: tuple[Any, ...]) -> Any:
+            return self._combine(trainer, stage, forward(stage, args))
+
         # Left where the loader put it: DataParallel copies each GPU's slice straight to that GPU (from pinned
         # memory on side streams), instead of all of it to the first GPU and then on to the others.
-        return batch
+        ops.to_device = _unchanged
+        ops.forward = forward_and_combine
+        return ops
 
-    @hookimpl
-    def torchplug_step_output(self, trainer: Trainer, stage: str, output: Any) -> Any:
+    def _combine(self, trainer: Trainer, stage: str, output: Any) -> Any:
+        """The per-GPU outputs of one step as one: ``<stage>_step_end`` if defined, else reduced by path."""
         wrapped = self._module
         if wrapped is None:
-            return None
+            return output
         paths, shares = wrapped.per_replica, wrapped.shares
         wrapped.per_replica, wrapped.shares = set(), []
         hook = getattr(trainer.lightning_module, _STEP_END.get(stage, ""), None)
@@ -111,7 +122,7 @@ class DataParallelStrategy(Strategy):
                 )
             return combined
         if not paths:
-            return None  # nothing per GPU (one GPU, or a batch of one): the output is already whole
+            return output  # nothing per GPU (one GPU, or a batch of one): the output is already whole
         return reduce_paths(output, paths, shares)
 
     @hookimpl
@@ -125,3 +136,7 @@ def _user_frame() -> int:
     while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in ("torchplug", "torchplug_dp", "pluggy"):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def _unchanged(batch: Any) -> Any:
+    return batch

@@ -1,10 +1,10 @@
 """Running a trainer's stage in every XLA replica with ``xmp.spawn``, and bringing rank 0's outcome home.
 
 ``xmp.spawn`` starts one process per TPU chip (and, on chips with two TensorCores, one thread per core) and
-discards what the replicas return. Replica 0 therefore writes its outcome to a private file: the stage's result
-and what the launching process needs to look as if it had trained itself (the module's weights, the step and
-epoch counters, metrics and callback state such as the best checkpoint's path). With one device, ``xmp.spawn``
-runs the stage in this very process and nothing needs to come back.
+discards what the replicas return. Replica 0 therefore writes its outcome to a private file
+(:func:`torchplug.distributed.capture_run`: the stage's result, the module's weights, counters, metrics and callback
+state), which the launching process adopts (:func:`torchplug.distributed.adopt_run`). With one device,
+``xmp.spawn`` runs the stage in this very process and nothing needs to come back.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from torchplug import MisconfigurationError, ProcessFailedError
+from torchplug.distributed import adopt_run, capture_run
 from torchplug.utilities import apply_to_collection
 from torchplug_xla import _runtime
 
@@ -59,8 +60,8 @@ class _Replica:
                 f"XLA replica {index} failed with {type(err).__name__}: {err}\n{traceback.format_exc()}"
             ) from None
         if xr.global_ordinal() == 0:
-            outcome = {"result": result, "state": collect_state(function)}
-            torch.save(to_cpu(outcome), os.path.join(self.outcome_dir, _OUTCOME_FILE))
+            outcome = capture_run(function.trainer, to_cpu(result))
+            torch.save(outcome, os.path.join(self.outcome_dir, _OUTCOME_FILE))
 
 
 def spawn(function: Callable[[], Any], nprocs: int | None, start_method: str) -> Any:
@@ -84,11 +85,10 @@ def spawn(function: Callable[[], Any], nprocs: int | None, start_method: str) ->
         path = os.path.join(outcome_dir, _OUTCOME_FILE)
         if not os.path.exists(path):
             raise ProcessFailedError("the XLA replicas finished but replica 0 reported no result")
-        outcome = torch.load(path, map_location="cpu", weights_only=False)
+        outcome = torch.load(path, map_location="cpu", weights_only=True)
     finally:
         shutil.rmtree(outcome_dir, ignore_errors=True)
-    restore_state(function, outcome["state"])
-    return outcome["result"]
+    return adopt_run(function.trainer, outcome)
 
 
 def _runtime_started() -> bool:
@@ -99,35 +99,3 @@ def _runtime_started() -> bool:
 
 def to_cpu(data: Any) -> Any:
     return apply_to_collection(data, torch.Tensor, lambda t: t.detach().cpu())
-
-
-def collect_state(function: Any) -> dict[str, Any]:
-    """What the launching process should adopt from replica 0 after a spawned run."""
-    trainer = getattr(function, "trainer", None)
-    model = getattr(function, "kwargs", {}).get("model")
-    if trainer is None or model is None:
-        return {}
-    return {
-        "model": model.state_dict(),
-        "global_step": trainer.global_step,
-        "current_epoch": trainer.current_epoch,
-        "callback_metrics": dict(trainer.callback_metrics),
-        "logged_metrics": dict(trainer.logged_metrics),
-        "callbacks": {c.state_key: c.state_dict() for c in trainer.callbacks},
-    }
-
-
-def restore_state(function: Any, state: dict[str, Any]) -> None:
-    trainer = getattr(function, "trainer", None)
-    model = getattr(function, "kwargs", {}).get("model")
-    if not state or trainer is None or model is None:
-        return
-    model.load_state_dict(state["model"])
-    trainer.lightning_module = model
-    model.trainer = trainer
-    trainer.global_step, trainer.current_epoch = state["global_step"], state["current_epoch"]
-    trainer.callback_metrics = state["callback_metrics"]
-    trainer.logged_metrics = state["logged_metrics"]
-    for callback in trainer.callbacks:
-        if callback.state_key in state["callbacks"]:
-            callback.load_state_dict(state["callbacks"][callback.state_key])

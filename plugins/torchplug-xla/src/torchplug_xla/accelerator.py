@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchplug import MisconfigurationError, hookimpl
+from torchplug import MisconfigurationError, StepOps, hookimpl
 from torchplug.accelerators import Accelerator
 from torchplug.utilities import apply_to_collection
 from torchplug_xla import _runtime
@@ -37,6 +37,7 @@ class XLAAccelerator(Accelerator):
     check imports torch_xla. ``devices=[k]`` runs on device ``k``.
     """
 
+    device_type = "xla"
     priority = 50
 
     @classmethod
@@ -64,20 +65,16 @@ class XLAAccelerator(Accelerator):
             )
 
     @hookimpl
-    def torchplug_device_count(self, trainer: Trainer) -> int:
-        return _runtime.count_devices()
+    def torchplug_default_strategy(self, device_ids: list[int], num_nodes: int) -> str:
+        return "single_xla" if len(device_ids) == 1 and num_nodes == 1 else "xla"
 
     @hookimpl
-    def torchplug_default_strategy(self, trainer: Trainer) -> str:
-        return "single_xla" if len(trainer.device_ids) == 1 and trainer.num_nodes == 1 else "xla"
-
-    @hookimpl
-    def torchplug_precision_name(self, trainer: Trainer, precision: str) -> str | None:
+    def torchplug_precision_name(self, precision: str) -> str | None:
         replacement = _FLOAT16_PRECISIONS.get(precision)
         if replacement is None:
             return None
         warnings.warn(
-            f"precision={precision!r} on accelerator={trainer.accelerator_name!r}: TPUs have no float16 arithmetic, "
+            f"precision={precision!r} on an XLA accelerator: TPUs have no float16 arithmetic, "
             f"so this runs as precision={replacement!r} (bfloat16 autocast, no loss scaling). Pass "
             f"precision={replacement!r} to silence this notice.",
             UserWarning,
@@ -96,18 +93,14 @@ class XLAAccelerator(Accelerator):
             return torch_xla.device()
         return torch_xla.device(_runtime.pin_one_device(trainer.device_ids[0]))
 
-    @hookimpl
-    def torchplug_autocast_device_type(self, trainer: Trainer) -> str:
-        return "xla"
-
     # ------------------------------------------------------------------------------------------------ step
-    @hookimpl
-    def torchplug_batch_to_device(self, trainer: Trainer, batch: Any, device: torch.device) -> Any:
-        return send_to_device(batch, device)
-
-    @hookimpl
-    def torchplug_on_batch_end(self, trainer: Trainer, stage: str, batch_idx: int) -> None:
-        sync()
+    @hookimpl(wrapper=True)
+    def torchplug_step_ops(self, trainer: Trainer) -> Generator[None, StepOps, StepOps]:
+        ops = yield
+        device = trainer.root_device
+        ops.to_device = lambda batch: send_to_device(batch, device)
+        ops.on_batch_end = _sync_after_batch
+        return ops
 
     @hookimpl
     def torchplug_teardown(self, trainer: Trainer) -> None:
@@ -121,6 +114,10 @@ class XLAAccelerator(Accelerator):
             xm.wait_device_ops()
         except Exception as err:  # teardown after a failed step must not hide that failure
             log.warning("torchplug-xla: waiting for the device at teardown failed: %s", err)
+
+
+def _sync_after_batch(stage: str, batch_idx: int) -> None:
+    sync()
 
 
 def sync() -> None:

@@ -16,13 +16,14 @@ class DDPCPUStrategy(DDPStrategy):
 
     @hookimpl
     def torchplug_configure(self, trainer: Trainer) -> None:
-        if trainer.accelerator_name != "cpu":
+        if trainer.run.device_type != "cpu":
             raise MisconfigurationError(
-                f"strategy='ddp_cpu' runs on the CPU, but accelerator={trainer.accelerator_name!r} was selected: pass "
-                f"accelerator='cpu' (or use strategy='ddp' to train on {trainer.accelerator_name})"
+                f"strategy='ddp_cpu' runs on the CPU, but accelerator={trainer.accelerator_name!r} computes on "
+                f"{trainer.run.device_type!r}: pass accelerator='cpu' (or use strategy='ddp' to train on "
+                f"{trainer.accelerator_name})"
             )
         if self.process_group_backend not in (None, "gloo"):
             raise MisconfigurationError(
                 f"process_group_backend={self.process_group_backend!r}: strategy='ddp_cpu' communicates with 'gloo'"
             )
-        super().torchplug_configure(trainer)  # ddp's own checks (backend, timeout, sync_batchnorm, environment)
+        super().torchplug_configure(trainer)  # ddp's own checks (backend, timeout, sync_batchnorm)

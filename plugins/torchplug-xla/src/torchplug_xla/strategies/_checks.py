@@ -10,10 +10,9 @@ if TYPE_CHECKING:
 
 def require_xla_accelerator(trainer: Trainer) -> None:
     """XLA strategies drive XLA devices only: refuse another accelerator at construction, naming what works."""
-    from torchplug_xla.accelerator import XLAAccelerator
-
-    if not isinstance(trainer.accelerator, XLAAccelerator):
+    if trainer.run.device_type != "xla":
         raise MisconfigurationError(
-            f"strategy={trainer.strategy_name!r} runs on XLA devices, but accelerator={trainer.accelerator_name!r}; "
-            f"use accelerator='tpu' (or 'xla') with it, or another strategy for {trainer.accelerator_name!r}"
+            f"strategy={trainer.strategy_name!r} runs on XLA devices, but accelerator={trainer.accelerator_name!r} "
+            f"computes on {trainer.run.device_type!r}; use accelerator='tpu' (or 'xla') with it, or another "
+            f"strategy for {trainer.accelerator_name!r}"
         )

@@ -22,7 +22,7 @@ class SingleXLAStrategy(Strategy):
     @hookimpl
     def torchplug_configure(self, trainer: Trainer) -> None:
         require_xla_accelerator(trainer)
-        if len(trainer.device_ids) != 1 or trainer.num_nodes != 1:
+        if trainer.run.num_devices != 1 or trainer.num_nodes != 1:
             raise MisconfigurationError(
                 f"strategy='single_xla' runs on one device, but devices={trainer.devices_arg!r} selects "
                 f"{trainer.device_ids} on {trainer.num_nodes} node(s); use devices=1 or devices=[k], or "

@@ -8,11 +8,12 @@ runs with several devices on the XLA CPU device too.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchplug import MisconfigurationError, hookimpl
+from torchplug import MisconfigurationError, StepOps, World, hookimpl
 from torchplug.strategies import Strategy
 from torchplug_xla import _runtime
 from torchplug_xla.accelerator import send_to_device
@@ -51,7 +52,8 @@ class XLASPMDStrategy(Strategy):
             )
 
     @hookimpl
-    def torchplug_setup_environment(self, trainer: Trainer) -> None:
+    def torchplug_world(self, trainer: Trainer) -> World:
+        """One process; SPMD mode is switched on here, before the accelerator picks the (virtual) root device."""
         _runtime.import_torch_xla("strategy='xla_spmd'")
         import numpy as np
         import torch_xla.distributed.spmd as xs
@@ -68,10 +70,14 @@ class XLASPMDStrategy(Strategy):
         self._mesh = xs.Mesh(np.arange(count), (count,), ("data",))
         xs.set_global_mesh(self._mesh)
         self._specs = {}
+        return World()
 
-    @hookimpl(tryfirst=True)
-    def torchplug_batch_to_device(self, trainer: Trainer, batch: Any, device: torch.device) -> Any:
-        return send_to_device(batch, device, sharding=self._batch_sharding)
+    @hookimpl(wrapper=True)
+    def torchplug_step_ops(self, trainer: Trainer) -> Generator[None, StepOps, StepOps]:
+        ops = yield
+        device = trainer.root_device
+        ops.to_device = lambda batch: send_to_device(batch, device, sharding=self._batch_sharding)
+        return ops
 
     def _batch_sharding(self, tensor: torch.Tensor) -> Any:
         """Shard dimension 0 over the mesh; replicate the other dimensions (and scalars)."""

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchplug import MisconfigurationError, World, hookimpl
+from torchplug import MisconfigurationError, StepOps, World, hookimpl
 from torchplug.strategies import Strategy
 from torchplug_xla import _data, _launch, _runtime
 from torchplug_xla.strategies._checks import require_xla_accelerator
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Generator
 
     from torch import nn
     from torch.optim import Optimizer
@@ -61,8 +61,8 @@ class XLAStrategy(Strategy):
             )
 
     @hookimpl
-    def torchplug_num_processes(self, trainer: Trainer) -> int:
-        return len(trainer.device_ids)
+    def torchplug_num_processes(self, device_ids: list[int], num_nodes: int) -> int:
+        return len(device_ids)
 
     # ------------------------------------------------------------------------------------------------ launch
     @hookimpl
@@ -109,12 +109,22 @@ class XLAStrategy(Strategy):
                 sampler.set_epoch(epoch)
 
     # ------------------------------------------------------------------------------------------------ step
-    @hookimpl
-    def torchplug_reduce_gradients(self, trainer: Trainer, optimizer: Optimizer) -> None:
-        if trainer.world_size > 1:
-            import torch_xla.core.xla_model as xm
+    @hookimpl(wrapper=True)
+    def torchplug_step_ops(self, trainer: Trainer) -> Generator[None, StepOps, StepOps]:
+        ops = yield
+        if trainer.world_size == 1:
+            return ops
+        import torch_xla.core.xla_model as xm
 
+        prepare_gradients = ops.prepare_gradients
+
+        def reduce_then_prepare(optimizer: Optimizer) -> None:
+            # Part of the step's compiled graph, where xm.optimizer_step would put it: before clipping.
             xm.reduce_gradients(optimizer)
+            prepare_gradients(optimizer)
+
+        ops.prepare_gradients = reduce_then_prepare
+        return ops
 
     # ------------------------------------------------------------------------------------------------ collectives
     @hookimpl

@@ -15,6 +15,7 @@ _ALIASES = {"avg": "mean", "average": "mean", "add": "sum"}
 
 
 def active() -> bool:
+    """Whether a default process group exists in this process."""
     return dist.is_available() and dist.is_initialized()
 
 
@@ -59,6 +60,36 @@ def broadcast_object(obj: Any, src: int, device: torch.device) -> Any:
     if dist.get_rank() == src:
         return obj
     return pickle.loads(bytes(buffer.cpu().contiguous().untyped_storage())[: int(size.item())])
+
+
+def all_gather(tensor: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """``tensor`` from every rank stacked along a new first dimension (rank order), on the tensor's device."""
+    if not active():
+        return tensor.unsqueeze(0)
+    home = tensor.device
+    local = tensor.detach().contiguous().to(device) if device is not None else tensor.detach().contiguous()
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    return torch.stack(gathered).to(home)
+
+
+def gather_objects(obj: Any, device: torch.device) -> list[Any]:
+    """Every rank's picklable ``obj``, in rank order, on every rank (pickled into padded tensors)."""
+    if not active():
+        return [obj]
+    payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).to(device)
+    size = torch.tensor([payload.numel()], dtype=torch.int64, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    longest = max(int(s.item()) for s in sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8, device=device)
+    padded[: payload.numel()] = payload
+    buffers = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(buffers, padded)
+    return [
+        pickle.loads(bytes(buffer.cpu().contiguous().untyped_storage())[: int(s.item())])
+        for buffer, s in zip(buffers, sizes)
+    ]
 
 
 def barrier(device: torch.device) -> None:

@@ -1,9 +1,8 @@
-"""``ddp_spawn``'s launcher: N fresh processes through ``torch.multiprocessing``, results sent back to the caller.
+"""Spawning a job's processes with ``torch.multiprocessing`` and bringing global rank 0's answer home.
 
-Each process runs the pickled ``function``; global rank 0 saves what the caller needs afterwards (the trained
-weights on the CPU, ``callback_metrics``, the loop counters, the callbacks' state and the function's return
-value) to a file in a private directory, which the calling process loads. Failures are chosen and reported the
-same way as in :mod:`torchplug_ddp._launcher`: the root cause, once.
+Each process runs the pickled ``function``; global rank 0 saves what it returned to a file in a private directory,
+which the calling process loads (``weights_only``: tensors and plain data). Failures are chosen and reported the
+same way as in :mod:`torchplug.distributed._launcher`: the root cause, once.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import torch
 import torch.multiprocessing as mp
 
 from torchplug import MisconfigurationError, ProcessFailedError
-from torchplug_ddp import _failures, _launcher
+from torchplug.distributed import _failures, _launcher
 
 _RESULT = "result.pt"
 
@@ -39,10 +38,10 @@ def serialize(function: Callable[[], Any], start_method: str) -> Callable[[], An
         return pickle.dumps(function, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as err:  # noqa: BLE001 - pickle raises PicklingError, TypeError or AttributeError
         raise MisconfigurationError(
-            f"strategy='ddp_spawn' sends the model, the data loaders and the Trainer to each new process by pickling "
-            f"them, and pickling failed: {type(err).__name__}: {err}. Make them picklable (no lambdas, classes defined "
-            "inside functions, open files, locks or generators among their attributes), or use strategy='ddp', which "
-            "re-runs your script in each process instead of pickling anything"
+            f"start_method={start_method!r} sends the model, the data loaders and the Trainer to each new process by "
+            f"pickling them, and pickling failed: {type(err).__name__}: {err}. Make them picklable (no lambdas, classes "
+            "defined inside functions, open files, locks or generators among their attributes), or use strategy='ddp' "
+            "(start_method='popen'), which re-runs your script in each process instead of pickling anything"
         ) from err
 
 
@@ -56,9 +55,12 @@ def spawn(
     main_port: int,
     start_method: str,
 ) -> tuple[bool, Any]:
-    """Run ``function`` in ``num_processes`` new processes; ``(True, payload)`` where this node has global rank 0."""
+    """Run ``function`` in ``num_processes`` new processes; ``(True, answer)`` where this node has global rank 0.
+
+    ``answer`` is what ``function`` returned in global rank 0; it must be tensors and plain Python data.
+    """
     payload = serialize(function, start_method)
-    workdir = tempfile.mkdtemp(prefix="torchplug-ddp-spawn-")
+    workdir = tempfile.mkdtemp(prefix="torchplug-spawn-")
     env = {
         "MASTER_ADDR": main_address,
         "MASTER_PORT": str(main_port),
@@ -81,7 +83,13 @@ def spawn(
         path = os.path.join(workdir, _RESULT)
         if not os.path.exists(path):
             return False, None
-        return True, torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            return True, torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise MisconfigurationError(
+                "the spawned processes returned objects other than tensors and plain Python data, which are not "
+                f"loaded back (a result file is data, not code): {str(err).splitlines()[0]}"
+            ) from err
     finally:
         if context is not None:
             _stop(context.processes)
@@ -134,25 +142,6 @@ def _entry(local_rank: int, payload: Callable[[], Any] | bytes, env: dict[str, s
     function = pickle.loads(payload) if isinstance(payload, bytes) else payload
     result = _launcher.run_child(function, rank)
     if rank == 0:
-        _save_result(function, result, os.path.join(workdir, _RESULT))
-
-
-def _save_result(function: Callable[[], Any], result: Any, path: str) -> None:
-    trainer = getattr(function, "trainer", None)
-    payload: dict[str, Any] = {"result": result}
-    module = getattr(trainer, "lightning_module", None)
-    if module is not None:
-        payload["state_dict"] = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    if trainer is not None:
-        payload["callback_metrics"] = {k: _cpu(v) for k, v in trainer.callback_metrics.items()}
-        payload["logged_metrics"] = dict(getattr(trainer, "logged_metrics", {}))
-        payload["current_epoch"] = trainer.current_epoch
-        payload["global_step"] = trainer.global_step
-        payload["callbacks"] = [callback.state_dict() for callback in trainer.callbacks]
-    temporary = f"{path}.tmp"
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
-
-
-def _cpu(value: Any) -> Any:
-    return value.detach().cpu() if isinstance(value, torch.Tensor) else value
+        path = os.path.join(workdir, _RESULT)
+        torch.save(result, f"{path}.tmp")
+        os.replace(f"{path}.tmp", path)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from torchplug import ClusterInfo, MisconfigurationError, hookimpl
 from torchplug.environments import ClusterEnvironment
-from torchplug_ddp.environments._checks import check_layout
+from torchplug.environments._checks import check_layout
 
 if TYPE_CHECKING:
     from torchplug import Trainer

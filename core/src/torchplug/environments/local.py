@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from torchplug import ClusterInfo, MisconfigurationError, hookimpl
 from torchplug.environments import ClusterEnvironment
-from torchplug_ddp._ports import find_free_port
+from torchplug.distributed._ports import find_free_port
 
 if TYPE_CHECKING:
     from torchplug import Trainer

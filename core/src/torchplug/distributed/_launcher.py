@@ -4,11 +4,11 @@ supervises them, so that no failure leaves a hang or an orphan.
 The guarantees, and how they are kept:
 
 * A child that raises records its traceback in an error file and exits without printing it; one that is killed
-  leaves its exit signal. Rank 0 picks the root cause (:mod:`torchplug_ddp._failures`) and reports it once, as
+  leaves its exit signal. Rank 0 picks the root cause (:mod:`torchplug.distributed._failures`) and reports it once, as
   the message of the :class:`torchplug.ProcessFailedError` its ``fit`` raises.
 * A watchdog thread in rank 0 polls the children. When one fails it stops the others (SIGTERM, then SIGKILL)
   and raises the error in rank 0's main thread. If that thread is stuck in C++ (a collective or rendezvous that
-  cannot finish) and does not stop within ``TORCHPLUG_DDP_GRACE`` seconds (10), the watchdog prints the report
+  cannot finish) and does not stop within ``TORCHPLUG_GRACE`` seconds (10), the watchdog prints the report
   and ends the process with exit code 1.
 * Children die with rank 0, even by SIGKILL: each is started through a tiny bootstrap that sets
   ``PR_SET_PDEATHSIG`` (Linux) before ``exec``-ing the user's command, and watches its parent's pid as well.
@@ -30,11 +30,11 @@ from collections.abc import Callable
 from typing import Any
 
 from torchplug import MisconfigurationError, ProcessFailedError
-from torchplug_ddp import _failures
-from torchplug_ddp._failures import Failure
+from torchplug.distributed import _failures
+from torchplug.distributed._failures import Failure
 
-ENV_LAUNCHER_PID = "TORCHPLUG_DDP_LAUNCHER_PID"
-ENV_ERROR_DIR = "TORCHPLUG_DDP_ERROR_DIR"
+ENV_LAUNCHER_PID = "TORCHPLUG_LAUNCHER_PID"
+ENV_ERROR_DIR = "TORCHPLUG_ERROR_DIR"
 _DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK")
 
 # Run by each child before the user's command: die with the launcher, then become the user's command.
@@ -43,14 +43,14 @@ import os, signal, sys
 if sys.platform.startswith("linux"):
     import ctypes
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-if os.getppid() != int(os.environ["TORCHPLUG_DDP_LAUNCHER_PID"]):
+if os.getppid() != int(os.environ["TORCHPLUG_LAUNCHER_PID"]):
     os._exit(1)
 os.execv(sys.executable, [sys.executable] + sys.argv[1:])
 """
 
 
 def _grace_s() -> float:
-    return float(os.environ.get("TORCHPLUG_DDP_GRACE", "10"))
+    return float(os.environ.get("TORCHPLUG_GRACE", "10"))
 
 
 # ==================================================================================================== the command
@@ -129,7 +129,7 @@ class _Supervisor:
     def __init__(self, commands: list[tuple[int, list[str], dict[str, str]]], own_rank: int, exit_timeout: float):
         self.own_rank = own_rank
         self.exit_timeout = exit_timeout
-        self.error_dir = tempfile.mkdtemp(prefix="torchplug-ddp-")
+        self.error_dir = tempfile.mkdtemp(prefix="torchplug-launch-")
         self._commands = commands
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
@@ -143,7 +143,7 @@ class _Supervisor:
         self._exiting = False  # the interpreter is shutting down: the watchdog reports and exits
         self._main_failed = False
         self._main_thread = threading.get_ident()
-        self._thread = threading.Thread(target=self._run, name="torchplug-ddp-watchdog", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="torchplug-watchdog", daemon=True)
 
     # ------------------------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -437,4 +437,4 @@ def _install_child_guards(rank: int) -> None:
             if os.getppid() != launcher:
                 os._exit(1)
 
-    threading.Thread(target=watch_parent, name="torchplug-ddp-parent-watch", daemon=True).start()
+    threading.Thread(target=watch_parent, name="torchplug-parent-watch", daemon=True).start()

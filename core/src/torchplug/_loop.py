@@ -1,0 +1,606 @@
+"""The loop: one stage (fit, validate, test, predict) in one process, over step operations bound once per run.
+
+Per batch the loop calls only the run's :class:`~torchplug.StepOps` and the user's own hooks; backends were asked
+once, at setup. The training step reads like a hand-written one::
+
+    batch = to_device(batch)
+    closure: output = forward("train", (batch, batch_idx)); zero_grad; backward(loss)
+    module.optimizer_step(epoch, batch_idx, optimizer, closure)   # -> optimizer_step(optimizer, closure)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from torchplug import _data, _optim, _plugins, _state
+from torchplug._errors import MisconfigurationError
+from torchplug._results import Results
+from torchplug.callbacks._base import Callback
+from torchplug.module import Module
+from torchplug.strategies import StepModule
+
+if TYPE_CHECKING:
+    from torchplug._step import StepOps
+    from torchplug.module import DataModule
+    from torchplug.trainer import Trainer
+
+log = logging.getLogger("torchplug")
+
+_EVAL_NAMES = {"validate": "validation", "test": "test", "predict": "predict"}
+
+
+@dataclass
+class Progress:
+    """How far ``fit`` got inside an epoch; saved in checkpoints as ``checkpoint["loops"]``.
+
+    ``phase``: ``"train"`` (``batches_done`` batches trained, with their validations), ``"validated"`` (every batch
+    done; the epoch-end hooks are running), ``"complete"`` (LR schedulers stepped; only the metric-monitoring
+    callbacks remain). ``epoch_start_rng`` replays the epoch's data order when resuming inside it.
+    """
+
+    batches_done: int = 0
+    total_batches: int = 0
+    validated_at: int = -1
+    phase: str = "train"
+    epoch_start_rng: dict[str, Any] | None = None
+
+
+def run_stage(trainer: Trainer, stage: str, model: Module, loaders: dict[str, Any], datamodule: DataModule | None,
+              ckpt_path: Any) -> Any:  # fmt: skip
+    """Run one stage in this process: set up, restore, run, and always tear down."""
+    loop = trainer._loop = Loop(trainer, stage, model, datamodule)
+    status = "failed"
+    try:
+        loop.setup()  # inside: a half-made process group is still torn down
+        if ckpt_path is not None:
+            _state.restore(loop, _state.resolve_ckpt_path(trainer, ckpt_path))
+        result = loop.fit(loaders) if stage == "fit" else loop.evaluate_stage(stage, loaders[stage])
+        status = "success"
+        return result
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            status = "interrupted"
+        loop.call("on_exception", exc)
+        raise
+    finally:
+        loop.teardown(status)
+
+
+class Loop:
+    """Everything one stage binds once: the module, its wrapper, the step operations, the hooks to call."""
+
+    def __init__(self, trainer: Trainer, stage: str, module: Module, datamodule: DataModule | None) -> None:
+        self.trainer, self.stage, self.module = trainer, stage, module
+        trainer.stage, trainer.lightning_module, trainer.datamodule = stage, module, datamodule
+        trainer.ckpt_path = None
+        module.trainer = trainer
+        if datamodule is not None:
+            datamodule.trainer = trainer
+        self.wrapped: Any = None
+        self.ops: StepOps = None  # type: ignore[assignment]
+        self.handles: list[_optim.OptimizerHandle] = []
+        self.resume: _state.Resume | None = None
+        self.step_taken = True
+        self._bind_user_hooks()
+
+    # ==================================================================================================== hooks
+    def _bind_user_hooks(self) -> None:
+        """For each hook name: the callbacks' and the module's implementations, found once (instance ones too)."""
+        callbacks, module = self.trainer.callbacks, self.module
+        names = [n for n in dir(Callback) if n.startswith("on_") or n in ("setup", "teardown")]
+        self.callback_hooks = {n: [getattr(c, n) for c in callbacks if _overrides(c, n, Callback)] for n in names}
+        self.module_hooks = {
+            n: getattr(module, n) for n in dir(Module) if _is_hook_name(n) and _overrides(module, n, Module)
+        }
+
+    def call(self, name: str, *args: Any, monitors: bool | None = None) -> Any:
+        """Callbacks' ``name(trainer, module, *args)``, then the module's ``name(*args)`` (its answer returned)."""
+        trainer, module = self.trainer, self.module
+        for function in self.callback_hooks.get(name, ()):
+            if monitors is None or function.__self__.monitors_metrics == monitors:
+                function(trainer, module, *args)
+        if monitors is True:
+            return None
+        method = self.module_hooks.get(name)
+        return method(*args) if method is not None else None
+
+    def overridden(self, *names: str) -> bool:
+        return any(self.callback_hooks.get(n) or n in self.module_hooks for n in names)
+
+    # ==================================================================================================== setup
+    def setup(self) -> None:
+        trainer, hook, module = self.trainer, self.trainer.hook, self.module
+        trainer.world = hook.torchplug_world(trainer=trainer)
+        trainer.root_device = hook.torchplug_root_device(trainer=trainer)
+        hook.torchplug_setup_environment(trainer=trainer)
+        if trainer.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=trainer.deterministic == "warn")
+        self._show_header()
+        self._agree_on_log_versions()
+        if trainer.local_rank == 0:
+            if trainer.datamodule is not None:
+                trainer.datamodule.prepare_data()
+            module.prepare_data()
+        trainer.barrier("prepare_data")
+        if trainer.datamodule is not None:
+            trainer.datamodule.setup(stage=self.stage)
+        self.call("setup", self.stage)
+        module.configure_model()
+
+        module.to(trainer.root_device)
+        if hook.torchplug_convert_module(trainer=trainer, module=module) is not module:
+            raise MisconfigurationError(
+                f"precision {trainer.precision_name!r} replaced the module in torchplug_convert_module; convert it in place"
+            )
+        step_module = StepModule(module)
+        hook.torchplug_setup_module(trainer=trainer, module=step_module)
+        trainer.optimizers, trainer.lr_scheduler_configs = [], []
+        if self.stage == "fit":
+            optimizers, trainer.lr_scheduler_configs = _optim.configure_optimizers(module)
+            returned, taken = hook.torchplug_setup_optimizers(trainer=trainer, module=module, optimizers=optimizers)
+            if returned is not module:
+                raise MisconfigurationError(
+                    f"precision {trainer.precision_name!r} replaced the module in torchplug_setup_optimizers; change "
+                    "it in place and return the same object"
+                )
+            _optim.repoint_schedulers(trainer.lr_scheduler_configs, optimizers, list(taken))
+            trainer.optimizers = list(taken)
+            if module.automatic_optimization and len(trainer.optimizers) > 1:
+                raise MisconfigurationError(
+                    f"configure_optimizers returned {len(trainer.optimizers)} optimizers; automatic optimization takes "
+                    "one. Set self.automatic_optimization = False and step them in training_step"
+                )
+        self.handles = [_optim.OptimizerHandle(self, opt) for opt in trainer.optimizers]
+        self.wrapped = hook.torchplug_wrap_module(trainer=trainer, module=step_module)
+        ops = hook.torchplug_step_ops(trainer=trainer)
+        self.ops = ops.traced(_plugins.trace) if _plugins.tracing() else ops
+        self._bind_batch_preparation()
+
+    def _show_header(self) -> None:
+        trainer = self.trainer
+        if trainer.is_global_zero and not trainer._header_shown:
+            trainer._header_shown = True
+            run = trainer.run
+            log.info(
+                "torchplug: accelerator=%s strategy=%s precision=%s devices=%s num_nodes=%s world_size=%s%s",
+                run.accelerator, run.strategy, run.precision, list(run.device_ids), run.num_nodes,
+                trainer.world_size, f" environment={run.environment}" if run.environment else "",
+            )  # fmt: skip
+
+    def _agree_on_log_versions(self) -> None:
+        """Every rank uses rank 0's ``version_N``, so ``trainer.log_dir`` is the same folder everywhere."""
+        from torchplug.loggers._base import FolderLogger
+
+        trainer = self.trainer
+        if trainer.world_size == 1:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, FolderLogger) and logger._version is None:
+                logger._version = trainer.broadcast(logger.version if trainer.is_global_zero else None)
+
+    def _bind_batch_preparation(self) -> None:
+        """``prepare(batch, dataloader_idx)``: the module's transfer hooks around the run's ``to_device``."""
+        module, to_device = self.module, self.ops.to_device
+        before = self.module_hooks.get("on_before_batch_transfer")
+        transfer = self.module_hooks.get("transfer_batch_to_device")
+        after = self.module_hooks.get("on_after_batch_transfer")
+        if before is None and transfer is None and after is None:
+            self.prepare = lambda batch, dataloader_idx: to_device(batch)
+            return
+        device = self.trainer.root_device
+
+        def prepare(batch: Any, dataloader_idx: int) -> Any:
+            if before is not None:
+                batch = before(batch, dataloader_idx)
+            batch = transfer(batch, device, dataloader_idx) if transfer is not None else to_device(batch)
+            return after(batch, dataloader_idx) if after is not None else batch
+
+        self.prepare = prepare
+        del module
+
+    # ==================================================================================================== teardown
+    def teardown(self, status: str) -> None:
+        trainer = self.trainer
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.finalize(status)
+        with contextlib.suppress(Exception):
+            if trainer.datamodule is not None:
+                trainer.datamodule.teardown(stage=self.stage)
+            self.call("teardown", self.stage)
+        # Release the strategy's wrapper (DistributedDataParallel) before the process group may go: a wrapper
+        # that outlives it is destroyed at interpreter exit, when gloo's threads may already be gone.
+        self.wrapped, self.handles = None, []
+        trainer.hook.torchplug_teardown(trainer=trainer)
+        trainer.training = False
+        trainer._results = None
+
+    # ==================================================================================================== fit
+    def fit(self, loaders: dict[str, Any]) -> None:
+        trainer, module = self.trainer, self.module
+        train_loaders = _data.dataloaders(trainer, "train", loaders["train"], "fit")
+        if not train_loaders:
+            raise MisconfigurationError(
+                "fit(): no training data; pass train_dataloaders=, a datamodule, or implement train_dataloader()"
+            )
+        if len(train_loaders) > 1:
+            raise MisconfigurationError("fit(): train_dataloaders takes one dataloader")
+        self.train_loader = train_loaders[0]
+        trainer.num_training_batches = _data.num_batches(self.train_loader, trainer.limit_train_batches,
+                                                         "limit_train_batches")  # fmt: skip
+        val_loaders = _data.dataloaders(trainer, "val", loaders["val"], "validate") if self._has_step("validation") else []
+        counts = [_data.num_batches(dl, trainer.limit_val_batches, "limit_val_batches") for dl in val_loaders]
+        # A loader limited to 0 batches is no validation at all: no sanity check, no validation hooks.
+        self.val_loaders = [dl for dl, count in zip(val_loaders, counts) if count]
+        trainer.num_val_batches = [count for count in counts if count]
+        self.val_check_batch = self._val_check_batch()
+        if not module.automatic_optimization:
+            for flag, value in (("accumulate_grad_batches", trainer.accumulate_grad_batches != 1),
+                                ("gradient_clip_val", trainer.gradient_clip_val)):  # fmt: skip
+                if value:
+                    raise MisconfigurationError(
+                        f"{flag} is not applied with manual optimization (self.automatic_optimization = False): "
+                        "accumulate or clip in training_step (self.clip_gradients(opt, ...)), and leave the flag unset"
+                    )
+        self._bind_training_step()
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_hyperparams(dict(module.hparams))
+        self.call("on_fit_start")
+        if trainer.num_sanity_val_steps and self.val_loaders:
+            self._sanity_check()
+        if self.resume is not None:
+            _state.set_rng_states(self.resume.rng_states)
+            trainer.callback_metrics.update(self.resume.callback_metrics)  # the sanity check cleared them
+        trainer._results = Results(trainer, default_on_step=True)
+        trainer.training = True
+        module.train()
+        self.call("on_train_start")
+        try:
+            while trainer.num_training_batches and not self._fit_done():  # limit_train_batches=0: no training
+                self._train_epoch()
+        finally:
+            trainer.training = False
+        self.call("on_train_end")
+        self.call("on_fit_end")
+
+    def _has_step(self, stage: str) -> bool:
+        """The module implements ``<stage>_step`` (a step set to ``None`` on the instance is none)."""
+        name = f"{stage}_step"
+        return getattr(self.module, name, None) is not None and _overrides(self.module, name, Module)
+
+    def _fit_done(self) -> bool:
+        trainer = self.trainer
+        if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+            return True
+        if trainer.max_epochs != -1 and trainer.current_epoch >= trainer.max_epochs:
+            return True
+        return trainer.should_stop and self._min_reached()
+
+    def _min_reached(self) -> bool:
+        trainer = self.trainer
+        epochs_ok = trainer.min_epochs is None or trainer.current_epoch >= trainer.min_epochs
+        steps_ok = trainer.min_steps is None or trainer.global_step >= trainer.min_steps
+        return epochs_ok and steps_ok
+
+    def _val_check_batch(self) -> int | float:
+        trainer = self.trainer
+        interval, n = trainer.val_check_interval, trainer.num_training_batches
+        if isinstance(interval, float):
+            if n == math.inf:
+                if interval != 1.0:
+                    raise MisconfigurationError(
+                        f"val_check_interval={interval!r}: a fraction needs a training dataloader with a length"
+                    )
+                return math.inf
+            return max(1, int(n * interval))
+        if trainer.check_val_every_n_epoch is not None and n != math.inf and interval > n:
+            raise MisconfigurationError(
+                f"val_check_interval={interval} is longer than the training epoch ({n} batches); use at most {n}, "
+                "a float fraction, or check_val_every_n_epoch=None to count batches across epochs"
+            )
+        return interval
+
+    def _val_due(self, batch_idx: int, is_last: bool) -> bool:
+        """Lightning's schedule: after every ``val_check_batch``-th batch (1.0 means the epoch's last batch) of the
+        epochs ``check_val_every_n_epoch`` selects; with ``check_val_every_n_epoch=None`` counted across epochs."""
+        trainer, every = self.trainer, self.val_check_batch
+        if not self.val_loaders:
+            return False
+        if trainer.check_val_every_n_epoch is None:
+            return every != math.inf and trainer.progress.total_batches % every == 0
+        if (trainer.current_epoch + 1) % trainer.check_val_every_n_epoch:
+            return False
+        return is_last if every == math.inf else (batch_idx + 1) % every == 0
+
+    def _sanity_check(self) -> None:
+        trainer, steps = self.trainer, self.trainer.num_sanity_val_steps
+        trainer.num_sanity_val_batches = [b if steps == -1 else min(steps, b) for b in trainer.num_val_batches]
+        trainer.sanity_checking = True
+        self.call("on_sanity_check_start")
+        try:
+            self.evaluate("validate", self.val_loaders, trainer.num_sanity_val_batches)
+        finally:
+            trainer.sanity_checking = False
+        self.call("on_sanity_check_end")
+        trainer.callback_metrics.clear()
+        trainer.progress_bar_metrics.clear()
+
+    def _train_epoch(self) -> None:
+        """One training epoch, or what a checkpoint left of it (see :class:`Progress`)."""
+        trainer, module, progress = self.trainer, self.module, self.trainer.progress
+        resume, self.resume = self.resume, None
+        batches = _data.with_is_last(self.train_loader, trainer.num_training_batches)
+        if resume is not None and progress.phase == "train" and progress.batches_done:
+            _state.set_rng_states(progress.epoch_start_rng)  # the interrupted epoch's data order
+            batches = _state.resumed_batches(self, batches, resume)
+        else:
+            progress.batches_done, progress.epoch_start_rng = 0, _state.get_rng_states()
+        trainer.hook.torchplug_on_train_epoch_start(trainer=trainer, epoch=trainer.current_epoch)
+        self.call("on_train_epoch_start")
+        if progress.phase == "train":
+            self._train_batches(batches)
+            progress.phase = "validated"
+        # Lightning's order: callbacks, then the module (whose epoch-end logs count for this epoch), then the LR
+        # schedulers (ReduceLROnPlateau may monitor those logs), then callbacks that monitor metrics (checkpoints,
+        # early stopping), which so see the whole epoch, and a checkpoint holds the stepped schedulers.
+        results = trainer._results
+        results.dataloader_idx, results.default_on_step = None, False  # self.log in epoch-end hooks is per epoch
+        epoch_logs = results.epoch_end()
+        self.call("on_train_epoch_end", monitors=False)
+        results.default_on_step = True
+        epoch_logs.update(results.epoch_end())
+        if module.automatic_optimization:
+            _optim.step_schedulers(self, "epoch")
+        progress.phase = "complete"
+        self.call("on_train_epoch_end", monitors=True)
+        self._write_logs(epoch_logs)
+        trainer.current_epoch += 1
+        progress.batches_done, progress.phase = 0, "train"
+
+    def _train_batches(self, batches: Any) -> None:
+        trainer, progress, ops = self.trainer, self.trainer.progress, self.ops
+        prepare, step, on_batch_end = self.prepare, self.training_step, ops.on_batch_end
+        start_hooks, end_hooks = self.overridden("on_train_batch_start"), self.overridden("on_train_batch_end")
+        max_steps, log_every = trainer.max_steps, trainer.log_every_n_steps
+        for batch, is_last in batches:
+            batch_idx = progress.batches_done
+            batch = prepare(batch, 0)
+            if start_hooks and self.call("on_train_batch_start", batch, batch_idx) == -1:
+                break
+            output = step(batch, batch_idx, is_last)
+            on_batch_end("train", batch_idx)
+            progress.batches_done = batch_idx + 1
+            progress.total_batches += 1
+            if end_hooks:
+                self.call("on_train_batch_end", _detached(output), batch, batch_idx)
+            if trainer.global_step % log_every == 0 and trainer.global_step != self.last_logged_step:
+                self._flush_step_logs()
+            if self._val_due(batch_idx, is_last):
+                self.validate_during_fit()
+            if (max_steps != -1 and trainer.global_step >= max_steps) or (trainer.should_stop and self._min_reached()):
+                break
+
+    def validate_during_fit(self) -> None:
+        trainer = self.trainer
+        trainer.progress.validated_at = trainer.progress.total_batches  # before the hooks: a checkpoint records it
+        train_results = trainer._results
+        self.evaluate("validate", self.val_loaders, trainer.num_val_batches)
+        trainer._results = train_results
+        train_results.dataloader_idx = None
+
+    # ---------------------------------------------------------------------------------------------------- the step
+    def _bind_training_step(self) -> None:
+        trainer, module = self.trainer, self.module
+        self.last_logged_step = trainer.global_step
+        self.step_args = _data.step_arguments(module.training_step, several_loaders=False)
+        self.zero_grad_hooks = self.overridden("on_before_zero_grad")
+        self.backward_hooks = self.overridden("on_before_backward", "on_after_backward")
+        self.pre_step_hooks = self.overridden("on_before_optimizer_step")
+        self.clip = bool(trainer.gradient_clip_val) or "configure_gradient_clipping" in self.module_hooks
+        self.step_schedulers = any(c.interval == "step" for c in trainer.lr_scheduler_configs)
+        self.closure = _Closure(self)
+        self.training_step = self._automatic_step if module.automatic_optimization else self._manual_step
+
+    def _automatic_step(self, batch: Any, batch_idx: int, is_last: bool) -> Any:
+        trainer, closure = self.trainer, self.closure
+        accumulate = trainer.accumulate_grad_batches
+        closure.args = self.step_args(batch, batch_idx, 0)
+        closure.first_in_window = batch_idx % accumulate == 0
+        closure.batch_idx, closure.calls = batch_idx, 0
+        if accumulate > 1 and not is_last and (batch_idx + 1) % accumulate:
+            with self.ops.no_sync():
+                closure()
+            return closure.output
+        self.module.optimizer_step(trainer.current_epoch, batch_idx, self.handles[0], closure)
+        if not closure.calls:
+            raise MisconfigurationError(
+                f"{type(self.module).__name__}.optimizer_step did not call optimizer.step(closure=optimizer_closure) "
+                "(or optimizer_closure()): the batch was not trained"
+            )
+        trainer.global_step += 1
+        if self.step_taken and self.step_schedulers:
+            _optim.step_schedulers(self, "step")
+        return closure.output
+
+    def _manual_step(self, batch: Any, batch_idx: int, is_last: bool) -> Any:
+        return self.ops.forward("train", self.step_args(batch, batch_idx, 0))
+
+    def backward(self, loss: torch.Tensor, optimizer: Any) -> None:
+        """``on_before_backward``, the run's backward, ``on_after_backward`` (also ``self.manual_backward``)."""
+        if self.backward_hooks:
+            self.call("on_before_backward", loss)
+        self.ops.backward(loss, getattr(optimizer, "optimizer", optimizer))
+        if self.backward_hooks:
+            self.call("on_after_backward")
+
+    def before_optimizer_step(self, optimizer: Any) -> None:
+        """Between the closure and the step: final gradients, ``on_before_optimizer_step``, clipping."""
+        self.ops.prepare_gradients(optimizer)
+        if self.pre_step_hooks:
+            self.call("on_before_optimizer_step", optimizer)
+        if self.clip and self.module.automatic_optimization:
+            trainer = self.trainer
+            self.module.configure_gradient_clipping(optimizer, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
+
+    def clip_gradients(self, optimizer: Any, value: float, algorithm: str) -> None:
+        if algorithm not in ("norm", "value"):  # self.clip_gradients(...) arrives here unchecked
+            raise MisconfigurationError(f"gradient_clip_algorithm={algorithm!r}: use 'norm' or 'value'")
+        self.ops.clip_gradients(getattr(optimizer, "optimizer", optimizer), value, algorithm)
+
+    # ---------------------------------------------------------------------------------------------------- logging
+    def _flush_step_logs(self) -> None:
+        trainer = self.trainer
+        self.last_logged_step = trainer.global_step
+        self._write_logs(trainer._results.pop_step_metrics())
+
+    def _write_logs(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Read logged values to the host at a logging point, with the plugins' metrics, and send them out."""
+        trainer = self.trainer
+        for answer in trainer.hook.torchplug_metrics(trainer=trainer):
+            if answer:
+                metrics.update(answer)
+        if not metrics:
+            return
+        values = {k: float(v) for k, v in metrics.items()}
+        trainer.logged_metrics.update(values)
+        if trainer.is_global_zero and trainer.loggers:
+            step = max(trainer.global_step - 1, 0)
+            for logger in trainer.loggers:
+                logger.log_metrics({**values, "epoch": float(trainer.current_epoch)}, step)
+
+    # ==================================================================================================== evaluation
+    def evaluate_stage(self, stage: str, given: Any) -> Any:
+        """``validate``/``test``/``predict`` as a stage of their own."""
+        trainer = self.trainer
+        kind = {"validate": "val"}.get(stage, stage)
+        loaders = _data.dataloaders(trainer, kind, given, stage)
+        if not loaders:
+            raise MisconfigurationError(
+                f"{stage}(): no {kind} data; pass dataloaders=, a datamodule, or implement {kind}_dataloader()"
+            )
+        limit = getattr(trainer, f"limit_{kind}_batches")
+        counts = [_data.num_batches(dl, limit, f"limit_{kind}_batches") for dl in loaders]
+        setattr(trainer, f"num_{kind}_batches", counts)
+        trainer.callback_metrics.clear()
+        trainer.progress_bar_metrics.clear()
+        return self.evaluate(stage, loaders, counts)
+
+    def evaluate(self, stage: str, loaders: list[Any], counts: list[int | float]) -> Any:
+        """One pass over evaluation loaders (also the validation inside ``fit``): per-loader metrics, or the
+        predictions of ``predict``."""
+        trainer, module, ops = self.trainer, self.module, self.ops
+        name = _EVAL_NAMES[stage]
+        several = len(loaders) > 1
+        step_args = _data.step_arguments(getattr(module, f"{name}_step"), several)
+        trainer._results = results = Results(trainer, default_on_step=False)
+        modes = {m: m.training for m in module.modules()}  # submodules the user put in eval() stay so
+        module.eval()
+        self.call(f"on_{name}_start")
+        self.call(f"on_{name}_epoch_start")
+        outputs: list[list[Any]] = []
+        per_loader: list[set[str]] = []
+        with torch.no_grad():
+            for dl_idx, (loader, count) in enumerate(zip(loaders, counts)):
+                results.dataloader_idx = dl_idx if several else None
+                before, collected = set(results.metrics), []
+                extra = (dl_idx,) if several else ()
+                for batch_idx, batch in enumerate(_data.limited(loader, count)):
+                    batch = self.prepare(batch, dl_idx)
+                    self.call(f"on_{name}_batch_start", batch, batch_idx, *extra)
+                    output = ops.forward(name, step_args(batch, batch_idx, dl_idx))
+                    ops.on_batch_end(name, batch_idx)
+                    self.call(f"on_{name}_batch_end", output, batch, batch_idx, *extra)
+                    if stage == "predict":
+                        collected.append(output)
+                outputs.append(collected)
+                per_loader.append(set(results.metrics) - before)
+        results.dataloader_idx = None
+        self.call(f"on_{name}_epoch_end")
+        logged = results.epoch_end()
+        if stage != "predict" and not trainer.sanity_checking:
+            self._write_logs(dict(logged))
+        self.call(f"on_{name}_end")
+        for submodule, training in modes.items():
+            submodule.training = training
+        if stage == "predict":
+            return outputs[0] if len(outputs) == 1 else outputs
+        return _per_loader_metrics(trainer, per_loader, logged, several)
+
+
+class _Closure:
+    """One micro-batch: forward, ``zero_grad`` (first of a window), backward. Returns the loss for the optimizer."""
+
+    __slots__ = ("loop", "optimizer", "args", "batch_idx", "first_in_window", "calls", "output")
+
+    def __init__(self, loop: Loop) -> None:
+        self.loop = loop
+        self.optimizer = loop.trainer.optimizers[0] if loop.trainer.optimizers else None
+        self.args: tuple[Any, ...] = ()
+        self.batch_idx, self.first_in_window, self.calls = 0, True, 0
+        self.output: Any = None
+
+    def __call__(self) -> torch.Tensor | None:
+        loop = self.loop
+        self.calls += 1
+        self.output = output = loop.ops.forward("train", self.args)
+        loss = _loss_of(output)
+        optimizer = self.optimizer
+        if self.first_in_window:
+            if loop.zero_grad_hooks:
+                loop.call("on_before_zero_grad", optimizer)
+            loop.module.optimizer_zero_grad(loop.trainer.current_epoch, self.batch_idx, optimizer)
+        if loss is None:
+            return None
+        accumulate = loop.trainer.accumulate_grad_batches
+        loop.backward(loss / accumulate if accumulate > 1 else loss, optimizer)
+        return loss
+
+
+def _loss_of(output: Any) -> torch.Tensor | None:
+    if output is None or isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict) and "loss" in output:
+        return output["loss"]
+    raise MisconfigurationError(
+        f"training_step returned {type(output).__name__}; return the loss tensor, a dict with a 'loss' key, or None "
+        "to skip the batch"
+    )
+
+
+def _per_loader_metrics(trainer: Trainer, per_loader: list[set[str]], logged: dict[str, torch.Tensor],
+                        several: bool) -> list[dict[str, float]]:  # fmt: skip
+    out = [{k: float(trainer.callback_metrics[k]) for k in sorted(keys) if k in trainer.callback_metrics}
+           for keys in per_loader]  # fmt: skip
+    if several:  # metrics logged outside the per-loader steps (epoch-end hooks) go to every loader
+        shared = {k: float(v) for k, v in logged.items() if "/dataloader_idx_" not in k}
+        for item in out:
+            item.update({k: v for k, v in shared.items() if k not in item})
+    elif out:
+        out[0].update({k: float(v) for k, v in logged.items()})
+    return out
+
+
+def _is_hook_name(name: str) -> bool:
+    return name.startswith("on_") or name in (
+        "setup", "teardown", "backward", "configure_gradient_clipping", "transfer_batch_to_device",
+    )  # fmt: skip
+
+
+def _overrides(obj: Any, name: str, base: type) -> bool:
+    """Whether ``obj`` has its own ``name``: set on the instance, or defined by a subclass of ``base``."""
+    return name in vars(obj) or getattr(type(obj), name, None) is not getattr(base, name, None)
+
+
+def _detached(output: Any) -> Any:
+    if isinstance(output, torch.Tensor):
+        return {"loss": output.detach()}
+    if isinstance(output, dict) and isinstance(output.get("loss"), torch.Tensor):
+        return {**output, "loss": output["loss"].detach()}
+    return output

@@ -1,0 +1,138 @@
+"""The per-batch operations of a run: bound once at setup, called directly by the loop (no hook per batch)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from torchplug.utilities import move_data_to_device, requires_closure
+
+if TYPE_CHECKING:
+    from torch.optim import Optimizer
+
+    from torchplug.trainer import Trainer
+
+
+@dataclass(eq=False)
+class StepOps:
+    """What the loop does to each batch, as plain callables; the answer of ``torchplug_step_ops``.
+
+    Backends change a run's operations by replacing fields, usually with a function that calls the one it
+    replaces (see :func:`torchplug.hookspecs.torchplug_step_ops`). ``stage`` is ``"train"``, ``"validation"``,
+    ``"test"`` or ``"predict"``.
+
+    * ``to_device(batch)``: the batch on the root device, as the step sees it (the accelerator copies
+      non-blocking; ``dp`` leaves it on the host to scatter it; ``*-true`` precisions cast it).
+    * ``forward(stage, args)``: the user's ``<stage>_step(*args)`` through the strategy's wrapper; precision
+      plugins run it inside ``torch.autocast``; ``dp`` combines the per-GPU outputs.
+    * ``backward(loss, optimizer)``: backpropagate one micro-batch's loss (AMP scales it first). ``optimizer``
+      is the one being stepped, ``None`` outside an optimizer step.
+    * ``no_sync()``: a context for micro-batches that do not end an accumulation window, in which gradients are
+      not synchronised (DDP's ``no_sync``).
+    * ``prepare_gradients(optimizer)``: make the gradients final before clipping and ``on_before_optimizer_step``:
+      reduced across replicas when the strategy does not do it in backward (XLA), back at their true scale (AMP).
+    * ``clip_gradients(optimizer, value, algorithm)``: clip by ``"norm"`` or ``"value"``.
+    * ``optimizer_step(optimizer, closure)``: step; ``closure`` computes the loss and prepares the gradients and
+      must run exactly once (or as often as the optimizer needs, LBFGS). Returns whether the step was taken
+      (``False`` when AMP skipped it for inf/NaN gradients; LR schedulers then do not advance).
+    * ``on_batch_end(stage, batch_idx)``: the batch is done (after the optimizer step and ``zero_grad``), before
+      the batch-end callbacks and before logged values are read; XLA cuts its graph here.
+    """
+
+    to_device: Callable[[Any], Any]
+    forward: Callable[[str, tuple[Any, ...]], Any]
+    backward: Callable[[torch.Tensor, Any], None]
+    no_sync: Callable[[], AbstractContextManager[Any]]
+    prepare_gradients: Callable[[Any], None]
+    clip_gradients: Callable[[Any, float, str], None]
+    optimizer_step: Callable[[Any, Callable[[], Any]], bool]
+    on_batch_end: Callable[[str, int], None]
+
+    def traced(self, report: Callable[[str], None]) -> StepOps:
+        """A copy whose every operation first reports its name and the function that implements it."""
+
+        def trace(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+            where = f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', repr(function))}"
+
+            @functools.wraps(function)
+            def traced_operation(*args: Any) -> Any:
+                report(f"step.{name} -> {where}")
+                return function(*args)
+
+            return traced_operation
+
+        return StepOps(**{f.name: trace(f.name, getattr(self, f.name)) for f in fields(self)})
+
+
+def default_step_ops(trainer: Trainer, wrapped: Any) -> StepOps:
+    """One process, one device, full precision: the operations every backend starts from."""
+    module = trainer.lightning_module
+    device = trainer.root_device
+    if _is_bare_step_module(wrapped):
+        steps = _step_methods(module)  # nothing wraps the step: call the user's methods directly
+
+        def forward(stage: str, args: tuple[Any, ...]) -> Any:
+            return steps[stage](*args)
+
+    else:
+
+        def forward(stage: str, args: tuple[Any, ...]) -> Any:
+            return wrapped(stage, *args)
+
+    def backward(loss: torch.Tensor, optimizer: Any) -> None:
+        module.backward(loss)
+
+    return StepOps(
+        to_device=functools.partial(move_data_to_device, device=device),
+        forward=forward,
+        backward=backward,
+        no_sync=nullcontext,
+        prepare_gradients=_nothing,
+        clip_gradients=clip_gradients,
+        optimizer_step=optimizer_step,
+        on_batch_end=_nothing,
+    )
+
+
+def _nothing(*args: Any) -> None:
+    return None
+
+
+def clip_gradients(optimizer: Optimizer, value: float, algorithm: str) -> None:
+    """Clip the gradients of ``optimizer``'s parameters by norm or by value (torch's own functions)."""
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if algorithm == "value":
+        torch.nn.utils.clip_grad_value_(params, value)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, value)
+
+
+def optimizer_step(optimizer: Optimizer, closure: Callable[[], Any]) -> bool:
+    """``optimizer.step(closure)``; for optimizers that do not need the closure, run it and step plainly."""
+    if requires_closure(optimizer):  # LBFGS evaluates the closure itself, possibly several times
+        optimizer.step(closure)
+    else:  # same result, without optimizer.step's closure handling on every step
+        closure()
+        optimizer.step()
+    return True
+
+
+def _is_bare_step_module(wrapped: Any) -> bool:
+    """True when no strategy wrapped the step module and nothing hooks its forward (FSDP registers hooks)."""
+    from torchplug.strategies._step_module import StepModule
+
+    return type(wrapped) is StepModule and not wrapped._forward_pre_hooks and not wrapped._forward_hooks
+
+
+def _step_methods(module: Any) -> dict[str, Callable[..., Any]]:
+    from torchplug.strategies._step_module import STEP_METHODS
+
+    return {stage: getattr(module, method) for stage, method in STEP_METHODS.items()}
+
+
+__all__ = ["StepOps", "clip_gradients", "default_step_ops", "optimizer_step"]
