@@ -54,14 +54,16 @@ def test_dp_refuses_several_nodes(gpus, monkeypatch):
 
 
 def test_batches_stay_on_the_host_for_the_scatter(gpus):
-    """Both plugins answer torchplug_batch_to_device; dp's answer (leave it) comes first."""
+    """Both plugins wrap torchplug_step_ops and set ``to_device``; dp's wrapper unwinds after the accelerator's,
+    so its choice (leave the batch where the loader put it) is the run's."""
     gpus(2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = torchplug.Trainer(accelerator="gpu", devices=2, strategy="dp", **QUIET)
+    trainer.root_device = torch.device("cuda", 0)  # what the accelerator's torchplug_root_device answers in setup
+    ops = trainer.hook.torchplug_step_ops(trainer=trainer)
     batch = (torch.ones(4, 2), {"y": torch.zeros(4)})
-    moved = trainer.hook.torchplug_batch_to_device(trainer=trainer, batch=batch, device=torch.device("cuda", 0))
-    assert moved is batch
+    assert ops.to_device(batch) is batch
 
 
 def test_manual_optimization_is_refused_before_anything_runs(gpus):

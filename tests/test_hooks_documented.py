@@ -19,8 +19,9 @@ def written_signature(function) -> str:
 
 def test_there_are_hooks_for_every_phase():
     names = {f.__name__ for f in SPECS}
-    for needed in ("torchplug_launch", "torchplug_setup_environment", "torchplug_forward", "torchplug_backward",
-                   "torchplug_optimizer_step", "torchplug_all_reduce", "torchplug_barrier", "torchplug_broadcast",
+    for needed in ("torchplug_launch", "torchplug_world", "torchplug_root_device", "torchplug_setup_environment",
+                   "torchplug_setup_module", "torchplug_step_ops", "torchplug_all_reduce", "torchplug_barrier",
+                   "torchplug_broadcast", "torchplug_save_checkpoint", "torchplug_load_checkpoint",
                    "torchplug_state_dict", "torchplug_load_state_dict", "torchplug_teardown"):  # fmt: skip
         assert needed in names
 

@@ -33,7 +33,7 @@ probe-precision = "torchplug_probe:ProbePrecision"
 """
 
 PROBE_MODULE = '''
-"""A strategy and a precision plugin that record every hook call they answer."""
+"""A strategy and a precision plugin that record every hook call and step operation they answer."""
 
 import torch
 
@@ -69,15 +69,20 @@ class ProbeStrategy(Strategy):
 
 class ProbePrecision(Precision):
     @hookimpl(wrapper=True)
-    def torchplug_forward(self, trainer, stage, args):
-        CALLS.append(f"forward:{stage}")
-        return (yield)
+    def torchplug_step_ops(self, trainer):
+        ops = yield
+        forward, backward = ops.forward, ops.backward
 
-    @hookimpl
-    def torchplug_backward(self, trainer, loss, optimizer):
-        CALLS.append("backward")
-        loss.backward()
-        return True
+        def recorded_forward(stage, args):
+            CALLS.append(f"forward:{stage}")
+            return forward(stage, args)
+
+        def recorded_backward(loss, optimizer):
+            CALLS.append("backward")
+            backward(loss, optimizer)
+
+        ops.forward, ops.backward = recorded_forward, recorded_backward
+        return ops
 
     @hookimpl
     def torchplug_state_dict(self, trainer):
@@ -144,7 +149,8 @@ SELECT_PROBE = """
             self.log("synced", torch.tensor(1.5), sync_dist=True, reduce_fx="max")
             return loss
     trainer.fit(Logged(), regression_loader(32, 8))
-    checkpoint = trainer._dump_checkpoint(weights_only=False)
+    from torchplug._state import dump_checkpoint
+    checkpoint = dump_checkpoint(trainer, weights_only=False)
     print(json.dumps({"calls": torchplug_probe.CALLS, "synced": float(trainer.callback_metrics["synced"]),
                       "strategy": trainer.strategy_name, "plugins": checkpoint["plugins"]}))
 """
@@ -159,7 +165,7 @@ def test_installed_backend_is_selected_by_name_and_its_hooks_run(installed):
     assert "wrap_module" in calls and calls.count("forward:train") == 2 and calls.count("backward") == 2
     assert "all_reduce:max" in calls
     assert out["synced"] == 3.0  # the option probe_scale=2.0 reached the plugin's constructor
-    assert out["strategy"] == "probe" and "probe" in out["plugins"]
+    assert out["strategy"] == "probe" and "probe" in out["plugins"]["ranks"][0]
 
 
 def test_broken_backend_is_reported_and_the_others_keep_working(installed):
@@ -192,10 +198,12 @@ def test_cli_lists_and_checks_installed_backends(installed):
     listing = subprocess.run(run, env=env, capture_output=True, text=True, check=True).stdout
     assert "probe" in listing and "torchplug-probe" in listing and "1.2.3" in listing
     assert "torchplug_broken" not in listing  # listing reads metadata only; nothing is imported
-    checked = subprocess.run([*run, "--check"], env=env, capture_output=True, text=True, check=True).stdout
-    broken_row = next(line for line in checked.splitlines() if line.strip().startswith("broken"))
+    checked = subprocess.run([*run, "--check"], env=env, capture_output=True, text=True)
+    assert checked.returncode == 1  # a backend that does not import is a problem --check reports
+    broken_row = next(line for line in checked.stdout.splitlines() if line.strip().startswith("broken"))
     assert "no: ImportError: needs libfoo 3" in broken_row
-    probe_row = next(line for line in checked.splitlines() if line.strip().startswith("probe "))
+    assert "strategy 'broken' (torchplug-broken 0.0.1): does not import: ImportError: needs libfoo 3" in checked.stderr
+    probe_row = next(line for line in checked.stdout.splitlines() if line.strip().startswith("probe "))
     assert "yes" in probe_row
 
 
@@ -222,4 +230,200 @@ def test_hook_tracing_prints_each_call_with_its_plugin(installed):
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "[torchplug hook] torchplug_wrap_module -> torchplug._defaults, strategy:probe" in result.stderr
-    assert "[torchplug hook] torchplug_backward ->" in result.stderr  # per-step hooks are traced too
+    # the bound step operations are traced too, naming the function that implements each
+    assert "[torchplug hook] step.backward -> torchplug._step.default_step_ops.<locals>.backward" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Mistakes in a plugin are caught when it is registered, and by `torchplug plugins --check`
+# ---------------------------------------------------------------------------------------------------------------
+FAULTY_PYPROJECT = """
+[build-system]
+requires = ["setuptools>=64"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "torchplug-faulty"
+version = "0.3.0"
+
+[project.entry-points."torchplug.precisions"]
+misspelled = "torchplug_faulty:Misspelled"
+undecorated = "torchplug_faulty:Undecorated"
+generator = "torchplug_faulty:GeneratorNotWrapper"
+typo = "torchplug_faulty:ParameterTypo"
+
+[project.entry-points."torchplug.accelerators"]
+raising = "torchplug_faulty:RaisingAccelerator"
+"""
+
+FAULTY_MODULE = '''
+from torchplug import hookimpl
+from torchplug.accelerators import Accelerator
+from torchplug.precision import Precision
+
+
+class Misspelled(Precision):
+    @hookimpl
+    def torchplug_step_op(self, trainer):
+        return None
+
+
+class Undecorated(Precision):
+    def torchplug_setup_environment(self, trainer):
+        raise AssertionError("never registered, so never called")
+
+
+class GeneratorNotWrapper(Precision):
+    @hookimpl
+    def torchplug_step_ops(self, trainer):
+        ops = yield
+        return ops
+
+
+class ParameterTypo(Precision):
+    @hookimpl
+    def torchplug_all_reduce(self, trainer, tensr, op):
+        return tensr
+
+
+class RaisingAccelerator(Accelerator):
+    device_type = "cpu"
+    priority = 1000
+
+    @classmethod
+    def is_available(cls):
+        raise OSError("libraising.so: cannot open shared object file")
+'''
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("faulty")
+    package = _package(base / "faulty", FAULTY_PYPROJECT, "torchplug_faulty", FAULTY_MODULE)
+    target = base / "site"
+    _install(target, package)
+    return target
+
+
+@pytest.mark.parametrize(
+    ("precision", "expected"),
+    [
+        ("misspelled", "'torchplug_step_op' is not a torchplug hook, so it would never be called; did you mean "
+                       "'torchplug_step_ops'?"),
+        ("undecorated", "'torchplug_setup_environment' is not decorated with @hookimpl"),
+        ("generator", "'torchplug_step_ops' is a generator (it yields), but it is not marked @hookimpl(wrapper=True)"),
+        ("typo", "'torchplug_all_reduce' takes 'tensr' (did you mean 'tensor'?), which the hook does not pass"),
+    ],
+)  # fmt: skip
+def test_a_plugin_breaking_the_hook_contract_is_refused_naming_it(faulty, precision, expected):
+    code = f"""
+        import torchplug
+        from torchplug.testing import QUIET
+        try:
+            torchplug.Trainer(accelerator="cpu", precision={precision!r}, **QUIET)
+        except torchplug.PluginError as err:
+            print(err)
+        """
+    result = _run(faulty, code)
+    assert result.returncode == 0, result.stderr
+    assert f"the precision:{precision} plugin torchplug_faulty." in result.stdout
+    assert "(distribution torchplug-faulty 0.3.0)" in result.stdout
+    assert expected in result.stdout
+
+
+def test_an_accelerator_whose_probe_raises_is_skipped_by_auto_with_its_name(faulty):
+    result = _run(
+        faulty,
+        """
+        import warnings, torchplug
+        from torchplug.testing import QUIET
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer = torchplug.Trainer(**QUIET)
+        print("SELECTED:", trainer.accelerator_name)
+        print("\\n".join(str(w.message) for w in caught))
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "SELECTED: cpu" in result.stdout  # not a bare OSError from every Trainer()
+    assert (
+        "skipping the accelerator 'raising' (distribution torchplug-faulty 0.3.0) for accelerator='auto': "
+        "is_available() raised OSError: libraising.so" in result.stdout
+    )
+
+
+def test_plugins_check_reports_every_faulty_plugin_and_fails(faulty):
+    env = {**os.environ, "PYTHONPATH": str(faulty)}
+    checked = subprocess.run([sys.executable, "-m", "torchplug.cli", "plugins", "--check"], env=env,
+                             capture_output=True, text=True)  # fmt: skip
+    assert checked.returncode == 1, checked.stdout
+    problems = checked.stderr
+    assert "precision 'misspelled' (torchplug-faulty 0.3.0): hook contract: 'torchplug_step_op' is not a torchplug hook" in problems
+    assert "precision 'undecorated' (torchplug-faulty 0.3.0): hook contract:" in problems
+    assert "precision 'generator' (torchplug-faulty 0.3.0): hook contract:" in problems
+    assert "precision 'typo' (torchplug-faulty 0.3.0): hook contract:" in problems
+    assert "accelerator 'raising' (torchplug-faulty 0.3.0): is_available() raised OSError" in problems
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A third-party strategy built on a built-in one: examples/torchplug-localsgd subclasses torchplug-ddp's DDPStrategy
+# ---------------------------------------------------------------------------------------------------------------
+LOCALSGD = Path(__file__).resolve().parents[1] / "examples" / "torchplug-localsgd"
+
+LOCALSGD_SCRIPT = """
+import json, os, sys
+import torch
+import torchplug
+from torchplug.testing import QUIET, BoringModel, regression_loader
+
+out, fail_at = sys.argv[1], int(sys.argv[2])
+
+
+class Record(torchplug.Callback):
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_rank == 1 and trainer.global_step == fail_at:
+            raise ValueError(f"rank 1 gave up at step {fail_at}")
+        weights = torch.cat([p.detach().flatten() for p in module.parameters()]).tolist()
+        with open(os.path.join(out, f"rank{trainer.global_rank}.jsonl"), "a") as fh:
+            fh.write(json.dumps({"step": trainer.global_step, "weights": weights}) + "\\n")
+
+
+torchplug.seed_everything(0)
+trainer = torchplug.Trainer(accelerator="cpu", strategy="localsgd", devices=2, local_sgd_period=2, max_steps=4,
+                            callbacks=[Record()], **QUIET)
+trainer.fit(BoringModel(), regression_loader(64, 8, shuffle=True))
+"""
+
+
+@pytest.fixture(scope="module")
+def localsgd(tmp_path_factory) -> Path:
+    target = tmp_path_factory.mktemp("localsgd") / "site"
+    _install(target, LOCALSGD)
+    return target
+
+
+def _train_localsgd(target: Path, tmp_path: Path, fail_at: int = -1) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "train_localsgd.py"
+    script.write_text(LOCALSGD_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    return subprocess.run([sys.executable, str(script), str(tmp_path), str(fail_at)], env=env,
+                          capture_output=True, text=True, timeout=180)  # fmt: skip
+
+
+def test_a_strategy_subclassing_ddp_installs_and_trains_with_local_sgd(localsgd, tmp_path):
+    result = _train_localsgd(localsgd, tmp_path)
+    assert result.returncode == 0, result.stderr
+    ranks = [[json.loads(line) for line in (tmp_path / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    assert [row["step"] for row in ranks[0]] == [1, 2, 3, 4] == [row["step"] for row in ranks[1]]
+    for zero, one in zip(*ranks):
+        # each rank steps on its own shard of the data, so the weights part, and meet every local_sgd_period steps
+        averaged = zero["step"] % 2 == 0
+        assert (zero["weights"] == pytest.approx(one["weights"], abs=1e-7)) is averaged, zero["step"]
+
+
+def test_the_subclass_keeps_the_launchers_failure_report(localsgd, tmp_path):
+    result = _train_localsgd(localsgd, tmp_path, fail_at=3)
+    assert result.returncode != 0
+    assert result.stderr.count("rank 1 (pid") == 1, result.stderr  # the root cause, reported once
+    assert "raised ValueError: rank 1 gave up at step 3" in result.stderr
+    assert "Connection closed by peer" not in result.stderr.split("ProcessFailedError")[-1]

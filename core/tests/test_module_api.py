@@ -8,9 +8,10 @@ from torch.utils.data import DataLoader
 from torchplug import Callback, DataModule, MisconfigurationError, Trainer, seed_everything
 from torchplug.testing import QUIET, BoringModel, regression_data, regression_loader
 
+# Lightning 2.6.6's order (checked against it): zero_grad runs inside the step's closure, before backward.
 HOOKS = [
     "setup", "on_fit_start", "on_train_start", "on_train_epoch_start", "on_train_batch_start",
-    "on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad",
+    "on_before_zero_grad", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
     "on_train_batch_end", "on_validation_start", "on_validation_epoch_start", "on_validation_batch_start",
     "on_validation_batch_end", "on_validation_epoch_end", "on_validation_end", "on_train_epoch_end",
     "on_train_end", "on_fit_end", "teardown",

@@ -123,9 +123,10 @@ def test_checkpoint_holds_everything_a_resume_needs(tmp_path):
     from torchplug._checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(path)
-    for key in ("state_dict", "optimizer_states", "lr_schedulers", "loops", "callbacks", "plugins", "rng_states",
+    for key in ("state_dict", "optimizer_states", "lr_schedulers", "loops", "callbacks", "ranks",
                 "hyper_parameters", "epoch", "global_step"):  # fmt: skip
         assert key in checkpoint, key
+    assert [sorted(rank) for rank in checkpoint["ranks"]] == [["epoch_start_rng", "plugins", "rng_states"]]
     assert checkpoint["hyper_parameters"] == {"scheduler": "epoch", "features": 4, "lr": 0.05}
     # saved by a plain callback's on_train_epoch_end: before the epoch's LR scheduler step, which a resume does
     assert checkpoint["global_step"] == 12 and checkpoint["loops"]["phase"] == "validated"

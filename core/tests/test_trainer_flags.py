@@ -28,7 +28,9 @@ class Recorder(BoringModel):
         self.val_batches.append((self.current_epoch, self.global_step, batch_idx))
         return super().validation_step(batch, batch_idx)
 
-    def on_before_zero_grad(self, optimizer):  # after clipping and the step, before grads are cleared
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        # after clipping, right before the optimizer steps with these gradients
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         self.grad_norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
         self.max_abs_grads.append(max(float(g.abs().max()) for g in grads))
@@ -214,13 +216,16 @@ def test_deterministic_sets_torch_flag():
         torch.use_deterministic_algorithms(before)
 
 
-def test_benchmark_sets_cudnn_flag():
+def test_benchmark_is_left_to_the_accelerator():
+    """cuDNN's autotuner is the CUDA accelerator's business (plugins/torchplug-cuda tests it): the core and the CPU
+    leave torch's global flag alone."""
     before = torch.backends.cudnn.benchmark
     try:
-        fit(max_steps=1, val=False, benchmark=True)
-        assert torch.backends.cudnn.benchmark is True
-        fit(max_steps=1, val=False, benchmark=False)
-        assert torch.backends.cudnn.benchmark is False
+        for value in (True, False):
+            torch.backends.cudnn.benchmark = not value
+            trainer, _ = fit(max_steps=1, val=False, benchmark=value, accelerator="cpu")
+            assert trainer.benchmark is value
+            assert torch.backends.cudnn.benchmark is (not value)
     finally:
         torch.backends.cudnn.benchmark = before
 

@@ -99,9 +99,9 @@ class Defaults:
 
     @hookimpl(trylast=True)
     def torchplug_save_checkpoint(self, trainer: Trainer, checkpoint: dict[str, Any], path: str) -> bool:
-        if "plugins" in checkpoint:  # every rank's plugin state goes into the one file rank 0 writes
-            ranks = trainer.hook.torchplug_gather_objects(trainer=trainer, obj=checkpoint["plugins"]["ranks"][0])
-            checkpoint = {**checkpoint, "plugins": {"ranks": ranks}}
+        if "ranks" in checkpoint:  # every rank's own state goes into the one file rank 0 writes
+            ranks = trainer.hook.torchplug_gather_objects(trainer=trainer, obj=checkpoint["ranks"][0])
+            checkpoint = {**checkpoint, "ranks": ranks}
         if trainer.is_global_zero:
             _checkpoint.atomic_save(checkpoint, path)
         return True

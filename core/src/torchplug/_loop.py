@@ -256,7 +256,7 @@ class Loop:
         if trainer.num_sanity_val_steps and self.val_loaders:
             self._sanity_check()
         if self.resume is not None:
-            _state.set_rng_states(self.resume.rng_states)
+            _state.set_rng_states(trainer, self.resume.rng_states)
             trainer.callback_metrics.update(self.resume.callback_metrics)  # the sanity check cleared them
         trainer._results = Results(trainer, default_on_step=True)
         trainer.training = True
@@ -338,10 +338,10 @@ class Loop:
         resume, self.resume = self.resume, None
         batches = _data.with_is_last(self.train_loader, trainer.num_training_batches)
         if resume is not None and progress.phase == "train" and progress.batches_done:
-            _state.set_rng_states(progress.epoch_start_rng)  # the interrupted epoch's data order
+            _state.set_rng_states(trainer, progress.epoch_start_rng)  # the interrupted epoch's data order
             batches = _state.resumed_batches(self, batches, resume)
         else:
-            progress.batches_done, progress.epoch_start_rng = 0, _state.get_rng_states()
+            progress.batches_done, progress.epoch_start_rng = 0, _state.get_rng_states(trainer)
         trainer.hook.torchplug_on_train_epoch_start(trainer=trainer, epoch=trainer.current_epoch)
         self.call("on_train_epoch_start")
         if progress.phase == "train":

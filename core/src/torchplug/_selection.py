@@ -165,12 +165,8 @@ def instantiate(kind: str, cls: Any, name: str, options: dict[str, Any], used: s
     """Create a backend from its class, filling constructor keywords from ``Trainer(**options)``."""
     if not callable(cls):
         raise PluginError(f"the {kind} {name!r} entry point does not name a class or factory: {cls!r}")
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        params = {}
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    kwargs = {k: v for k, v in options.items() if k in params or accepts_any}
+    accepted = option_names(cls)
+    kwargs = {k: v for k, v in options.items() if k in accepted}
     used.update(kwargs)
     try:
         return cls(**kwargs)
@@ -178,6 +174,25 @@ def instantiate(kind: str, cls: Any, name: str, options: dict[str, Any], used: s
         raise
     except TypeError as err:
         raise MisconfigurationError(f"could not create the {kind} {name!r} with {kwargs}: {err}") from err
+
+
+def option_names(cls: Any) -> set[str]:
+    """The Trainer keywords a backend takes: its ``__init__``'s named parameters, and where that forwards
+    ``**kwargs`` to its base class (a subclass of ``DDPStrategy`` adding one option), the base's too."""
+    names: set[str] = set()
+    for klass in inspect.getmro(cls) if isinstance(cls, type) else [cls]:
+        init = klass.__dict__.get("__init__") if isinstance(cls, type) else klass
+        if init is None:
+            continue
+        try:
+            params = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            break
+        names.update(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    names.discard("self")
+    return names
 
 
 def resolve(kind: str, value: Any, options: dict[str, Any], used: set[str]) -> tuple[str, Any]:

@@ -58,12 +58,8 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool) -> dict[str, Any]:
     }
     if not weights_only:
         progress = trainer.progress
-        save_time_rng = get_rng_states()
         mid_epoch = progress.phase == "train" and progress.batches_done > 0
-        checkpoint["loops"] = {
-            **asdict(progress),
-            "epoch_start_rng": progress.epoch_start_rng if mid_epoch else None,
-        }
+        checkpoint["loops"] = {k: v for k, v in asdict(progress).items() if k != "epoch_start_rng"}
         checkpoint["callback_metrics"] = {k: v.detach().cpu() for k, v in trainer.callback_metrics.items()}
         checkpoint["optimizer_states"] = [
             hook.torchplug_optimizer_state_dict(trainer=trainer, optimizer=opt) for opt in trainer.optimizers
@@ -74,8 +70,12 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool) -> dict[str, Any]:
         for answer in hook.torchplug_state_dict(trainer=trainer):
             if answer:
                 plugins.update(answer)
-        checkpoint["plugins"] = {"ranks": [plugins]}  # the save hook gathers every rank's into one list
-        checkpoint["rng_states"] = save_time_rng
+        # What differs between processes; the save hook gathers every rank's entry into this list.
+        checkpoint["ranks"] = [{
+            "plugins": plugins,
+            "rng_states": get_rng_states(trainer),
+            "epoch_start_rng": progress.epoch_start_rng if mid_epoch else None,
+        }]  # fmt: skip
         if trainer.datamodule is not None:
             checkpoint["datamodule"] = trainer.datamodule.state_dict()
     for callback in trainer.callbacks:  # Lightning's order: callbacks, then the module
@@ -179,7 +179,8 @@ def restore(loop: Loop, path: str) -> None:
             trainer.datamodule.load_state_dict(checkpoint["datamodule"])
         elif checkpoint["datamodule"]:
             dropped.append("the datamodule's state (no datamodule in this run)")
-    states = _PluginStates(_this_rank_states(trainer, checkpoint.get("plugins", {}), path))
+    own = _this_rank(trainer, checkpoint["ranks"], path)
+    states = _PluginStates(own["plugins"])
     hook.torchplug_load_state_dict(trainer=trainer, states=states)
     dropped += [f"plugin state {key!r}" for key in states.unread()]
     if dropped:
@@ -200,8 +201,8 @@ def restore(loop: Loop, path: str) -> None:
     else:
         trainer.current_epoch = checkpoint["epoch"]
         progress.phase, progress.batches_done = loops["phase"], loops["batches_done"]
-        progress.epoch_start_rng = loops.get("epoch_start_rng")
-    loop.resume = Resume(rng_states=checkpoint["rng_states"], callback_metrics=dict(trainer.callback_metrics))
+        progress.epoch_start_rng = own["epoch_start_rng"]
+    loop.resume = Resume(rng_states=own["rng_states"], callback_metrics=dict(trainer.callback_metrics))
 
 
 def resumed_batches(loop: Loop, batches: Iterator[tuple[Any, bool]], resume: Resume) -> Iterator[tuple[Any, bool]]:
@@ -213,7 +214,7 @@ def resumed_batches(loop: Loop, batches: Iterator[tuple[Any, bool]], resume: Res
     done = progress.batches_done
     for _ in range(done):
         next(batches, None)
-    set_rng_states(resume.rng_states)
+    set_rng_states(trainer, resume.rng_states)
     # A checkpoint from on_train_batch_end precedes that batch's validation: run it if it was due.
     if progress.validated_at != progress.total_batches and loop._val_due(done - 1, done == trainer.num_training_batches):
         loop.validate_during_fit()
@@ -245,14 +246,12 @@ class _PluginStates(Mapping[str, Any]):
         return sorted(k for k in self._states if k not in self._read)
 
 
-def _this_rank_states(trainer: Trainer, plugins: dict[str, Any], path: str) -> dict[str, Any]:
-    """The plugin states saved by this rank; with another number of processes, rank 0's where it has none."""
-    ranks = plugins.get("ranks") if "ranks" in plugins else [plugins]  # format 1 kept one dict (rank 0's)
-    if not ranks:
-        return {}
+def _this_rank(trainer: Trainer, ranks: list[dict[str, Any]], path: str) -> dict[str, Any]:
+    """What this rank saved; resuming on another number of processes, rank 0's where this rank saved nothing."""
     rank = trainer.global_rank
     if len(ranks) != trainer.world_size:
-        differing = sorted({k for states in ranks[1:] for k in states if states.get(k) != ranks[0].get(k)})
+        first = ranks[0]["plugins"]
+        differing = sorted({k for entry in ranks[1:] for k in entry["plugins"] if entry["plugins"].get(k) != first.get(k)})
         if differing:
             warnings.warn(
                 f"ckpt_path={path!r} was saved by {len(ranks)} processes and this run has {trainer.world_size}: the "
@@ -261,7 +260,7 @@ def _this_rank_states(trainer: Trainer, plugins: dict[str, Any], path: str) -> d
                 UserWarning,
                 stacklevel=3,
             )
-    return dict(ranks[rank] if rank < len(ranks) else ranks[0])
+    return ranks[rank] if rank < len(ranks) else ranks[0]
 
 
 # ==================================================================================================== spawned runs
@@ -304,8 +303,9 @@ def _cpu(value: Any) -> Any:
 
 
 # ==================================================================================================== RNG
-def get_rng_states() -> dict[str, Any]:
-    """The host RNGs every process has (torch's CPU generator, Python's, NumPy's); devices save their own."""
+def get_rng_states(trainer: Trainer) -> dict[str, Any]:
+    """This process's random generators: the host's (torch's CPU generator, Python's, NumPy's) and the plugins'
+    (``torchplug_get_rng_states``: the CUDA generator of this rank's device)."""
     version, internal, gauss = random.getstate()
     states: dict[str, Any] = {"torch": torch.get_rng_state(), "python": (version, tuple(internal), gauss)}
     try:
@@ -315,12 +315,16 @@ def get_rng_states() -> dict[str, Any]:
     else:
         kind, keys, pos, has_gauss, cached = np.random.get_state()
         states["numpy"] = (str(kind), torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached))
+    for answer in trainer.hook.torchplug_get_rng_states(trainer=trainer):
+        if answer:
+            states.update(answer)
     return states
 
 
-def set_rng_states(states: dict[str, Any] | None) -> None:
+def set_rng_states(trainer: Trainer, states: dict[str, Any] | None) -> None:
     if not states:
         return
+    trainer.hook.torchplug_set_rng_states(trainer=trainer, states=states)
     torch.set_rng_state(states["torch"])
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))

@@ -10,6 +10,7 @@ from typing import Any
 
 from torchplug import registry
 from torchplug._errors import PluginLoadError
+from torchplug._plugins import check_plugin
 
 _GROUP_TITLES = {
     "accelerator": "accelerators",
@@ -27,36 +28,48 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _check(backend: registry.Backend) -> tuple[str, str]:
-    """(imports, available) for one backend; importing it is what --check is for."""
+def _check(backend: registry.Backend) -> tuple[str, str, list[str]]:
+    """(imports, available, problems) for one backend: imported, checked against the hook specs, probed.
+
+    ``problems`` lists what makes the backend unusable or broken (an import error, a hook-contract mistake, a
+    probe that raises); an unavailable backend (no GPU here) is not a problem.
+    """
     try:
         cls = backend.load()
     except PluginLoadError as err:
         cause = err.__cause__
-        return f"no: {type(cause).__name__}: {cause}" if cause else f"no: {err}", "-"
-    available = "-"
+        text = f"{type(cause).__name__}: {cause}" if cause else str(err)
+        return f"no: {text}", "-", [f"does not import: {text}"]
+    problems = [f"hook contract: {problem}" for problem in check_plugin(cls)] if isinstance(cls, type) else []
+    imports = "yes" if not problems else "yes, but breaks the hook contract"
     if backend.kind == "environment":
         try:
-            return "yes", "detected" if cls.detect() else "not detected"
+            return imports, "detected" if cls.detect() else "not detected", problems
         except Exception as err:  # a detection probe must not take the listing down
-            return "yes", f"error: {err}"
+            return imports, f"error: {err}", [*problems, f"detect() raised {type(err).__name__}: {err}"]
+    available = "-"
     is_available = getattr(cls, "is_available", None)
     if is_available is not None:
         try:
             available = "yes" if is_available() else "no"
         except Exception as err:  # an availability probe must not take the listing down
             available = f"error: {err}"
+            problems.append(f"is_available() raised {type(err).__name__}: {err}")
     if available == "yes" and backend.kind == "accelerator":
         try:
             count = cls.device_count()
         except Exception as err:
+            problems.append(f"device_count() raised {type(err).__name__}: {err}")
             count = f"error: {err}"
         if count is not None:
             available += f" ({count} devices)"
-    return "yes", available
+        if not isinstance(getattr(cls, "device_type", None), str):
+            problems.append("declares no device_type (the torch device type it computes on)")
+    return imports, available, problems
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    failures: list[str] = []
     for kind, title in _GROUP_TITLES.items():
         backends = registry.discover(kind)
         print(f"{title} (entry-point group {registry.GROUPS[kind]})")
@@ -72,15 +85,24 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         for b in backends:
             row = [b.name, ", ".join(b.aliases) or "-", b.distribution, b.version]
             if args.check:
-                row += list(_check(b))
+                imports, available, problems = _check(b)
+                row += [imports, available]
+                failures += [f"{kind} {b.name!r} ({b.distribution} {b.version}): {p}" for p in problems]
             clashes = sorted({d for n in b.names for d in names[n] if d != b.distribution})
             if clashes:
                 row[0] += f" (also claimed by {', '.join(clashes)})"
+                if args.check:
+                    failures.append(f"{kind} name {b.name!r} is claimed by {b.distribution} and {', '.join(clashes)}")
             rows.append(row)
         if args.check:
             header += ["imports", "available"]
         print("\n".join("  " + line for line in _table(rows, header).splitlines()))
         print()
+    if failures:
+        print(f"{len(failures)} problem(s):", file=sys.stderr)
+        for failure in failures:
+            print(f"  - {failure}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -97,7 +119,7 @@ def cmd_env(args: argparse.Namespace) -> int:
     print(f"cpu threads  {torch.get_num_threads()} (os.cpu_count={os.cpu_count()})")
     print("\naccelerators")
     for backend in registry.discover("accelerator"):
-        imports, available = _check(backend)
+        imports, available, _ = _check(backend)
         status = available if imports == "yes" else imports
         print(f"  {backend.name:<10} {status}   [{backend.distribution} {backend.version}]")
     print("\nplugins")
@@ -134,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="torchplug", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plugins", help="list installed backends per entry-point group")
-    p.add_argument("--check", action="store_true", help="also import each backend and check its availability")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="also import each backend, check it against the hook specs and probe its availability; exit 1 on any problem",
+    )
     p.set_defaults(func=cmd_plugins)
     p = sub.add_parser("env", help="torch version, accelerators and devices, plugins, cluster environment")
     p.set_defaults(func=cmd_env)

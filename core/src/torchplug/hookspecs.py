@@ -57,8 +57,9 @@ hookspec = pluggy.HookspecMarker("torchplug")
 def torchplug_select_devices(devices: Any, device_count: int | None, device_type: str) -> list[int] | None:
     """The device indices this run uses, from the user's ``devices`` argument.
 
-    ``device_count`` is the accelerator's ``device_count()`` (``None``: any number, as on the CPU) and
-    ``device_type`` its declared device type, for messages. Answered by an
+    Called once per Trainer construction, in every process. ``device_count`` is the accelerator's
+    ``device_count()`` (``None``: any number, as on the CPU) and ``device_type`` its declared device type, for
+    messages. Answered by an
     accelerator that chooses devices itself (``auto_select_gpus``); the default parses ``devices`` (``2``,
     ``-1``, ``[1, 3]``, ``"1, 3"``, ``"auto"``) and checks the indices against ``device_count``. Stops at the
     first non-None result.
@@ -69,7 +70,8 @@ def torchplug_select_devices(devices: Any, device_count: int | None, device_type
 def torchplug_default_strategy(device_ids: list[int], num_nodes: int) -> str | None:
     """The strategy that ``strategy="auto"`` means for these devices.
 
-    Answered by the accelerator: the base :class:`~torchplug.accelerators.Accelerator` answers
+    Called once per Trainer construction, in every process, only for ``strategy="auto"``. Answered by the
+    accelerator: the base :class:`~torchplug.accelerators.Accelerator` answers
     ``"single_device"`` for one device on one node and ``"ddp"`` otherwise; TPUs answer ``"single_xla"`` or
     ``"xla"``. Stops at the first non-None result.
     """
@@ -80,7 +82,8 @@ def torchplug_precision_name(precision: str) -> str | None:
     """The precision to load in place of the one the user named, on this accelerator.
 
     TPUs have no float16 arithmetic, so the XLA accelerator answers ``"bf16-mixed"`` for ``"16-mixed"``/``16``
-    (with a notice). Only called when the precision was given by name. Answered by the accelerator; ``None``
+    (with a notice). Called once per Trainer construction, in every process, when the precision was given by
+    name. Answered by the accelerator; ``None``
     keeps the name. Stops at the first non-None result.
     """
 
@@ -89,7 +92,8 @@ def torchplug_precision_name(precision: str) -> str | None:
 def torchplug_num_processes(device_ids: list[int], num_nodes: int) -> int | None:
     """How many processes per node the run uses (1 for one process that drives every device, like ``dp``).
 
-    Answered by the strategy; the default is 1. Stops at the first non-None result.
+    Called once per Trainer construction, in every process. Answered by the strategy; the default is 1. Stops at
+    the first non-None result.
     """
 
 
@@ -366,11 +370,11 @@ def torchplug_load_optimizer_state_dict(
 
 @hookspec
 def torchplug_state_dict(trainer: Trainer) -> dict[str, Any] | None:
-    """This plugin's state on this rank, as ``{key: state}`` (AMP's scaler, the CUDA RNG).
+    """This plugin's state on this rank, as ``{key: state}`` (AMP's scaler).
 
     Called on every rank when a checkpoint is made. Every plugin may answer; the dicts are merged (pick a key that
     names the plugin). State is kept per rank: the checkpoint holds every rank's answer
-    (``checkpoint["plugins"]["ranks"]``), so state that differs between ranks is never lost. It must hold only
+    (``checkpoint["ranks"][r]["plugins"]``), so state that differs between ranks is never lost. It must hold only
     tensors and plain Python data.
     """
 
@@ -384,6 +388,24 @@ def torchplug_load_state_dict(trainer: Trainer, states: dict[str, Any]) -> None:
     another number of processes, rank ``r`` gets the state of saved rank ``r``, or of saved rank 0 where there is
     none (a warning names the keys whose saved values differed between ranks). A plugin may refuse a checkpoint it
     cannot resume (apex with another opt level) by raising :class:`torchplug.MisconfigurationError`.
+    """
+
+
+@hookspec
+def torchplug_get_rng_states(trainer: Trainer) -> dict[str, Any] | None:
+    """This plugin's random generators on this rank, as ``{key: state}`` (the CUDA generator of the root device).
+
+    Called on every rank wherever the core captures the host's generators: at the start of every training epoch
+    (to replay the epoch's data order when resuming inside it) and in every checkpoint. Every plugin may answer;
+    the dicts are merged with the host's states (keys ``torch``, ``python``, ``numpy`` are taken).
+    """
+
+
+@hookspec
+def torchplug_set_rng_states(trainer: Trainer, states: dict[str, Any]) -> None:
+    """Restore this plugin's generators from ``states`` (what :func:`torchplug_get_rng_states` captured, merged
+    with the host's), wherever the core restores the host's: when a resumed ``fit`` continues exactly where it was
+    saved. Every rank; every plugin may answer and reads its own keys.
     """
 
 

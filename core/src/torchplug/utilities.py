@@ -45,14 +45,20 @@ def apply_to_collection(data: Any, dtype: type | tuple[type, ...], function: Cal
 
 
 def move_data_to_device(batch: Any, device: torch.device | str, non_blocking: bool = False) -> Any:
-    """Move every tensor in ``batch`` to ``device``; ``non_blocking`` only matters for pinned host memory."""
+    """Move every tensor in ``batch`` to ``device``.
+
+    ``non_blocking`` copies to an accelerator without waiting (from pinned memory the copy overlaps with compute;
+    from pageable memory the driver stages it first). A copy back to the host is non-blocking only from pinned
+    memory, where the result cannot be read before it has arrived.
+    """
     if not isinstance(device, torch.device):
         device = torch.device(device)
+    to_host = device.type == "cpu"
 
     def move(tensor: torch.Tensor) -> torch.Tensor:
         if tensor.device == device:
             return tensor
-        return tensor.to(device, non_blocking=non_blocking and tensor.is_pinned())
+        return tensor.to(device, non_blocking=non_blocking and (not to_host or tensor.is_pinned()))
 
     if isinstance(batch, torch.Tensor):
         return move(batch)

@@ -168,7 +168,8 @@ def test_busy_reason_and_pick_directly(gpu_state):
 
 
 def test_the_choice_is_made_before_other_plugins_check_the_devices(gpus, driver, gpu_state):
-    """The accelerator's configure runs first, so a strategy's configure sees the chosen GPUs."""
+    """The accelerator chooses in torchplug_select_devices, during selection, so the chosen GPUs are in
+    ``trainer.run`` before any plugin's configure checks them."""
     gpus(3)
     driver([gpu_state(0, pids=(OTHER,)), gpu_state(1), gpu_state(2)])
     seen = []
@@ -178,5 +179,5 @@ def test_the_choice_is_made_before_other_plugins_check_the_devices(gpus, driver,
         def torchplug_configure(self, trainer):
             seen.append(list(trainer.device_ids))
 
-    make_trainer(2, plugins=[Watcher()])
-    assert seen == [[1, 2]]
+    trainer = make_trainer(2, plugins=[Watcher()])
+    assert seen == [[1, 2]] and trainer.run.device_ids == (1, 2)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import torchplug
-from torchplug import MisconfigurationError
+from torchplug import MisconfigurationError, World
 from torchplug.testing import QUIET, BoringModel, regression_loader
 from torchplug_cuda import _gpus
 from torchplug_cuda._memory import memory_metrics
@@ -49,7 +49,7 @@ def test_only_global_rank_zero_reads_memory(gpus, driver, gpu_state):
     calls = driver([gpu_state(0)])
     trainer = torchplug.Trainer(accelerator="gpu", devices=1, log_gpu_memory="all", **QUIET)
     calls.clear()
-    trainer.global_rank = 1
+    trainer.world = World(global_rank=1, local_rank=0, node_rank=1, world_size=2)  # the second node's process
     assert trainer.accelerator.torchplug_metrics(trainer=trainer) is None
     assert calls == []
 

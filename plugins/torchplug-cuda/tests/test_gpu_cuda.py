@@ -221,6 +221,42 @@ def test_deterministic_runs_repeat_bit_for_bit(tmp_path):
         torch.use_deterministic_algorithms(False)
 
 
+def test_the_cuda_rng_is_checkpointed_and_restored(tmp_path):
+    """The root GPU's generator is saved with this rank's generators and set back where the resumed run continues."""
+    path, saved, at_resume = tmp_path / "step2.ckpt", [], []
+
+    class SaveAtStep2(Callback):
+        def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            if trainer.global_step == 2:
+                trainer.save_checkpoint(path)
+                saved.append(torch.cuda.get_rng_state(trainer.root_device))
+
+    class RecordAtResume(Callback):
+        def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
+            at_resume.append(torch.cuda.get_rng_state(trainer.root_device))
+
+        def on_fit_start(self, trainer: Any, module: Any) -> None:
+            torch.randn(8, device=trainer.root_device)  # GPU draws before the resume point do not leak into it
+
+    class Noisy(BoringModel):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            noise = torch.randn(batch[0].shape, device=self.device)  # draws from the GPU's generator
+            return super().training_step((batch[0] + 0.01 * noise, batch[1]), batch_idx)
+
+    options = {**QUIET, "default_root_dir": str(tmp_path)}
+    torchplug.Trainer(accelerator="gpu", devices=1, max_steps=3, callbacks=[SaveAtStep2()], **options).fit(
+        Noisy(), regression_loader()
+    )
+    checkpoint = torchplug.load_checkpoint(path)
+    assert torch.equal(checkpoint["ranks"][0]["rng_states"]["torch.cuda"], saved[0])
+    torch.cuda.manual_seed(1234)  # another state: the resumed run must take the saved one
+    assert not torch.equal(torch.cuda.get_rng_state(0), saved[0])
+    torchplug.Trainer(accelerator="gpu", devices=1, max_steps=4, callbacks=[RecordAtResume()], **options).fit(
+        Noisy(), regression_loader(), ckpt_path=str(path)
+    )
+    assert torch.equal(at_resume[0], saved[0])
+
+
 def test_auto_select_gpus_against_the_real_driver(tmp_path):
     from torchplug_cuda import _gpus
 

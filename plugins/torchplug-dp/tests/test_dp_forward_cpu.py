@@ -5,7 +5,8 @@ This machine has no GPU, so three stand-ins, each replacing only CUDA work:
 * ``CPUDataParallel`` replaces DataParallel's CUDA operations (scatter → ``torch.chunk``, gather → ``torch.cat``,
   the parameter broadcast → replicas that share the parameters, the per-GPU streams → plain threads) and keeps
   everything of ours: splitting nested batches, replica views, merging logs, joining outputs;
-* ``StandInGPU`` is an accelerator that calls itself ``cuda`` (so dp accepts it) and computes on the CPU;
+* ``StandInGPU`` is an accelerator that declares ``device_type = "cuda"`` (dp checks that capability, not a name,
+  so it accepts it) and two devices, and computes on the CPU (it answers no ``torchplug_root_device``);
 * ``CPUDataParallelStrategy`` is the real strategy with the stand-in wrapper.
 
 The real thing runs in tests/test_gpu_dp.py wherever two GPUs exist.
@@ -94,10 +95,11 @@ class CPUDataParallelStrategy(DataParallelStrategy):
 
 
 class StandInGPU(Accelerator):
-    name = "cuda"
+    name = "stand-in-gpu"
+    device_type = "cuda"
 
-    @hookimpl
-    def torchplug_device_count(self, trainer: Any) -> int:
+    @classmethod
+    def device_count(cls) -> int:
         return REPLICAS
 
 
@@ -176,6 +178,8 @@ def test_two_replicas_train_like_one_device_with_uneven_splits(tmp_path, as_data
     """Batches of 7 split 4 + 3 (the last validation batch of 7 too); losses and logs are combined by share."""
     single, single_trainer = fit(tmp_path, dp=False, as_dataclass=as_dataclass)
     dp, dp_trainer = fit(tmp_path, dp=True, as_dataclass=as_dataclass)
+    run = dp_trainer.run
+    assert (run.accelerator, run.device_type, run.device_ids) == ("stand-in-gpu", "cuda", (0, 1))
     assert dp.devices_seen == {torch.device("cuda", 0), torch.device("cuda", 1)}
     assert single.devices_seen == {torch.device("cpu")}
     assert sorted(set(dp.sizes_seen)) == [3, 4] and len(dp.sizes_seen) == 2 * len(single.sizes_seen)

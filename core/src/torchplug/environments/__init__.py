@@ -26,17 +26,21 @@ class ClusterEnvironment:
 __all__ = ["ClusterEnvironment", "LocalEnvironment", "SLURMEnvironment", "TorchElasticEnvironment", "expand_nodelist", "first_host"]
 
 
+_LAZY = {
+    "LocalEnvironment": "local",
+    "SLURMEnvironment": "slurm",
+    "TorchElasticEnvironment": "torchelastic",
+    "expand_nodelist": "_nodelist",
+    "first_host": "_nodelist",
+}
+
+
 def __getattr__(name: str) -> object:
     # The built-in environments, importable from here without importing them all with the base class.
-    from torchplug.environments import _nodelist, local, slurm, torchelastic
+    # importlib, not ``from torchplug.environments import local``: that form asks this very module for the
+    # attribute first (hasattr), which would call this function again, without end.
+    if name in _LAZY:
+        import importlib
 
-    found = {
-        "LocalEnvironment": local.LocalEnvironment,
-        "SLURMEnvironment": slurm.SLURMEnvironment,
-        "TorchElasticEnvironment": torchelastic.TorchElasticEnvironment,
-        "expand_nodelist": _nodelist.expand_nodelist,
-        "first_host": _nodelist.first_host,
-    }
-    if name in found:
-        return found[name]
+        return getattr(importlib.import_module(f"torchplug.environments.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'torchplug.environments' has no attribute {name!r}")

@@ -12,15 +12,14 @@ import functools
 import logging
 import os
 import warnings
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from torchplug import MisconfigurationError, StepOps, hookimpl
-from torchplug.utilities import parse_devices
 from torchplug.accelerators import Accelerator
-from torchplug.utilities import move_data_to_device
+from torchplug.utilities import move_data_to_device, apply_to_collection, parse_devices
 from torchplug_cuda import _gpus
 from torchplug_cuda._memory import MODES, memory_metrics
 from torchplug_cuda._select import pick_free_gpus
@@ -30,8 +29,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The key of this package's per-rank state (the CUDA RNG) in a checkpoint's plugin states.
-STATE_KEY = "torchplug_cuda"
+#: The key of the root device's CUDA generator among a rank's random generator states (``checkpoint["ranks"][r]
+#: ["rng_states"]``), saved and restored together with the host's generators.
+RNG_KEY = "torch.cuda"
 
 #: Set by the process that ran ``auto_select_gpus`` (``"<pid>|<devices>|<ids>"``) so that the processes it
 #: launches use the same GPUs instead of choosing again while their siblings start using some.
@@ -168,24 +168,26 @@ class CUDAAccelerator(Accelerator):
     @hookimpl(wrapper=True)
     def torchplug_step_ops(self, trainer: Trainer) -> Generator[None, StepOps, StepOps]:
         ops = yield
-        # non_blocking is safe for every host-to-device copy: from pinned memory it overlaps with compute, from
+        # non_blocking is safe for every copy onto the GPU: from pinned memory it overlaps with compute, from
         # pageable memory the driver stages it before returning. A blocking copy would instead synchronise the
         # stream on every batch.
         ops.to_device = functools.partial(move_data_to_device, device=trainer.root_device, non_blocking=True)
         return ops
 
-    # ---------------------------------------------------------------------------------------- state
+    # ---------------------------------------------------------------------------------------- random generators
     @hookimpl
-    def torchplug_state_dict(self, trainer: Trainer) -> dict[str, Any] | None:
-        if not torch.cuda.is_initialized():
+    def torchplug_get_rng_states(self, trainer: Trainer) -> dict[str, Any] | None:
+        # No root device: this process did not set up a run (the calling process of a spawned one) and has no GPU
+        # generator of the run to save.
+        if trainer.root_device is None or not torch.cuda.is_initialized():
             return None
-        return {STATE_KEY: {"rng_state": torch.cuda.get_rng_state(trainer.root_device)}}
+        return {RNG_KEY: torch.cuda.get_rng_state(trainer.root_device)}
 
     @hookimpl
-    def torchplug_load_state_dict(self, trainer: Trainer, states: Mapping[str, Any]) -> None:
-        state = states.get(STATE_KEY)
-        if state is not None:
-            torch.cuda.set_rng_state(state["rng_state"], trainer.root_device)
+    def torchplug_set_rng_states(self, trainer: Trainer, states: dict[str, Any]) -> None:
+        state = states.get(RNG_KEY)
+        if state is not None and trainer.root_device is not None:
+            torch.cuda.set_rng_state(state, trainer.root_device)
 
     @hookimpl
     def torchplug_metrics(self, trainer: Trainer) -> dict[str, float] | None:

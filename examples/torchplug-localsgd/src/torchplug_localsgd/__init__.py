@@ -1,0 +1,41 @@
+import torch
+import torch.distributed as dist
+
+from torchplug import hookimpl
+from torchplug_ddp import DDPStrategy
+
+
+class LocalSGDStrategy(DDPStrategy):
+    """Local SGD: each process steps on its own gradients; parameters are averaged every ``local_sgd_period``
+    steps. ``Trainer(strategy="localsgd", local_sgd_period=4)`` takes every ``ddp`` option too."""
+
+    def __init__(self, local_sgd_period: int = 4, **ddp_options):
+        super().__init__(**ddp_options)
+        self.local_sgd_period = local_sgd_period
+
+    def wrap(self, trainer, module):
+        ddp = super().wrap(trainer, module)
+        ddp.register_comm_hook(None, _keep_local_gradients)  # backward all-reduces nothing
+        return ddp
+
+    @hookimpl(wrapper=True)
+    def torchplug_step_ops(self, trainer):
+        ops = yield from super().torchplug_step_ops(trainer)
+        step = ops.optimizer_step
+
+        def step_then_average(optimizer, closure):
+            taken = step(optimizer, closure)
+            if (trainer.global_step + 1) % self.local_sgd_period == 0:
+                for parameter in trainer.lightning_module.parameters():
+                    dist.all_reduce(parameter.data)
+                    parameter.data /= trainer.world_size
+            return taken
+
+        ops.optimizer_step = step_then_average
+        return ops
+
+
+def _keep_local_gradients(state, bucket):
+    future = torch.futures.Future()
+    future.set_result(bucket.buffer())
+    return future
