@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -215,13 +216,20 @@ def resolve(kind: str, value: Any, options: dict[str, Any], used: set[str]) -> t
 
 
 def _name_of(kind: str, instance: Any) -> str:
-    """The registered name of an instance's class, or its class name."""
+    """The registered name of an instance's class (among backends already imported), or its class name."""
     cls = type(instance)
-    target = f"{cls.__module__}:{cls.__qualname__}"
     for backend in registry.discover(kind):
-        if backend.value.replace(" ", "") == target:
+        module = backend.value.partition(":")[0].strip()
+        if module in sys.modules and _loads(backend) is cls:
             return backend.name
     return cls.__name__
+
+
+def _loads(backend: registry.Backend) -> Any:
+    try:
+        return backend.load()
+    except PluginLoadError:
+        return None
 
 
 def _device_type(accelerator: Any, name: str) -> str:

@@ -179,7 +179,7 @@ def restore(loop: Loop, path: str) -> None:
             trainer.datamodule.load_state_dict(checkpoint["datamodule"])
         elif checkpoint["datamodule"]:
             dropped.append("the datamodule's state (no datamodule in this run)")
-    own = _this_rank(trainer, checkpoint["ranks"], path)
+    own = _this_rank(trainer, _ranks_of(checkpoint), path)
     states = _PluginStates(own["plugins"])
     hook.torchplug_load_state_dict(trainer=trainer, states=states)
     dropped += [f"plugin state {key!r}" for key in states.unread()]
@@ -246,12 +246,25 @@ class _PluginStates(Mapping[str, Any]):
         return sorted(k for k in self._states if k not in self._read)
 
 
+def _ranks_of(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-rank section; a format 1 checkpoint kept rank 0's plugin state and generators at the top level."""
+    if "ranks" in checkpoint:
+        return checkpoint["ranks"]
+    return [{
+        "plugins": checkpoint.get("plugins", {}),
+        "rng_states": checkpoint.get("rng_states"),
+        "epoch_start_rng": checkpoint["loops"].get("epoch_start_rng"),
+    }]  # fmt: skip
+
+
 def _this_rank(trainer: Trainer, ranks: list[dict[str, Any]], path: str) -> dict[str, Any]:
     """What this rank saved; resuming on another number of processes, rank 0's where this rank saved nothing."""
     rank = trainer.global_rank
     if len(ranks) != trainer.world_size:
         first = ranks[0]["plugins"]
-        differing = sorted({k for entry in ranks[1:] for k in entry["plugins"] if entry["plugins"].get(k) != first.get(k)})
+        differing = sorted(
+            {k for entry in ranks[1:] for k in entry["plugins"] if not _same(entry["plugins"].get(k), first.get(k))}
+        )
         if differing:
             warnings.warn(
                 f"ckpt_path={path!r} was saved by {len(ranks)} processes and this run has {trainer.world_size}: the "
@@ -261,6 +274,17 @@ def _this_rank(trainer: Trainer, ranks: list[dict[str, Any]], path: str) -> dict
                 stacklevel=3,
             )
     return ranks[rank] if rank < len(ranks) else ranks[0]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality of saved state, tensors included (``==`` on a tensor is elementwise)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return bool(a == b)
 
 
 # ==================================================================================================== spawned runs

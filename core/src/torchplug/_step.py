@@ -40,8 +40,8 @@ class StepOps:
     * ``optimizer_step(optimizer, closure)``: step; ``closure`` computes the loss and prepares the gradients and
       must run exactly once (or as often as the optimizer needs, LBFGS). Returns whether the step was taken
       (``False`` when AMP skipped it for inf/NaN gradients; LR schedulers then do not advance).
-    * ``on_batch_end(stage, batch_idx)``: the batch is done (after the optimizer step and ``zero_grad``), before
-      the batch-end callbacks and before logged values are read; XLA cuts its graph here.
+    * ``on_batch_end(stage, batch_idx)``: the batch is done (after the optimizer step and the LR schedulers),
+      before the batch-end callbacks and before logged values are read; XLA cuts its graph here.
     """
 
     to_device: Callable[[Any], Any]

@@ -30,7 +30,7 @@ per batch: per-batch work is bound once per run through :func:`torchplug_step_op
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -380,7 +380,7 @@ def torchplug_state_dict(trainer: Trainer) -> dict[str, Any] | None:
 
 
 @hookspec
-def torchplug_load_state_dict(trainer: Trainer, states: dict[str, Any]) -> None:
+def torchplug_load_state_dict(trainer: Trainer, states: Mapping[str, Any]) -> None:
     """Restore this plugin's state: ``states`` is what this rank's plugins saved (see below), read-only.
 
     Called on every rank after the module and optimizers are restored (the order apex needs). Every plugin may

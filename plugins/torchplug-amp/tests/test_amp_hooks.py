@@ -1,54 +1,82 @@
-"""The amp plugins' hooks, called through a real plugin manager with the core's defaults, on the CPU.
+"""The amp plugins' contract, each part in isolation, through a real Trainer on the CPU.
 
-The Trainer runs them end to end in test_amp_trainer.py; here each hook's contract is pinned down in isolation.
+The plugins are registered as the Trainer registers them (checked, with the core's defaults, the CPU accelerator and
+the single-device strategy); the per-batch parts are the run's :class:`torchplug.StepOps` exactly as the loop holds
+them (``trainer._loop.ops``), called by each check from inside a running ``fit`` once setup is done. Whole training
+runs are in test_amp_trainer.py.
 """
 
 from __future__ import annotations
 
-import types
+import inspect
+import pickle
+from collections.abc import Callable
+from types import MappingProxyType
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
-from torchplug import MisconfigurationError, StepModule, registry
-from torchplug._plugins import new_plugin_manager
+import torchplug._step
+from torchplug import Callback, MisconfigurationError, Module, Trainer, registry
+from torchplug._plugins import check_plugin
+from torchplug.accelerators.cpu import CPUAccelerator
+from torchplug.testing import QUIET, regression_loader
 from torchplug_amp import STATE_KEY, BF16MixedPrecision, MixedPrecision
 
 
-class _Net(nn.Module):
+class _Net(Module):
     def __init__(self) -> None:
         super().__init__()
         self.layer = nn.Linear(4, 3)
+        self.factor = 1.0
+        self.backward_losses: list[torch.Tensor] = []
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         self.seen = batch
         self.out = self.layer(batch)
-        return self.out.float().pow(2).mean() * getattr(self, "factor", 1.0)
+        return self.out.float().pow(2).mean() * self.factor
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        self.backward_losses.append(loss.detach().clone())
+        super().backward(loss, *args, **kwargs)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def _run(plugin, *, precision_name="16-mixed"):
-    """A minimal stand-in for the Trainer's attributes that hooks read, on a real plugin manager."""
-    pm = new_plugin_manager()
-    pm.register(plugin, name=f"precision:{precision_name}")
+def _in_a_run(precision: Any, check: Callable[..., Any]) -> Any:
+    """Fit a fresh ``_Net`` on the CPU and call ``check(trainer, net, ops, opt)`` once the run is set up, before any
+    batch (``on_train_start``; ``limit_train_batches=0``, so the loop itself trains nothing): ``ops`` are the run's
+    step operations as the loop calls them, ``opt`` its optimizer. Returns what ``check`` returned."""
+    returned = []
+
+    class Check(Callback):
+        def on_train_start(self, trainer: Trainer, pl_module: Module) -> None:
+            returned.append(check(trainer, pl_module, trainer._loop.ops, trainer.optimizers[0]))
+
     torch.manual_seed(0)
-    net = _Net()
-    trainer = types.SimpleNamespace(
-        hook=pm.hook, plugin_manager=pm, root_device=torch.device("cpu"), accelerator_name="cpu",
-        precision_name=precision_name, _wrapped_module=StepModule(net),
+    trainer = Trainer(
+        accelerator="cpu", precision=precision, callbacks=[Check()], max_epochs=1, limit_train_batches=0,
+        **QUIET,
     )  # fmt: skip
-    return trainer, net, torch.optim.SGD(net.parameters(), lr=0.1)
+    trainer.fit(_Net(), regression_loader(n=8, batch_size=8))
+    assert len(returned) == 1, "the check did not run"
+    return returned[0]
 
 
-def _forward(trainer, batch):
-    return trainer.hook.torchplug_forward(trainer=trainer, stage="train", args=(batch, 0))
+def _forward(ops: torchplug.StepOps, batch: torch.Tensor) -> torch.Tensor:
+    return ops.forward("train", (batch, 0))
 
 
-def _closure(trainer, opt, batch):
-    def closure():
-        loss = _forward(trainer, batch)
-        trainer.hook.torchplug_backward(trainer=trainer, loss=loss, optimizer=opt)
-        trainer.hook.torchplug_unscale_gradients(trainer=trainer, optimizer=opt)
+def _closure(ops: torchplug.StepOps, opt: torch.optim.Optimizer, batch: torch.Tensor) -> Callable[[], Any]:
+    """What the loop's closure does for one micro-batch: forward, backward, then the gradients made final."""
+
+    def closure() -> torch.Tensor:
+        loss = _forward(ops, batch)
+        ops.backward(loss, opt)
+        ops.prepare_gradients(opt)
         return loss
 
     return closure
@@ -61,140 +89,156 @@ def _closure(trainer, opt, batch):
 )  # fmt: skip
 def test_entry_points_name_the_classes(name, cls):
     assert registry.load("precision", name) is cls
+    assert check_plugin(cls) == []  # what registration checks: each hook exists, is marked, takes its arguments
 
 
 @pytest.mark.parametrize(
-    ("plugin", "dtype"), [(MixedPrecision(), torch.float16), (BF16MixedPrecision(), torch.bfloat16)]
+    ("cls", "dtype"), [(MixedPrecision, torch.float16), (BF16MixedPrecision, torch.bfloat16)]
 )
-def test_forward_runs_under_autocast_and_leaves_parameters_and_inputs_alone(plugin, dtype):
-    trainer, net, _ = _run(plugin)
-    trainer.hook.torchplug_convert_module(trainer=trainer, module=net)
-    batch = torch.randn(2, 4)
-    _forward(trainer, batch)
-    assert net.out.dtype == dtype
-    assert net.seen is batch and batch.dtype == torch.float32
-    assert {p.dtype for p in net.parameters()} == {torch.float32}
-    assert not torch.is_autocast_enabled("cpu")  # the context ends with the step
-    assert net.layer(batch).dtype == torch.float32
+def test_forward_runs_under_autocast_and_leaves_parameters_and_inputs_alone(cls, dtype):
+    def check(trainer, net, ops, opt):
+        batch = ops.to_device(torch.randn(2, 4))
+        assert batch.dtype == torch.float32
+        for _ in range(2):  # the autocast context is made once per run and entered for every step
+            _forward(ops, batch)
+            assert net.out.dtype == dtype
+            assert net.seen is batch and batch.dtype == torch.float32
+            assert not torch.is_autocast_enabled("cpu")  # the context ends with the step
+        assert {p.dtype for p in net.parameters()} == {torch.float32}
+        assert net.layer(batch).dtype == torch.float32
+
+    _in_a_run(cls(), check)
 
 
 def test_backward_scales_the_loss_and_unscale_restores_true_gradients():
     plugin = MixedPrecision()
-    trainer, net, opt = _run(plugin)
-    batch = torch.randn(8, 4)
-    loss = _forward(trainer, batch)
-    trainer.hook.torchplug_backward(trainer=trainer, loss=loss, optimizer=opt)
-    scaled = net.layer.weight.grad.clone()
-    assert plugin.scaler.get_scale() == 2.0**16
-    trainer.hook.torchplug_unscale_gradients(trainer=trainer, optimizer=opt)
-    trainer.hook.torchplug_unscale_gradients(trainer=trainer, optimizer=opt)  # a second call is a no-op
-    torch.testing.assert_close(net.layer.weight.grad, scaled / 2.0**16)
 
-    reference = _Net()
-    reference.load_state_dict(net.state_dict())
-    with torch.autocast("cpu", dtype=torch.float16):
-        ref_loss = reference.training_step(batch, 0)
-    ref_loss.backward()
-    torch.testing.assert_close(net.layer.weight.grad, reference.layer.weight.grad, rtol=1e-2, atol=1e-4)
+    def check(trainer, net, ops, opt):
+        batch = torch.randn(8, 4)
+        loss = _forward(ops, batch)
+        ops.backward(loss, opt)
+        assert plugin.scaler.get_scale() == 2.0**16
+        [scaled_loss] = net.backward_losses  # the scaled loss goes through the module's own backward
+        torch.testing.assert_close(scaled_loss, loss.detach() * 2.0**16)
+        scaled = net.layer.weight.grad.clone()
+        ops.prepare_gradients(opt)
+        ops.prepare_gradients(opt)  # a second call is a no-op
+        torch.testing.assert_close(net.layer.weight.grad, scaled / 2.0**16)
+
+        reference = _Net()
+        reference.load_state_dict(net.state_dict())
+        with torch.autocast("cpu", dtype=torch.float16):
+            ref_loss = reference.training_step(batch, 0)
+        ref_loss.backward()
+        torch.testing.assert_close(net.layer.weight.grad, reference.layer.weight.grad, rtol=1e-2, atol=1e-4)
+
+    _in_a_run(plugin, check)
 
 
 def test_clipping_sees_unscaled_gradients_even_before_the_step_closure():
-    plugin = MixedPrecision()
-    trainer, net, opt = _run(plugin)
-    loss = _forward(trainer, torch.randn(8, 4))
-    trainer.hook.torchplug_backward(trainer=trainer, loss=loss, optimizer=opt)
-    # manual optimization: self.clip_gradients(opt, 0.01) before opt.step()
-    trainer.hook.torchplug_clip_gradients(trainer=trainer, optimizer=opt, clip_val=0.01, algorithm="norm")
-    norm = torch.cat([p.grad.flatten() for p in net.parameters()]).norm()
-    assert norm == pytest.approx(0.01, rel=1e-3)
-    # the step's own unscale must not divide a second time
-    before = [p.detach().clone() for p in net.parameters()]
-    assert trainer.hook.torchplug_optimizer_step(trainer=trainer, optimizer=opt, closure=lambda: None) is True
-    moved = torch.cat(
-        [(b - p.detach()).flatten() for b, p in zip(before, net.parameters(), strict=True)]
-    ).norm()
-    assert moved == pytest.approx(0.1 * 0.01, rel=1e-3)
+    def check(trainer, net, ops, opt):
+        ops.backward(_forward(ops, torch.randn(8, 4)), opt)
+        # manual optimization: self.clip_gradients(opt, 0.01) before opt.step()
+        ops.clip_gradients(opt, 0.01, "norm")
+        norm = torch.cat([p.grad.flatten() for p in net.parameters()]).norm()
+        assert norm == pytest.approx(0.01, rel=1e-3)
+        # neither the closure's prepare_gradients nor the step's own unscale may divide a second time
+        before = [p.detach().clone() for p in net.parameters()]
+        assert ops.optimizer_step(opt, lambda: ops.prepare_gradients(opt)) is True
+        moved = torch.cat(
+            [(b - p.detach()).flatten() for b, p in zip(before, net.parameters(), strict=True)]
+        ).norm()
+        assert moved == pytest.approx(0.1 * 0.01, rel=1e-3)
+
+    _in_a_run(MixedPrecision(), check)
 
 
 def test_overflow_skips_the_step_halves_the_scale_and_says_so():
     plugin = MixedPrecision()
-    trainer, net, opt = _run(plugin)
-    batch = torch.randn(8, 4)
-    before = [p.detach().clone() for p in net.parameters()]
-    net.factor = 1e30
-    took = trainer.hook.torchplug_optimizer_step(
-        trainer=trainer, optimizer=opt, closure=_closure(trainer, opt, batch)
-    )
-    assert took is False
-    assert plugin.scaler.get_scale() == 2.0**15
-    for b, p in zip(before, net.parameters(), strict=True):
-        assert torch.equal(b, p)
-    opt.zero_grad()
-    net.factor = 1.0
-    took = trainer.hook.torchplug_optimizer_step(
-        trainer=trainer, optimizer=opt, closure=_closure(trainer, opt, batch)
-    )
-    assert took is True
-    assert plugin.scaler.get_scale() == 2.0**15
-    assert not torch.equal(before[0], net.layer.weight)
+
+    def check(trainer, net, ops, opt):
+        batch = torch.randn(8, 4)
+        before = [p.detach().clone() for p in net.parameters()]
+        net.factor = 1e30
+        assert ops.optimizer_step(opt, _closure(ops, opt, batch)) is False
+        assert plugin.scaler.get_scale() == 2.0**15
+        for b, p in zip(before, net.parameters(), strict=True):
+            assert torch.equal(b, p)
+        opt.zero_grad()
+        net.factor = 1.0
+        assert ops.optimizer_step(opt, _closure(ops, opt, batch)) is True
+        assert plugin.scaler.get_scale() == 2.0**15
+        assert not torch.equal(before[0], net.layer.weight)
+
+    _in_a_run(plugin, check)
 
 
 def test_a_step_without_gradients_steps_like_full_precision():
-    plugin = MixedPrecision()
-    trainer, net, opt = _run(plugin)
-    # training_step returned None: the closure backpropagated nothing
-    assert trainer.hook.torchplug_optimizer_step(trainer=trainer, optimizer=opt, closure=lambda: None) is True
-    batch = torch.randn(8, 4)
-    took = trainer.hook.torchplug_optimizer_step(
-        trainer=trainer, optimizer=opt, closure=_closure(trainer, opt, batch)
-    )
-    assert took is True
+    def check(trainer, net, ops, opt):
+        # training_step returned None: the closure backpropagated nothing
+        assert ops.optimizer_step(opt, lambda: None) is True
+        assert ops.optimizer_step(opt, _closure(ops, opt, torch.randn(8, 4))) is True
+
+    _in_a_run(MixedPrecision(), check)
+
+
+def _plugin_states(trainer: Trainer) -> dict[str, Any]:
+    states: dict[str, Any] = {}
+    for answer in trainer.hook.torchplug_state_dict(trainer=trainer):
+        states.update(answer or {})
+    return states
 
 
 def test_scaler_state_round_trips_through_plugin_state():
-    plugin = MixedPrecision()
-    trainer, net, opt = _run(plugin)
-    net.factor = 1e30
-    trainer.hook.torchplug_optimizer_step(
-        trainer=trainer, optimizer=opt, closure=_closure(trainer, opt, torch.randn(8, 4))
-    )
-    states = {}
-    for answer in trainer.hook.torchplug_state_dict(trainer=trainer):
-        states.update(answer)
+    def overflow_once(trainer, net, ops, opt):
+        net.factor = 1e30
+        ops.optimizer_step(opt, _closure(ops, opt, torch.randn(8, 4)))
+        return _plugin_states(trainer)
+
+    states = _in_a_run(MixedPrecision(), overflow_once)
     assert states[STATE_KEY]["scaler"]["scale"] == 2.0**15
 
+    def load(states):
+        def check(trainer, net, ops, opt):
+            # the core hands this rank's saved states over read-only, after setup
+            trainer.hook.torchplug_load_state_dict(trainer=trainer, states=MappingProxyType(states))
+
+        return check
+
     resumed = MixedPrecision()
-    trainer2, _, _ = _run(resumed)
-    trainer2.hook.torchplug_convert_module(trainer=trainer2, module=trainer2._wrapped_module.module)
-    trainer2.hook.torchplug_load_state_dict(trainer=trainer2, states=states)
+    _in_a_run(resumed, load(states))
     assert resumed.scaler.get_scale() == 2.0**15
-    # a checkpoint of another precision leaves the fresh scale alone
-    other = MixedPrecision()
-    trainer3, _, _ = _run(other)
-    trainer3.hook.torchplug_convert_module(trainer=trainer3, module=trainer3._wrapped_module.module)
-    trainer3.hook.torchplug_load_state_dict(trainer=trainer3, states={"someone_else": {}})
-    assert other.scaler.get_scale() == 2.0**16
+    # a checkpoint of another precision, or of a disabled scaler, leaves the fresh scale alone
+    for other_states in ({"someone_else": {}}, {STATE_KEY: {"scaler": {}}}):
+        other = MixedPrecision()
+        _in_a_run(other, load(other_states))
+        assert other.scaler.get_scale() == 2.0**16
 
 
 @pytest.mark.filterwarnings("ignore:torch.cuda.amp.GradScaler is enabled, but CUDA is not available")
 def test_a_user_scaler_is_used_and_checked():
     scaler = torch.amp.GradScaler("cpu", init_scale=128.0)
     plugin = MixedPrecision(scaler=scaler)
-    trainer, net, opt = _run(plugin)
-    loss = _forward(trainer, torch.randn(8, 4))
-    trainer.hook.torchplug_backward(trainer=trainer, loss=loss, optimizer=opt)
+
+    def check(trainer, net, ops, opt):
+        loss = _forward(ops, torch.randn(8, 4))
+        ops.backward(loss, opt)
+        scaled = net.layer.weight.grad.clone()
+        ops.prepare_gradients(opt)
+        torch.testing.assert_close(net.layer.weight.grad, scaled / 128.0)
+
+    _in_a_run(plugin, check)
     assert plugin.scaler is scaler and scaler.get_scale() == 128.0
     with pytest.raises(MisconfigurationError, match=r"scaler=.*GradScaler"):
         MixedPrecision(scaler=object())
     with pytest.raises(MisconfigurationError, match=r"GradScaler\('cpu'\)"):
-        plugin = MixedPrecision(scaler=torch.amp.GradScaler("cuda"))
-        trainer, net, _ = _run(plugin)
-        trainer.hook.torchplug_convert_module(trainer=trainer, module=net)
+        _in_a_run(MixedPrecision(scaler=torch.amp.GradScaler("cuda")), lambda *args: None)
 
 
 def test_closure_optimizers_are_refused_by_16_mixed_only():
-    plugin = MixedPrecision()
-    trainer, net, _ = _run(plugin)
+    net = _Net()
+    trainer = Trainer(accelerator="cpu", precision="16-mixed", **QUIET)
+    assert isinstance(trainer.precision_plugin, MixedPrecision)
     lbfgs = torch.optim.LBFGS(net.parameters())
     with pytest.raises(MisconfigurationError, match=r"precision='16-mixed' cannot step LBFGS.*'bf16-mixed'"):
         trainer.hook.torchplug_setup_optimizers(trainer=trainer, module=net, optimizers=[lbfgs])
@@ -204,8 +248,8 @@ def test_closure_optimizers_are_refused_by_16_mixed_only():
         [sgd],
     )
 
-    trainer, net, _ = _run(BF16MixedPrecision(), precision_name="bf16-mixed")
-    lbfgs = torch.optim.LBFGS(net.parameters())
+    trainer = Trainer(accelerator="cpu", precision="bf16-mixed", **QUIET)
+    assert isinstance(trainer.precision_plugin, BF16MixedPrecision)
     assert trainer.hook.torchplug_setup_optimizers(trainer=trainer, module=net, optimizers=[lbfgs]) == (
         net,
         [lbfgs],
@@ -214,37 +258,47 @@ def test_closure_optimizers_are_refused_by_16_mixed_only():
 
 def test_bf16_has_no_scaler_and_no_state():
     plugin = BF16MixedPrecision()
-    trainer, net, opt = _run(plugin, precision_name="bf16-mixed")
-    loss = _forward(trainer, torch.randn(8, 4))
-    assert net.out.dtype == torch.bfloat16
-    trainer.hook.torchplug_backward(trainer=trainer, loss=loss, optimizer=opt)
-    assert net.layer.weight.grad.dtype == torch.float32
-    assert trainer.hook.torchplug_state_dict(trainer=trainer) == []
+
+    def check(trainer, net, ops, opt):
+        batch = torch.randn(8, 4)
+        loss = _forward(ops, batch)
+        assert net.out.dtype == torch.bfloat16
+        ops.backward(loss, opt)
+        assert net.layer.weight.grad.dtype == torch.float32
+        # the gradients are the true ones: nothing scaled the loss
+        reference = _Net()
+        reference.load_state_dict(net.state_dict())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            reference.training_step(batch, 0).backward()
+        torch.testing.assert_close(net.layer.weight.grad, reference.layer.weight.grad)
+        # the step is full precision's, which steps closure optimizers (LBFGS) too
+        assert inspect.unwrap(ops.optimizer_step) is torchplug._step.optimizer_step  # (traced or not)
+        # nothing to checkpoint: the plugin does not answer torchplug_state_dict
+        assert all(impl.plugin is not plugin for impl in trainer.hook.torchplug_state_dict.get_hookimpls())
+        assert STATE_KEY not in _plugin_states(trainer)
+
+    _in_a_run(plugin, check)
+    assert not hasattr(plugin, "scaler")
 
 
 def test_a_device_type_without_autocast_is_refused():
-    class NoAutocast:
-        from torchplug import hookimpl
+    class MetaAccelerator(CPUAccelerator):
+        device_type = "meta"  # torch has no autocast for it
 
-        @hookimpl
-        def torchplug_autocast_device_type(self, trainer):
-            return "meta"
-
-    plugin = MixedPrecision()
-    trainer, net, _ = _run(plugin)
-    trainer.plugin_manager.register(NoAutocast())
-    with pytest.raises(MisconfigurationError, match=r"precision='16-mixed'.*no autocast.*'meta'"):
-        trainer.hook.torchplug_convert_module(trainer=trainer, module=net)
+    with pytest.raises(
+        MisconfigurationError,
+        match=r"precision='16-mixed'.*no autocast.*'meta'.*accelerator='MetaAccelerator'",
+    ):
+        Trainer(accelerator=MetaAccelerator(), precision="16-mixed", **QUIET)  # refused before any run
 
 
 def test_a_used_instance_pickles_for_spawned_processes():
-    import pickle
-
     plugin = MixedPrecision()
-    trainer, net, opt = _run(plugin)
-    net.factor = 1e30
-    trainer.hook.torchplug_optimizer_step(
-        trainer=trainer, optimizer=opt, closure=_closure(trainer, opt, torch.randn(8, 4))
-    )
+
+    def check(trainer, net, ops, opt):
+        net.factor = 1e30
+        ops.optimizer_step(opt, _closure(ops, opt, torch.randn(8, 4)))
+
+    _in_a_run(plugin, check)
     copy = pickle.loads(pickle.dumps(plugin))
     assert copy.scaler.get_scale() == 2.0**15

@@ -58,10 +58,11 @@ class Net(Module):
 
 class Record(Callback):
     def __init__(self):
-        self.moved, self.start_scale = [], None
+        self.moved, self.start_scale, self.wrapped = [], None, None
 
     def on_train_start(self, trainer, pl_module):
         self.start_scale = amp.state_dict()["loss_scaler0"]["loss_scale"]
+        self.wrapped = type(trainer.model).__name__  # the strategy's wrapper; released when the run ends
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.before = [p.detach().clone() for p in pl_module.parameters()]
@@ -82,7 +83,7 @@ if mode == "fit":
 json.dump({
     "losses": model.losses, "moved": record.moved, "start_scale": record.start_scale,
     "scale": amp.state_dict()["loss_scaler0"]["loss_scale"], "strategy": trainer.strategy_name,
-    "wrapped": type(trainer._wrapped_module).__name__, "param_device": str(next(model.parameters()).device),
+    "wrapped": record.wrapped, "param_device": str(next(model.parameters()).device),
 }, open(out, "w"))
 """
 

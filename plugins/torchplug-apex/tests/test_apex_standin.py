@@ -2,22 +2,28 @@
 
 CI has no GPU and cannot install NVIDIA apex; the stand-in records calls and imitates apex's loss scaling, so
 these tests check what the plugin asks of apex and in which order. The CUDA check is bypassed only through the
-plugin's documented test seam, ``ApexPrecision.supported_accelerators``. Real apex runs in test_apex_gpu.py.
+plugin's documented test seam, ``ApexPrecision.supported_device_types``. Real apex runs in test_apex_gpu.py.
+
+The plugin is always registered as the Trainer registers it; the per-batch parts are checked on the run's
+:class:`torchplug.StepOps` exactly as the loop holds them (``trainer._loop.ops``), from inside a running ``fit``.
 """
 
 from __future__ import annotations
 
 import pickle
 import sys
-import types
+from collections.abc import Callable
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
-from torchplug import MisconfigurationError, Module, StepModule, Trainer, hookimpl, registry
-from torchplug._plugins import new_plugin_manager
+from torchplug import Callback, MisconfigurationError, Module, StepOps, Trainer, hookimpl, registry
+from torchplug._plugins import check_plugin
+from torchplug.accelerators.cpu import CPUAccelerator
 from torchplug.testing import QUIET, regression_loader
 from torchplug_apex import STATE_KEY, ApexPrecision, find_amp
 
@@ -34,7 +40,7 @@ def amp(monkeypatch):
     """The stand-in as ``apex.amp``, and the plugin's test seam opened to the CPU."""
     _forget_apex()
     monkeypatch.syspath_prepend(str(STANDIN))
-    monkeypatch.setattr(ApexPrecision, "supported_accelerators", ("cuda", "gpu", "cpu"))
+    monkeypatch.setattr(ApexPrecision, "supported_device_types", ("cuda", "cpu"))
     import apex.amp
 
     apex.amp.reset()
@@ -42,47 +48,91 @@ def amp(monkeypatch):
     _forget_apex()
 
 
-class _Net(nn.Module):
-    def __init__(self) -> None:
+class _CudaTypedAccelerator(CPUAccelerator):
+    """An accelerator of another name that declares the device type ``cuda`` (it computes on the CPU: only
+    construction-time checks use it, which read capabilities, never names)."""
+
+    device_type = "cuda"
+
+
+class _Net(Module):
+    """Manual optimization, so that it may have several optimizers; the checks drive the steps themselves."""
+
+    def __init__(self, n_optimizers: int = 1, optimizer: Callable[..., Any] = torch.optim.SGD) -> None:
         super().__init__()
+        self.automatic_optimization = False
         self.layer = nn.Linear(4, 3)
+        self.factor = 1.0
+        self.n_optimizers, self.optimizer = n_optimizers, optimizer
+        self.configured: list[torch.optim.Optimizer] = []
+        self.backward_losses: list[torch.Tensor] = []
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        return self.layer(batch).pow(2).mean() * getattr(self, "factor", 1.0)
+        return self.layer(batch).pow(2).mean() * self.factor
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        self.backward_losses.append(loss.detach().clone())
+        super().backward(loss, *args, **kwargs)
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        kwargs = {"lr": 0.1} if self.optimizer is torch.optim.SGD else {}
+        self.configured = [self.optimizer(self.parameters(), **kwargs) for _ in range(self.n_optimizers)]
+        return list(self.configured)
 
 
-def _run(plugin, accelerator="cpu", n_optimizers=1):
-    pm = new_plugin_manager()
-    pm.register(plugin, name="precision:apex")
+def _in_a_run(plugin: Any, check: Callable[..., Any] | None = None, net: _Net | None = None) -> Any:
+    """Fit ``net`` (a fresh one-optimizer ``_Net`` by default) on the CPU with ``plugin`` and call
+    ``check(trainer, net, ops)`` once the run is set up (``amp.initialize`` done), before any batch
+    (``on_train_start``; ``limit_train_batches=0``, so the loop trains nothing itself); returns its answer."""
+    returned = []
+
+    class Check(Callback):
+        def on_train_start(self, trainer: Trainer, pl_module: Module) -> None:
+            returned.append(check(trainer, pl_module, trainer._loop.ops) if check is not None else None)
+
     torch.manual_seed(0)
-    net = _Net()
-    optimizers = [torch.optim.SGD(net.parameters(), lr=0.1) for _ in range(n_optimizers)]
-    trainer = types.SimpleNamespace(
-        hook=pm.hook, plugin_manager=pm, root_device=torch.device("cpu"), accelerator_name=accelerator,
-        precision_name="apex", is_global_zero=True, _wrapped_module=StepModule(net), optimizers=optimizers,
-    )  # fmt: skip
-    return trainer, net
-
-
-def _setup(trainer, net):
-    trainer.hook.torchplug_configure(trainer=trainer)
-    module, trainer.optimizers = trainer.hook.torchplug_setup_optimizers(
-        trainer=trainer, module=net, optimizers=trainer.optimizers
+    trainer = Trainer(
+        accelerator="cpu", precision=plugin, callbacks=[Check()], max_epochs=1, limit_train_batches=0, **QUIET
     )
-    return module
+    trainer.fit(net if net is not None else _Net(), regression_loader(n=8, batch_size=8))
+    assert len(returned) == 1, "the check did not run"
+    return returned[0]
 
 
-def _closure(trainer, opt, batch):
-    def closure():
-        loss = trainer.hook.torchplug_forward(trainer=trainer, stage="train", args=(batch, 0))
-        trainer.hook.torchplug_backward(trainer=trainer, loss=loss, optimizer=opt)
+def _forward(ops: StepOps, batch: torch.Tensor) -> torch.Tensor:
+    return ops.forward("train", (batch, 0))
+
+
+def _closure(ops: StepOps, opt: torch.optim.Optimizer, batch: torch.Tensor) -> Callable[[], Any]:
+    """What the loop's closure does for one micro-batch: forward, backward, then the gradients made final."""
+
+    def closure() -> torch.Tensor:
+        loss = _forward(ops, batch)
+        ops.backward(loss, opt)
+        ops.prepare_gradients(opt)
         return loss
 
     return closure
 
 
+def _plugin_states(trainer: Trainer) -> dict[str, Any]:
+    states: dict[str, Any] = {}
+    for answer in trainer.hook.torchplug_state_dict(trainer=trainer):
+        states.update(answer or {})
+    return states
+
+
+def _load(states: dict[str, Any]) -> Callable[..., None]:
+    def check(trainer, net, ops):
+        # the core hands this rank's saved states over read-only, after setup
+        trainer.hook.torchplug_load_state_dict(trainer=trainer, states=MappingProxyType(states))
+
+    return check
+
+
 def test_entry_point_and_opt_levels():
     assert registry.load("precision", "apex") is ApexPrecision
+    assert check_plugin(ApexPrecision) == []  # what registration checks
     assert ApexPrecision().amp_level == "O2"
     assert ApexPrecision(amp_level="o1").amp_level == "O1"
     with pytest.raises(MisconfigurationError, match=r"amp_level='O4'.*'O0', 'O1', 'O2', 'O3'"):
@@ -92,22 +142,25 @@ def test_entry_point_and_opt_levels():
 
 
 def test_a_non_cuda_accelerator_is_refused_without_the_test_seam(amp):
-    trainer, _ = _run(ApexPrecision())
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ApexPrecision, "supported_accelerators", ("cuda", "gpu"))
+        mp.setattr(ApexPrecision, "supported_device_types", ("cuda",))
         with pytest.raises(
-            MisconfigurationError, match=r"needs accelerator='gpu'.*accelerator='cpu'.*'16-mixed'"
+            MisconfigurationError,
+            match=r"needs a CUDA accelerator.*accelerator='cpu' computes on 'cpu'.*"
+            r"accelerator='gpu'.*'16-mixed'",
         ):
-            trainer.hook.torchplug_configure(trainer=trainer)
+            Trainer(accelerator="cpu", precision="apex", **QUIET)
+        # decided on the device type, not the name: another accelerator that computes on CUDA is accepted
+        trainer = Trainer(accelerator=_CudaTypedAccelerator(), precision="apex", **QUIET)
+        assert trainer.run.device_type == "cuda" and trainer.precision_plugin.amp is amp
 
 
 def test_missing_apex_explains_how_to_install_25_04(monkeypatch, tmp_path):
     _forget_apex()
     monkeypatch.setitem(sys.modules, "apex", None)
     assert find_amp()[0] is None and not ApexPrecision.is_available()
-    trainer, _ = _run(ApexPrecision(), accelerator="cuda")
     with pytest.raises(MisconfigurationError) as err:
-        trainer.hook.torchplug_configure(trainer=trainer)
+        Trainer(accelerator=_CudaTypedAccelerator(), precision="apex", **QUIET)
     message = str(err.value)
     assert "importing apex.amp failed" in message
     assert "--branch 25.04" in message and "--no-build-isolation" in message and "16-mixed" in message
@@ -131,8 +184,7 @@ def test_an_unrelated_package_named_apex_is_not_mistaken_for_nvidia_apex(monkeyp
 
 def test_a_configured_instance_pickles_for_spawned_processes(amp):
     plugin = ApexPrecision(amp_level="O3")
-    trainer, _ = _run(plugin)
-    trainer.hook.torchplug_configure(trainer=trainer)
+    Trainer(accelerator="cpu", precision=plugin, **QUIET)  # torchplug_configure finds apex
     assert plugin.amp is amp
     copy = pickle.loads(pickle.dumps(plugin))
     assert copy.amp_level == "O3" and copy.amp is None
@@ -140,110 +192,113 @@ def test_a_configured_instance_pickles_for_spawned_processes(amp):
 
 
 def test_initialize_once_with_every_optimizer_and_a_loss_scale_each(amp):
-    plugin = ApexPrecision(amp_level="O1")
-    trainer, net = _run(plugin, n_optimizers=2)
-    given = list(trainer.optimizers)
-    assert _setup(trainer, net) is net
+    net = _Net(n_optimizers=2)
+    optimizers = _in_a_run(
+        ApexPrecision(amp_level="O1"), lambda trainer, net, ops: list(trainer.optimizers), net
+    )
     [(name, call)] = amp.calls
     assert name == "initialize"
-    assert call["models"] == [net] and call["optimizers"] == given
-    assert call["opt_level"] == "O1" and call["num_losses"] == 2
+    assert call["models"] == [net] and call["optimizers"] == net.configured
+    assert call["opt_level"] == "O1" and call["num_losses"] == 2 and call["verbosity"] == 1
+    assert call["param_devices"] == {torch.device("cpu")}
+    assert optimizers == net.configured  # the run steps what amp.initialize returned
     # the second fit in one process: apex allows one amp.initialize
-    trainer2, net2 = _run(ApexPrecision(amp_level="O1"))
     with pytest.raises(MisconfigurationError, match=r"already ran in this process \(opt level O1\)"):
-        _setup(trainer2, net2)
+        _in_a_run(ApexPrecision(amp_level="O1"))
+    assert [name for name, _ in amp.calls] == ["initialize"]
 
 
 def test_closure_optimizers_are_refused(amp):
-    trainer, net = _run(ApexPrecision())
-    trainer.optimizers = [torch.optim.LBFGS(net.parameters())]
     with pytest.raises(MisconfigurationError, match=r"precision='apex' cannot step LBFGS"):
-        _setup(trainer, net)
+        _in_a_run(ApexPrecision(), net=_Net(optimizer=torch.optim.LBFGS))
     assert amp.calls == []
 
 
 def test_backward_goes_through_scale_loss_with_the_optimizer_s_loss_id(amp):
-    trainer, net = _run(ApexPrecision(), n_optimizers=2)
-    _setup(trainer, net)
-    batch = torch.randn(8, 4)
-    second = trainer.optimizers[1]
-    trainer.hook.torchplug_optimizer_step(
-        trainer=trainer, optimizer=second, closure=_closure(trainer, second, batch)
-    )
-    scale_calls = [call for name, call in amp.calls if name == "scale_loss"]
-    assert scale_calls == [{"optimizers": [second], "loss_id": 1, "scale": 2.0**16}]
-    assert [name for name, _ in amp.calls][-1] == "step"
-    # manual_backward(loss) without an optimizer: every optimizer, the first loss scale
-    loss = trainer.hook.torchplug_forward(trainer=trainer, stage="train", args=(batch, 0))
-    trainer.hook.torchplug_backward(trainer=trainer, loss=loss, optimizer=None)
-    assert amp.calls[-1] == ("scale_loss", {"optimizers": trainer.optimizers, "loss_id": 0, "scale": 2.0**16})
+    def check(trainer, net, ops):
+        batch = torch.randn(8, 4)
+        second = trainer.optimizers[1]
+        with torch.no_grad():
+            loss = net.training_step(batch, 0)
+        assert ops.optimizer_step(second, _closure(ops, second, batch)) is True
+        scale_calls = [call for name, call in amp.calls if name == "scale_loss"]
+        assert scale_calls == [{"optimizers": [second], "loss_id": 1, "scale": 2.0**16}]
+        assert amp.calls[-1] == ("step", {"optimizer": second})
+        # the scaled loss went through the module's own backward
+        [scaled] = net.backward_losses
+        torch.testing.assert_close(scaled, loss * 2.0**16)
+        # manual_backward(loss) without an optimizer: every optimizer, the first loss scale
+        ops.backward(_forward(ops, batch), None)
+        assert amp.calls[-1] == (
+            "scale_loss", {"optimizers": trainer.optimizers, "loss_id": 0, "scale": 2.0**16}
+        )
+
+    _in_a_run(ApexPrecision(), check, _Net(n_optimizers=2))
 
 
 def test_an_overflow_skips_exactly_that_step(amp):
-    trainer, net = _run(ApexPrecision())
-    _setup(trainer, net)
-    [opt] = trainer.optimizers
-    batch = torch.randn(8, 4)
-    before = [p.detach().clone() for p in net.parameters()]
-    net.factor = float("inf")
-    took = trainer.hook.torchplug_optimizer_step(
-        trainer=trainer, optimizer=opt, closure=_closure(trainer, opt, batch)
-    )
-    assert took is False
-    assert [name for name, _ in amp.calls][-1] == "skipped_step"
-    assert all(torch.equal(b, p) for b, p in zip(before, net.parameters(), strict=True))
-    assert amp.loss_scalers[0].loss_scale == 2.0**15
-    opt.zero_grad()
-    net.factor = 1.0
-    took = trainer.hook.torchplug_optimizer_step(
-        trainer=trainer, optimizer=opt, closure=_closure(trainer, opt, batch)
-    )
-    assert took is True
-    assert not torch.equal(before[0], net.layer.weight)
+    def check(trainer, net, ops):
+        [opt] = trainer.optimizers
+        batch = torch.randn(8, 4)
+        before = [p.detach().clone() for p in net.parameters()]
+        net.factor = float("inf")
+        assert ops.optimizer_step(opt, _closure(ops, opt, batch)) is False
+        assert [name for name, _ in amp.calls][-1] == "skipped_step"
+        assert all(torch.equal(b, p) for b, p in zip(before, net.parameters(), strict=True))
+        assert amp.loss_scalers[0].loss_scale == 2.0**15
+        opt.zero_grad()
+        net.factor = 1.0
+        assert ops.optimizer_step(opt, _closure(ops, opt, batch)) is True
+        assert [name for name, _ in amp.calls][-1] == "step"
+        assert not torch.equal(before[0], net.layer.weight)
+
+    _in_a_run(ApexPrecision(), check)
 
 
 def test_clipping_uses_apex_master_params(amp, monkeypatch):
-    trainer, net = _run(ApexPrecision())
-    _setup(trainer, net)
-    [opt] = trainer.optimizers
-    _closure(trainer, opt, torch.randn(8, 4))()
-    asked = []
-    real = amp.master_params
-    monkeypatch.setattr(amp, "master_params", lambda o: asked.append(o) or real(o))
-    assert trainer.hook.torchplug_clip_gradients(
-        trainer=trainer, optimizer=opt, clip_val=1e-3, algorithm="norm"
-    )
-    assert asked == [opt]
-    assert torch.cat([p.grad.flatten() for p in net.parameters()]).norm() == pytest.approx(1e-3, rel=1e-3)
-    trainer.hook.torchplug_clip_gradients(trainer=trainer, optimizer=opt, clip_val=1e-5, algorithm="value")
-    assert max(p.grad.abs().max() for p in net.parameters()) <= 1e-5
+    def check(trainer, net, ops):
+        [opt] = trainer.optimizers
+        _closure(ops, opt, torch.randn(8, 4))()
+        asked = []
+        real = amp.master_params
+        monkeypatch.setattr(amp, "master_params", lambda o: asked.append(o) or real(o))
+        ops.clip_gradients(opt, 1e-3, "norm")
+        assert asked == [opt]
+        assert torch.cat([p.grad.flatten() for p in net.parameters()]).norm() == pytest.approx(1e-3, rel=1e-3)
+        ops.clip_gradients(opt, 1e-5, "value")
+        assert asked == [opt, opt]
+        assert max(p.grad.abs().max() for p in net.parameters()) <= 1e-5
+
+    _in_a_run(ApexPrecision(), check)
 
 
 def test_state_round_trip_and_another_opt_level_refused(amp):
-    trainer, net = _run(ApexPrecision())
-    _setup(trainer, net)
-    amp.loss_scalers[0].loss_scale, amp.loss_scalers[0].unskipped = 1024.0, 7
-    states = {}
-    for answer in trainer.hook.torchplug_state_dict(trainer=trainer):
-        states.update(answer)
+    def save(trainer, net, ops):
+        amp.loss_scalers[0].loss_scale, amp.loss_scalers[0].unskipped = 1024.0, 7
+        return _plugin_states(trainer)
+
+    states = _in_a_run(ApexPrecision(), save)
     assert states == {
         STATE_KEY: {"opt_level": "O2", "amp": {"loss_scaler0": {"loss_scale": 1024.0, "unskipped": 7}}}
     }
 
     del amp._torchplug_opt_level  # a new process
     amp.reset()
-    trainer, net = _run(ApexPrecision())
-    _setup(trainer, net)
-    trainer.hook.torchplug_load_state_dict(trainer=trainer, states=states)
+    _in_a_run(ApexPrecision(), _load(states))
+    assert [name for name, _ in amp.calls] == ["initialize", "load_state_dict"]  # loaded after initialize
     assert (amp.loss_scalers[0].loss_scale, amp.loss_scalers[0].unskipped) == (1024.0, 7)
 
+    # a checkpoint of another precision: apex keeps its initial loss scales
     del amp._torchplug_opt_level
-    trainer, net = _run(ApexPrecision(amp_level="O1"))
-    _setup(trainer, net)
+    amp.reset()
+    _in_a_run(ApexPrecision(), _load({"someone_else": {}}))
+    assert [name for name, _ in amp.calls] == ["initialize"] and amp.loss_scalers[0].loss_scale == 2.0**16
+
+    del amp._torchplug_opt_level
     with pytest.raises(
         MisconfigurationError, match=r"amp_level='O1'.*opt level 'O2'.*Resume with amp_level='O2'"
     ):
-        trainer.hook.torchplug_load_state_dict(trainer=trainer, states=states)
+        _in_a_run(ApexPrecision(amp_level="O1"), _load(states))
 
 
 # ------------------------------------------------------------------------------------------------ through the Trainer
@@ -291,6 +346,11 @@ def _apex_trainer(amp_module, **kwargs):
     return Trainer(accelerator="cpu", plugins=[_OrderRecorder(amp_module)], **{**QUIET, **kwargs})
 
 
+def _saved_plugin_states(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each saved rank's plugin states (``torchplug_state_dict`` answers), in rank order (docs/checkpoints.md)."""
+    return [entry["plugins"] for entry in checkpoint["ranks"]]
+
+
 def test_legacy_flags_select_apex_with_its_opt_level(amp):
     trainer = Trainer(accelerator="cpu", precision=16, amp_level="O1", **QUIET)
     assert trainer.precision_name == "apex" and trainer.precision_plugin.amp_level == "O1"
@@ -327,7 +387,8 @@ def test_resume_loads_apex_state_last_and_refuses_another_opt_level(amp, tmp_pat
     path = tmp_path / "apex.ckpt"
     trainer.save_checkpoint(path)
     saved = torch.load(path, weights_only=False)
-    assert saved["plugins"][STATE_KEY] == {
+    [rank0] = _saved_plugin_states(saved)  # plugin state is kept per rank; this run had one
+    assert rank0[STATE_KEY] == {
         "opt_level": "O2", "amp": {"loss_scaler0": {"loss_scale": 2.0**15, "unskipped": 1}},
     }  # fmt: skip
 

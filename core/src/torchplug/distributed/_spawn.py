@@ -82,6 +82,13 @@ def spawn(
         _supervise(context.processes, num_processes, node_rank, workdir)
         path = os.path.join(workdir, _RESULT)
         if not os.path.exists(path):
+            if node_rank == 0:  # global rank 0 is local rank 0 here, and it ended without finishing its stage
+                process = context.processes[0]
+                raise ProcessFailedError(
+                    f"rank 0 (pid {process.pid}) exited with code {process.exitcode} without finishing its stage "
+                    "(sys.exit() or os._exit() in the stage, or in code that runs when the script is imported by a "
+                    "spawned process: guard it with if __name__ == '__main__')"
+                )
             return False, None
         try:
             return True, torch.load(path, map_location="cpu", weights_only=True)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from torchplug import Trainer
 
-#: The key of this package's state in ``checkpoint["plugins"]``.
+#: The key of this package's state among each rank's plugin states in a checkpoint (docs/checkpoints.md).
 STATE_KEY = "torchplug_amp"
 
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from torchplug import Trainer
 
-#: The key of this package's state in ``checkpoint["plugins"]``.
+#: The key of this package's state among each rank's plugin states in a checkpoint (docs/checkpoints.md).
 STATE_KEY = "torchplug_apex"
 OPT_LEVELS = ("O0", "O1", "O2", "O3")
 
