@@ -3,8 +3,8 @@
 What is imported when: a backend given by name is imported when it is selected, and nothing else of its kind is.
 ``accelerator="auto"`` imports the module of every installed accelerator entry point, to read its ``priority``
 and call ``is_available()`` (so those modules must import nothing heavy at import time); strategies, precisions
-and cluster environments are imported only when selected, and environments only for a job that needs one (more
-than one process, or a strategy with ``needs_cluster_environment``), tried in ``detect_order`` until one detects.
+and cluster environments are imported only when selected, and environments only for a strategy that reads one
+(``Strategy.needs_cluster_environment``), tried in ``detect_order`` until one detects.
 A backend that fails to import, or whose ``is_available()``/``device_count()``/``detect()`` raises, is skipped
 with a warning naming it and its distribution when it was only a candidate, and is an error when it was named.
 """
@@ -105,7 +105,7 @@ def select(
 
     # processes and, where a job needs one, the cluster environment that started (or will start) them
     num_processes = hook.torchplug_num_processes(device_ids=list(device_ids), num_nodes=num_nodes)
-    if environment is None and (num_processes * num_nodes > 1 or getattr(strategy, "needs_cluster_environment", False)):
+    if environment is None and getattr(strategy, "needs_cluster_environment", False):
         environment = _detect_environment(options, used)
     environment_name, environment = environment if environment is not None else (None, None)
     if environment is not None:
