@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start a private, throw-away SLURM cluster on this single machine (root, no systemd).
-# Used by torchplug-ddp's test suite (plugins/torchplug-ddp/tests/test_ddp_slurm.py), which starts it in a session
+# Used by the core's test suite (core/tests/test_environments_slurm.py), which starts it in a session
 # fixture and stops it (stop_cluster.sh) in the finalizer. Needs root: it may apt-get install the daemons.
 #   TORCHPLUG_SLURM_DIR   base dir for config/state/logs/pids     (default ${TMPDIR:-/tmp}/torchplug-slurm)
 #   SLURM_NODES       number of emulated nodes (slurmd's)      (default 1)

@@ -1,6 +1,8 @@
 """Helpers for torchplug-ddp's tests: run a script in a fresh interpreter, find processes left behind.
 
-A module of its own (not conftest.py), so that importing it cannot pick up another package's conftest."""
+A module of its own (not conftest.py), so that importing it cannot pick up another package's conftest. The core's
+tests have the same helpers (core/tests/distributed_test_support.py); this copy keeps the plugin's test suite
+independent of the core's."""
 
 from __future__ import annotations
 
@@ -33,9 +35,18 @@ def write_script(directory: Path, source: str, name: str = "script.py") -> Path:
     return path
 
 
+def clean_environment() -> dict[str, str]:
+    """``os.environ`` without the variables of a launcher, a scheduler or an earlier torchplug run."""
+    return {k: v for k, v in os.environ.items() if not _distributed_variable(k)}
+
+
 def run(argv: list[str], cwd: Path, timeout: float = 120, env: dict[str, str] | None = None) -> Ran:
-    """Run ``argv`` with a clean distributed environment (no inherited RANK, MASTER_PORT, SLURM_* ...)."""
-    base = {k: v for k, v in os.environ.items() if not _distributed_variable(k)}
+    """Run ``argv`` with a clean distributed environment (no inherited RANK, MASTER_PORT, SLURM_* ...).
+
+    A run that outlives ``timeout`` fails the test (``subprocess.TimeoutExpired``): rank 0 is killed, and the
+    processes it started die with it.
+    """
+    base = clean_environment()
     base["PYTHONWARNINGS"] = "ignore"
     start = time.monotonic()
     proc = subprocess.run(argv, cwd=cwd, env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout)
@@ -43,8 +54,11 @@ def run(argv: list[str], cwd: Path, timeout: float = 120, env: dict[str, str] | 
 
 
 def _distributed_variable(name: str) -> bool:
-    return name.startswith(("SLURM_", "TORCHELASTIC_", "TORCHPLUG_DDP_")) or name in (
-        "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
+    """Set by torchrun, srun, the core's launcher (``TORCHPLUG_LAUNCHER_PID``, ``TORCHPLUG_ERROR_DIR``) or
+    ``seed_everything`` (``TORCHPLUG_GLOBAL_SEED``): a test process must not inherit them."""
+    return name.startswith(("SLURM_", "TORCHELASTIC_", "TORCHPLUG_")) or name in (
+        "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "GROUP_WORLD_SIZE",
+        "MASTER_ADDR", "MASTER_PORT",
     )  # fmt: skip
 
 

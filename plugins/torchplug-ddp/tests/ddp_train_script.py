@@ -1,7 +1,8 @@
 """A small training run that every end-to-end test of torchplug-ddp starts (copied into the test's tmp_path).
 
 ``python ddp_train_script.py '<json config>' <out dir>``: each process writes ``rank<N>.json`` with what it saw
-(sample indices per epoch, its sampler), what it ended with (weights, callback_metrics) and its place in the job;
+(sample indices per epoch, its sampler), what it ended with (weights, callback_metrics, among them the size of the
+process group and whether DistributedDataParallel wrapped the step) and its place in the job;
 the calling process writes ``caller.json`` (for ddp_spawn: what came back to it).
 """
 
@@ -10,6 +11,8 @@ import os
 import sys
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, TensorDataset
 
 import torchplug
@@ -22,16 +25,21 @@ class Net(Module):
         super().__init__()
         self.layer = torch.nn.Linear(4, 1)
         self.seen = {}
+        self.grad_sync = []  # per micro-batch: whether DDP all-reduces its gradients in backward
 
     def training_step(self, batch, batch_idx):
         x, y, index = batch
         self.seen.setdefault(self.current_epoch, []).extend(int(i) for i in index)
+        self.grad_sync.append(bool(getattr(self.trainer.model, "require_backward_grad_sync", True)))
         loss = torch.nn.functional.mse_loss(self.layer(x).float(), y.float())
         me = torch.tensor(float(self.global_rank + 1))
         for op in ("mean", "sum", "max", "min"):
             self.log(f"rank_{op}", me, sync_dist=True, reduce_fx=op)
         self.log("loss_synced", loss, sync_dist=True)
         self.log("rank_unsynced", me)
+        # what the step runs in: a process group (of one, for devices=1) and DistributedDataParallel
+        self.log("process_group_size", float(dist.get_world_size()) if dist.is_initialized() else 0.0)
+        self.log("wrapped_in_ddp", float(isinstance(self.trainer.model, DistributedDataParallel)))
         return loss
 
     def configure_optimizers(self):
@@ -69,6 +77,7 @@ if __name__ == "__main__":
         "weights": weights(model),
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "seen": model.seen,
+        "grad_sync": model.grad_sync,
         "pid": os.getpid(),
     }
     spawned = config.get("strategy") == "ddp_spawn"

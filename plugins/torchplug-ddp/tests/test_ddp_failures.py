@@ -1,6 +1,10 @@
 """No hangs, through the Trainer: one rank of a ddp_cpu fit is killed (SIGKILL, from outside) or raises mid-epoch.
 Every process must stop within 60 s, the job must exit non-zero, the failing rank (and its traceback, when it
-has one) must be printed once, and no process may be left behind."""
+has one) must be printed once, and no process may be left behind.
+
+The supervision is the core's (``torchplug.distributed``; core/tests/test_distributed_failures.py tests it with the
+core's own strategy); here the survivor waits inside DistributedDataParallel's gradient all-reduce, whose errors
+must be recognised as consequences of the failure, not reported as its cause."""
 
 import os
 import re
@@ -9,7 +13,7 @@ import subprocess
 import time
 
 import pytest
-from ddp_test_support import PYTHON, processes_mentioning, write_script
+from ddp_test_support import PYTHON, clean_environment, processes_mentioning, write_script
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -38,8 +42,8 @@ if __name__ == "__main__":
 
 def start(tmp_path, mode):
     script = write_script(tmp_path, SCRIPT, "fail.py")
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
-    return subprocess.Popen([PYTHON, str(script), mode, str(tmp_path)], cwd=tmp_path, env={**env, "PYTHONWARNINGS": "ignore"},
+    return subprocess.Popen([PYTHON, str(script), mode, str(tmp_path)], cwd=tmp_path,
+                            env={**clean_environment(), "PYTHONWARNINGS": "ignore"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 

@@ -13,7 +13,7 @@ import torch
 from ddp_test_support import PYTHON, processes_mentioning, run
 from test_ddp_training import SCRIPT, single_device
 
-from torchplug_ddp._ports import find_free_port
+from torchplug.distributed import find_free_port
 
 pytestmark = pytest.mark.timeout(180)
 

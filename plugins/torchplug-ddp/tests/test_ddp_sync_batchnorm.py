@@ -16,7 +16,7 @@ from torchplug_ddp.strategies.ddp import DDPStrategy
 
 
 def test_cpu_refuses_sync_batchnorm_with_a_reason():
-    with pytest.raises(MisconfigurationError, match="sync_batchnorm=True with accelerator='cpu'"):
+    with pytest.raises(MisconfigurationError, match="sync_batchnorm=True on the CPU: torch's SyncBatchNorm synchronises only GPU"):
         Trainer(strategy="ddp_cpu", devices=2, sync_batchnorm=True, **QUIET)
 
 

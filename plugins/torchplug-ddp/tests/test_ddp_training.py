@@ -1,4 +1,5 @@
-"""ddp, ddp_cpu and ddp_spawn training for real: two processes, gloo, the Trainer, a tiny regression.
+"""ddp, ddp_cpu and ddp_spawn training for real: two processes (or a world of one), gloo, the Trainer, a tiny
+regression.
 
 Each run writes what every rank saw and ended with (see ``ddp_train_script.py``); the tests compare them."""
 
@@ -76,6 +77,40 @@ def test_ddp_spawn_returns_the_trained_weights_and_metrics_to_the_caller(tmp_pat
     assert torch.allclose(torch.tensor(caller["weights"]), torch.tensor(reference), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+def test_a_world_of_one_is_a_process_group_of_one(tmp_path, python, strategy):
+    """devices=1 trains like one process, and still through a process group (of one) and DistributedDataParallel."""
+    _, reports = train(tmp_path, python, strategy=strategy, accelerator="cpu", devices=1, batch_size=8)
+    spawned = strategy == "ddp_spawn"
+    assert sorted(reports) == (["caller"] if spawned else ["rank0"])  # one process ran the stage
+    report = reports["caller" if spawned else "rank0"]
+    assert (report["global_rank"], report["world_size"], report["environment"]) == (0, 1, "local")
+    metrics = report["metrics"]
+    assert (metrics["process_group_size"], metrics["wrapped_in_ddp"]) == (1.0, 1.0)
+    assert {k: metrics[k] for k in ("rank_mean", "rank_sum", "rank_max", "rank_min", "rank_unsynced")} == {
+        "rank_mean": 1.0, "rank_sum": 1.0, "rank_max": 1.0, "rank_min": 1.0, "rank_unsynced": 1.0,
+    }  # fmt: skip
+    if not spawned:
+        assert report["seen"]["0"] == report["seen"]["1"] == list(range(64))  # the sampler's one shard: everything
+    reference = single_device(tmp_path, batch_size=8)
+    assert torch.allclose(torch.tensor(report["weights"]), torch.tensor(reference), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("strategy", "devices"), [("ddp_cpu", 2), ("ddp", 1), ("ddp2", 1)])
+def test_accumulation_skips_the_gradient_all_reduce_until_the_window_ends(tmp_path, python, strategy, devices):
+    """``ops.no_sync`` is DDP's ``no_sync`` for every DDP strategy: micro-batches inside an accumulation window do
+    not all-reduce, the one that ends it does; the result is one step on the whole window's batch."""
+    batch = 8 // devices
+    _, reports = train(tmp_path, python, strategy=strategy, accelerator="cpu", devices=devices, batch_size=batch,
+                       accumulate_grad_batches=2)  # fmt: skip
+    assert sorted(reports) == [f"rank{r}" for r in range(devices)]
+    for report in reports.values():
+        assert report["metrics"]["wrapped_in_ddp"] == 1.0
+        assert report["grad_sync"] == [False, True] * 8  # 8 micro-batches per epoch, two epochs
+    reference = single_device(tmp_path, batch_size=8, accumulate_grad_batches=2)
+    assert torch.allclose(torch.tensor(reports["rank0"]["weights"]), torch.tensor(reference), rtol=0, atol=1e-6)
+
+
 def test_ddp_spawn_refuses_an_unpicklable_model_and_says_why(tmp_path):
     from torchplug.testing import QUIET, BoringModel, regression_loader
 
@@ -83,7 +118,7 @@ def test_ddp_spawn_refuses_an_unpicklable_model_and_says_why(tmp_path):
         pass
 
     trainer = Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, **QUIET)
-    with pytest.raises(MisconfigurationError, match="ddp_spawn.*pickling failed: .*Local.*use strategy='ddp'"):
+    with pytest.raises(MisconfigurationError, match="start_method='spawn'.*pickling failed: .*Local.*use strategy='ddp'"):
         trainer.fit(Local(), regression_loader())
 
 

@@ -15,12 +15,23 @@ where your strategy differs. The functions below are what it is made of, for str
 """
 
 from torchplug._state import adopt_run, capture_run
-from torchplug.distributed._collectives import all_gather, all_reduce, barrier, broadcast_object, gather_objects
+from torchplug.distributed._collectives import (
+    all_gather,
+    all_reduce,
+    barrier,
+    broadcast_object,
+    gather_objects,
+)
 from torchplug.distributed._failures import Failure, root_cause
 from torchplug.distributed._launcher import launch, launched_child, rerun_command, supervising
 from torchplug.distributed._ports import find_free_port
 from torchplug.distributed._spawn import spawn
-from torchplug.distributed._strategy import ProcessGroupStrategy, as_timedelta, available_backends, run_started_process
+from torchplug.distributed._strategy import (
+    ProcessGroupStrategy,
+    as_timedelta,
+    available_backends,
+    run_started_process,
+)
 from torchplug.utilities import distributed_loader, needs_distributed_sampler
 
 __all__ = [

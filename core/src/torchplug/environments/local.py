@@ -7,8 +7,8 @@ import os
 from typing import TYPE_CHECKING
 
 from torchplug import ClusterInfo, MisconfigurationError, hookimpl
-from torchplug.environments import ClusterEnvironment
 from torchplug.distributed._ports import find_free_port
+from torchplug.environments import ClusterEnvironment
 
 if TYPE_CHECKING:
     from torchplug import Trainer

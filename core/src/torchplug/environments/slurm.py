@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 from torchplug import ClusterInfo, MisconfigurationError, hookimpl
 from torchplug.environments import ClusterEnvironment
-from torchplug.environments._nodelist import first_host
 from torchplug.environments._checks import check_layout
+from torchplug.environments._nodelist import first_host
 
 if TYPE_CHECKING:
     from torchplug import Trainer

@@ -51,7 +51,9 @@ class DDP2Strategy(DDPStrategy):
 
     @hookimpl(wrapper=True)
     def torchplug_step_ops(self, trainer: Trainer) -> Generator[None, StepOps, StepOps]:
-        ops = yield
+        # This method replaces ddp's on the plugin manager (one implementation per plugin object): take ddp's
+        # changes (no_sync) first, then add DataParallel's.
+        ops = yield from super().torchplug_step_ops(trainer)
         if self._replicas <= 1:
             return ops
         replicas, forward = self._replicas, ops.forward

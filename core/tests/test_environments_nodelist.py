@@ -1,6 +1,8 @@
+"""SLURM's compressed node lists (``torchplug.environments._nodelist``), as ``scontrol show hostnames`` reads them."""
+
 import pytest
 
-from torchplug_ddp import expand_nodelist, first_host
+from torchplug.environments import expand_nodelist, first_host
 
 
 @pytest.mark.parametrize(

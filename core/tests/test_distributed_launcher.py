@@ -1,15 +1,16 @@
-"""The script launcher and its watchdog, with plain Python children (no torch.distributed): the command is
-re-run with the right variables, and any failure stops every process, once reported, with no orphans."""
+"""``torchplug.distributed``'s script launcher and its watchdog (``_launcher.py``), with plain Python children (no
+torch.distributed): the command is re-run with the right variables, and any failure stops every process, once
+reported, with no orphans."""
 
 import os
 import sys
 
 import pytest
-from ddp_test_support import processes_mentioning, run, write_script
+from distributed_test_support import PYTHON, processes_mentioning, run, write_script
 
 CHILD = """
 import os, signal, sys, threading, time
-from torchplug_ddp import _launcher
+from torchplug.distributed import _launcher
 
 MODE, OUT = sys.argv[1], sys.argv[2]
 
@@ -17,6 +18,8 @@ def work():
     rank = int(os.environ["RANK"])
     with open(os.path.join(OUT, f"rank{rank}.txt"), "w") as fh:
         fh.write(" ".join([os.environ[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")] + sys.argv[1:]))
+    with open(os.path.join(OUT, f"rank{rank}.launcher"), "w") as fh:
+        fh.write(" ".join(os.environ.get(k, "-") for k in ("TORCHPLUG_LAUNCHER_PID", "TORCHPLUG_ERROR_DIR")) + f" {os.getpid()}")
     if rank == 1 and MODE == "raise":
         raise ValueError("boom-from-rank-1")
     if rank == 1 and MODE == "kill":
@@ -48,6 +51,7 @@ if _launcher.launched_child():
         open(os.path.join(OUT, "late-child-done"), "w").close()
 else:
     print("rank 0 got", _launcher.launch(work, num_processes=2, main_port=23456), flush=True)
+    print("launcher pid", os.getpid(), flush=True)
 """
 
 
@@ -57,16 +61,20 @@ def child(tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_the_command_is_rerun_for_every_local_rank_and_waited_for(tmp_path, child, python):
+def test_the_command_is_rerun_for_every_local_rank_and_waited_for(tmp_path, child):
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    ran = run([python, "-u", str(child), "ok", str(tmp_path), "--flag=1"], tmp_path, env={"TMPDIR": str(scratch)}).check()
+    ran = run([PYTHON, "-u", str(child), "ok", str(tmp_path), "--flag=1"], tmp_path, env={"TMPDIR": str(scratch)}).check()
     assert "rank 0 got 0" in ran.stdout
+    launcher_pid = ran.stdout.split("launcher pid ")[1].split()[0]
     assert list(scratch.iterdir()) == []  # the launcher's error folder is removed after a clean run
     for rank in range(2):
         fields = (tmp_path / f"rank{rank}.txt").read_text().split()
         assert fields == [str(rank), str(rank), "2", "0", "127.0.0.1", "23456", "ok", str(tmp_path), "--flag=1"]
     assert (tmp_path / "late-child-done").exists()
+    # the child knows its launcher and where to record a failure (TORCHPLUG_LAUNCHER_PID, TORCHPLUG_ERROR_DIR)
+    pid, error_dir, own_pid = (tmp_path / "rank1.launcher").read_text().split()
+    assert pid == launcher_pid != own_pid and error_dir.startswith(str(scratch / "torchplug-launch-"))
     assert processes_mentioning(str(tmp_path)) == []
 
 
@@ -82,7 +90,7 @@ def test_the_command_is_rerun_for_every_local_rank_and_waited_for(tmp_path, chil
     ],
 )
 def test_rerun_command_handles_scripts_modules_and_code(monkeypatch, orig_argv, argv, expected):
-    from torchplug_ddp._launcher import rerun_command
+    from torchplug.distributed import rerun_command
 
     main = sys.modules["__main__"]
     monkeypatch.setattr(sys, "orig_argv", orig_argv)
@@ -93,7 +101,7 @@ def test_rerun_command_handles_scripts_modules_and_code(monkeypatch, orig_argv, 
 
 def test_an_interactive_session_cannot_be_rerun(monkeypatch):
     from torchplug import MisconfigurationError
-    from torchplug_ddp._launcher import rerun_command
+    from torchplug.distributed import rerun_command
 
     monkeypatch.setattr(sys, "ps1", ">>> ", raising=False)
     with pytest.raises(MisconfigurationError, match="strategy='ddp_spawn'"):
@@ -111,8 +119,8 @@ def test_an_interactive_session_cannot_be_rerun(monkeypatch):
         ("late", r"rank 1 \(pid \d+\) raised RuntimeError: late-failure-on-rank-1"),
     ],
 )
-def test_a_failing_child_stops_everyone_and_is_reported_once(tmp_path, child, python, mode, report):
-    ran = run([python, str(child), mode, str(tmp_path)], tmp_path, env={"TORCHPLUG_DDP_GRACE": "2"})
+def test_a_failing_child_stops_everyone_and_is_reported_once(tmp_path, child, mode, report):
+    ran = run([PYTHON, str(child), mode, str(tmp_path)], tmp_path, env={"TORCHPLUG_GRACE": "2"})
     assert ran.returncode != 0
     assert ran.seconds < 60
     import re
@@ -125,8 +133,8 @@ def test_a_failing_child_stops_everyone_and_is_reported_once(tmp_path, child, py
 
 
 @pytest.mark.timeout(60)
-def test_rank_0_failing_stops_the_children_and_its_own_traceback_is_shown_once(tmp_path, child, python):
-    ran = run([python, str(child), "raise0", str(tmp_path)], tmp_path)
+def test_rank_0_failing_stops_the_children_and_its_own_traceback_is_shown_once(tmp_path, child):
+    ran = run([PYTHON, str(child), "raise0", str(tmp_path)], tmp_path)
     assert ran.returncode == 1
     assert ran.output.count("KeyError: 'boom-from-rank-0'") == 1
     assert "rank 1" not in ran.output
@@ -135,12 +143,12 @@ def test_rank_0_failing_stops_the_children_and_its_own_traceback_is_shown_once(t
 
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
-def test_children_die_with_a_sigkilled_rank_0(tmp_path, child, python):
+def test_children_die_with_a_sigkilled_rank_0(tmp_path, child):
     import signal
     import subprocess
     import time
 
-    proc = subprocess.Popen([python, str(child), "hold", str(tmp_path)], cwd=tmp_path)
+    proc = subprocess.Popen([PYTHON, str(child), "hold", str(tmp_path)], cwd=tmp_path)
     try:
         deadline = time.monotonic() + 30
         while not all((tmp_path / f"rank{r}.txt").exists() for r in range(2)) and time.monotonic() < deadline:

@@ -1,0 +1,98 @@
+"""Helpers for the core's multi-process tests (launcher, failures, environments, ProcessGroupStrategy): run a
+script in a fresh interpreter with a clean distributed environment, find processes left behind.
+
+A module of its own (not conftest.py), so that importing it cannot pick up another package's conftest. The
+torchplug-ddp plugin keeps a copy of these helpers in its own tests (``ddp_test_support.py``), so that its test
+suite does not depend on the core's.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+PYTHON = sys.executable
+
+
+class Ran:
+    def __init__(self, proc: subprocess.CompletedProcess[str], seconds: float) -> None:
+        self.returncode, self.stdout, self.stderr, self.seconds = proc.returncode, proc.stdout, proc.stderr, seconds
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def check(self) -> Ran:
+        assert self.returncode == 0, f"exit code {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+        return self
+
+
+def write_script(directory: Path, source: str, name: str = "script.py") -> Path:
+    path = directory / name
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def clean_environment() -> dict[str, str]:
+    """``os.environ`` without the variables of a launcher, a scheduler or an earlier torchplug run."""
+    return {k: v for k, v in os.environ.items() if not distributed_variable(k)}
+
+
+def run(argv: list[str], cwd: Path, timeout: float = 120, env: dict[str, str] | None = None) -> Ran:
+    """Run ``argv`` with a clean distributed environment (no inherited RANK, MASTER_PORT, SLURM_* ...).
+
+    A run that outlives ``timeout`` fails the test (``subprocess.TimeoutExpired``): rank 0 is killed, and the
+    processes it started die with it.
+    """
+    base = clean_environment()
+    base["PYTHONWARNINGS"] = "ignore"
+    start = time.monotonic()
+    proc = subprocess.run(argv, cwd=cwd, env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    return Ran(proc, time.monotonic() - start)
+
+
+def distributed_variable(name: str) -> bool:
+    """Set by torchrun, srun, our launcher (``TORCHPLUG_LAUNCHER_PID``, ``TORCHPLUG_ERROR_DIR``) or
+    ``seed_everything`` (``TORCHPLUG_GLOBAL_SEED``): a test process must not inherit them."""
+    return name.startswith(("SLURM_", "TORCHELASTIC_", "TORCHPLUG_")) or name in (
+        "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "GROUP_WORLD_SIZE",
+        "MASTER_ADDR", "MASTER_PORT",
+    )  # fmt: skip
+
+
+def clear_distributed_variables(monkeypatch: Any) -> None:
+    """For tests that construct Trainers in this process: detection must see only what the test sets."""
+    for name in list(os.environ):
+        if distributed_variable(name):
+            monkeypatch.delenv(name)
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention ``text`` (a tmp_path is unique to one test)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(f"{entry}: {cmdline}")
+    return found
+
+
+def no_processes_left(text: str, seconds: float = 10.0) -> list[str]:
+    """``processes_mentioning(text)`` once they had ``seconds`` to exit (children stopping after their parent)."""
+    deadline = time.monotonic() + seconds
+    while processes_mentioning(text) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return processes_mentioning(text)

@@ -1,0 +1,161 @@
+"""The ``slurm`` environment (``torchplug.environments.slurm``): processes started by ``srun``.
+
+First from the variables srun sets (real Trainers constructed with the core's ``ProcessGroupStrategy``; nothing is
+started). Then for real: a one-machine cluster (Debian's slurm-wlm and munge) started by this module's session
+fixture with ``tests/slurm/start_cluster.sh`` and stopped in its finalizer, where ``srun -n 2`` trains with the
+core's ``ProcessGroupStrategy`` and, when torchplug-ddp is installed, with ``ddp_cpu``."""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from distributed_test_support import PYTHON, clear_distributed_variables, processes_mentioning, run
+
+from torchplug import MisconfigurationError, Trainer
+from torchplug.distributed import ProcessGroupStrategy, find_free_port
+from torchplug.testing import QUIET
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "tests" / "slurm"
+TRAIN_SCRIPT = Path(__file__).with_name("distributed_train_script.py")
+
+SRUN = {
+    "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NODEID": "1", "SLURM_NTASKS": "4", "SLURM_NNODES": "2",
+    "SLURM_STEP_ID": "0", "SLURM_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "1234567", "SLURM_JOB_NAME": "bash",
+}  # fmt: skip
+
+
+@pytest.fixture
+def no_launcher_variables(monkeypatch):
+    clear_distributed_variables(monkeypatch)
+
+
+def trainer(**kwargs):
+    return Trainer(**{"strategy": ProcessGroupStrategy(), "accelerator": "cpu", "devices": 2, **QUIET, **kwargs})
+
+
+def info(t):
+    return t.hook.torchplug_cluster_info(trainer=t)
+
+
+# ==================================================================================================== variables
+def test_slurm(monkeypatch, no_launcher_variables):
+    for k, v in SRUN.items():
+        monkeypatch.setenv(k, v)
+    t = trainer(num_nodes=2)
+    assert t.environment_name == "slurm"
+    i = info(t)
+    assert (i.global_rank, i.local_rank, i.node_rank, i.world_size, i.num_nodes) == (3, 1, 1, 4, 2)
+    assert (i.main_address, i.main_port, i.creates_processes_externally) == ("gpu07", 15000 + 4567, True)
+    monkeypatch.setenv("MASTER_PORT", "23456")
+    monkeypatch.setenv("MASTER_ADDR", "head")
+    assert (info(t).main_address, info(t).main_port) == ("head", 23456)
+
+
+def test_slurm_layout_must_agree(monkeypatch, no_launcher_variables):
+    for k, v in SRUN.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(MisconfigurationError, match=r"num_nodes=1, but SLURM started the job on 2 node\(s\)"):
+        trainer(num_nodes=1)
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    with pytest.raises(MisconfigurationError, match="SLURM started 2: run srun -N 2 --ntasks-per-node 2"):
+        trainer(num_nodes=2)
+
+
+def test_slurm_batch_script_or_salloc_shell_is_not_an_srun_task(monkeypatch, no_launcher_variables):
+    for k, v in SRUN.items():
+        if k != "SLURM_STEP_ID":
+            monkeypatch.setenv(k, v)
+    monkeypatch.setenv("SLURM_NNODES", "1")
+    assert trainer().environment_name == "local"
+    with pytest.raises(MisconfigurationError, match="plugins=\\['slurm'\\]|SLURM started"):
+        trainer(plugins=["slurm"])  # named explicitly it is used, and its layout check still applies
+
+
+def test_slurm_named_outside_srun_says_what_is_missing(monkeypatch, no_launcher_variables):
+    t = trainer(devices=1, plugins=["slurm"])
+    with pytest.raises(MisconfigurationError, match="plugins=\\['slurm'\\] needs the variables srun sets.*SLURM_PROCID"):
+        info(t)
+
+
+# ==================================================================================================== a real cluster
+def _why_no_cluster() -> str | None:
+    if not (SCRIPTS / "start_cluster.sh").exists():
+        return f"{SCRIPTS}/start_cluster.sh is missing"
+    if os.geteuid() != 0:
+        return "a private SLURM cluster needs root (slurmd, and apt-get to install slurm-wlm and munge)"
+    if shutil.which("slurmd") is None and shutil.which("apt-get") is None:
+        return "slurmd is not installed and there is no apt-get to install it"
+    return None
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    reason = _why_no_cluster()
+    if reason:
+        pytest.skip(f"no SLURM cluster: {reason}")
+    directory = tmp_path_factory.mktemp("slurm")
+    env = {
+        **os.environ,
+        "TORCHPLUG_SLURM_DIR": str(directory),
+        "SLURM_CTLD_PORT": str(find_free_port()),
+        "SLURM_NODE_PORT0": str(find_free_port() - 1),
+    }
+    started = subprocess.run(["bash", str(SCRIPTS / "start_cluster.sh")], env=env, capture_output=True, text=True,
+                             timeout=600)  # fmt: skip
+    try:
+        if started.returncode != 0:
+            if shutil.which("slurmd") is None:
+                pytest.skip(f"no SLURM cluster: installing slurm-wlm/munge failed:\n{started.stderr[-2000:]}")
+            pytest.fail(f"start_cluster.sh failed:\n{started.stdout}\n{started.stderr}")
+        yield {"SLURM_CONF": str(directory / "etc" / "slurm.conf")}
+    finally:
+        subprocess.run(["bash", str(SCRIPTS / "stop_cluster.sh")], env=env, capture_output=True, timeout=120)
+
+
+def _single_device_weights(tmp_path):
+    """The reference run, in this process: one device, the whole batch (8)."""
+    spec = importlib.util.spec_from_file_location("distributed_train_reference", TRAIN_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "reference"
+    out.mkdir()
+    _, model, _ = module.main({"strategy": "single_device", "accelerator": "cpu", "devices": 1, "batch_size": 8}, str(out))
+    return module.weights(model)
+
+
+def _ddp_cpu():
+    pytest.importorskip("torchplug_ddp", reason="needs the torchplug-ddp plugin for its ddp_cpu strategy")
+    return "ddp_cpu"
+
+
+# One xdist worker runs every SLURM test (the cluster is one per machine); see the Makefile's --dist loadgroup.
+@pytest.mark.xdist_group("slurm")
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("strategy", ["process_group", "ddp_cpu"])
+def test_srun_two_tasks_train_together(tmp_path, slurm_cluster, strategy):
+    if strategy == "ddp_cpu":
+        _ddp_cpu()
+    script = tmp_path / "train.py"
+    shutil.copy(TRAIN_SCRIPT, script)
+    config = {"strategy": strategy, "accelerator": "cpu", "devices": 2, "batch_size": 4}
+    srun = ["srun", "-n", "2", "--immediate=60", "--kill-on-bad-exit=1", "--time=5"]
+    run([*srun, PYTHON, str(script), json.dumps(config), str(tmp_path)], tmp_path, timeout=200,
+        env=slurm_cluster).check()  # fmt: skip
+    assert processes_mentioning(str(tmp_path)) == []
+    reports = {p.stem: json.loads(p.read_text()) for p in tmp_path.glob("rank*.json")}
+    assert sorted(reports) == ["rank0", "rank1"]
+    pids = set()
+    for rank, report in enumerate([reports["rank0"], reports["rank1"]]):
+        assert (report["global_rank"], report["local_rank"], report["world_size"]) == (rank, rank, 2)
+        assert report["environment"] == "slurm"
+        assert report["metrics"]["rank_sum"] == 3.0 and report["metrics"]["process_group_size"] == 2.0
+        pids.add(report["pid"])
+    assert len(pids) == 2  # two srun tasks, and no process launched by us
+    assert reports["rank0"]["weights"] == reports["rank1"]["weights"]
+    reference = torch.tensor(_single_device_weights(tmp_path))
+    assert torch.allclose(torch.tensor(reports["rank0"]["weights"]), reference, rtol=0, atol=1e-6)
