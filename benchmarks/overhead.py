@@ -9,11 +9,21 @@ thread, so a busy machine disturbs it less than wall time) and the ratio to the 
 
 It also measures how long ``import torchplug`` plus constructing a ``Trainer`` adds to ``import torch``, each in a
 fresh interpreter.
+
+Timing needs an idle machine. ``--instructions`` counts instead: each contender runs under valgrind's callgrind
+(Debian package ``valgrind``), which counts the instructions the process executes, whatever else the machine does.
+The count covers a ``fit`` of N steps and one of 2N steps, and the per-step figure is their difference divided by
+N, so setup and the measurement's own cost cancel out::
+
+    .venv/bin/python benchmarks/overhead.py --instructions --steps 200   # about 5 minutes
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import statistics
 import subprocess
 import sys
@@ -142,11 +152,64 @@ def import_cost(repeats: int) -> tuple[float, float]:
     return statistics.median(times["torch"]), statistics.median(times["torchplug"])
 
 
+CONTENDERS = {
+    "plain PyTorch loop": plain,
+    "torchplug": lambda loader: with_torchplug(loader, log=False),
+    "torchplug + self.log": lambda loader: with_torchplug(loader, log=True),
+    "Lightning": lambda loader: with_lightning(loader, log=False),
+    "Lightning + self.log": lambda loader: with_lightning(loader, log=True),
+}
+
+
+def _instructions_so_far() -> int:
+    """Instructions callgrind has counted in this process (every thread), while instrumentation is on."""
+    out = subprocess.run(["callgrind_control", "-e", str(os.getpid())], capture_output=True, text=True, check=True)
+    return sum(int(n.replace(",", "")) for n in re.findall(r"Th\s+\d+\s+([\d,]+)", out.stdout))
+
+
+def count_instructions(name: str, steps: int) -> None:
+    """Run inside callgrind: print the instructions per training step of one contender (as JSON)."""
+    run = CONTENDERS[name]
+    short, long = make_data(steps), make_data(2 * steps)
+    if run(short) is None:  # warm-up, not counted; None: not installed
+        print(json.dumps({"per_step": None}))
+        return
+    subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], capture_output=True, check=True)
+    start = _instructions_so_far()
+    run(short)
+    middle = _instructions_so_far()
+    run(long)
+    end = _instructions_so_far()
+    print(json.dumps({"per_step": ((end - middle) - (middle - start)) / steps}))
+
+
+def instructions(steps: int) -> None:
+    results = {}
+    for name in CONTENDERS:
+        command = [
+            "valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null", "-q",
+            sys.executable, __file__, "--count", name, "--steps", str(steps),
+        ]  # fmt: skip
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        results[name] = json.loads(out.strip().splitlines()[-1])["per_step"]
+    base = results["plain PyTorch loop"]
+    print(f"torch {torch.__version__}, torchplug {torchplug.__version__}, instructions per step (callgrind), "
+          f"N={steps}")  # fmt: skip
+    print(f"{'contender':<24} {'instructions/step':>18} {'ratio':>7}")
+    for name, value in results.items():
+        if value is None:
+            print(f"{name:<24} {'(not installed)':>18}")
+        else:
+            print(f"{name:<24} {value:>18,.0f} {value / base:>6.3f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-import", action="store_true", help="skip the import-time measurement")
+    parser.add_argument("--instructions", action="store_true", help="count instructions per step with callgrind")
+    parser.add_argument("--count", metavar="CONTENDER", help=argparse.SUPPRESS)  # one contender, inside valgrind
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -155,15 +218,15 @@ def main() -> None:
     logging.getLogger("torchplug").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    if args.count:
+        count_instructions(args.count, args.steps)
+        return
+    if args.instructions:
+        instructions(args.steps)
+        return
 
     loader = make_data(args.steps)
-    contenders = {
-        "plain PyTorch loop": lambda: plain(loader),
-        "torchplug": lambda: with_torchplug(loader, log=False),
-        "torchplug + self.log": lambda: with_torchplug(loader, log=True),
-        "Lightning": lambda: with_lightning(loader, log=False),
-        "Lightning + self.log": lambda: with_lightning(loader, log=True),
-    }
+    contenders = {name: (lambda run=run: run(loader)) for name, run in CONTENDERS.items()}
     for run in contenders.values():  # warm-up: first-call costs (allocator, imports) out of the figures
         run()
     results: dict[str, list[float]] = {name: [] for name in contenders}
