@@ -11,6 +11,7 @@ once, at setup. The training step reads like a hand-written one::
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -190,7 +191,8 @@ class Loop:
         before = self.module_hooks.get("on_before_batch_transfer")
         transfer = self.module_hooks.get("transfer_batch_to_device")
         after = self.module_hooks.get("on_after_batch_transfer")
-        if before is None and transfer is None and after is None:
+        self.transfer_hooks = before is not None or transfer is not None or after is not None
+        if not self.transfer_hooks:
             self.prepare = lambda batch, dataloader_idx: to_device(batch)
             return
         device = self.trainer.root_device
@@ -366,12 +368,13 @@ class Loop:
 
     def _train_batches(self, batches: Any) -> None:
         trainer, progress, ops = self.trainer, self.trainer.progress, self.ops
-        prepare, step, on_batch_end = self.prepare, self.training_step, ops.on_batch_end
+        step, on_batch_end, check_val = self.training_step, ops.on_batch_end, bool(self.val_loaders)
+        prepare = functools.partial(self.prepare, dataloader_idx=0) if self.transfer_hooks else ops.to_device
         start_hooks, end_hooks = self.overridden("on_train_batch_start"), self.overridden("on_train_batch_end")
         max_steps, log_every = trainer.max_steps, trainer.log_every_n_steps
         for batch, is_last in batches:
             batch_idx = progress.batches_done
-            batch = prepare(batch, 0)
+            batch = prepare(batch)
             if start_hooks and self.call("on_train_batch_start", batch, batch_idx) == -1:
                 break
             output = step(batch, batch_idx, is_last)
@@ -382,7 +385,7 @@ class Loop:
                 self.call("on_train_batch_end", _detached(output), batch, batch_idx)
             if trainer.global_step % log_every == 0 and trainer.global_step != self.last_logged_step:
                 self._flush_step_logs()
-            if self._val_due(batch_idx, is_last):
+            if check_val and self._val_due(batch_idx, is_last):
                 self.validate_during_fit()
             if (max_steps != -1 and trainer.global_step >= max_steps) or (trainer.should_stop and self._min_reached()):
                 break
@@ -400,6 +403,9 @@ class Loop:
         trainer, module = self.trainer, self.module
         self.last_logged_step = trainer.global_step
         self.step_args = _data.step_arguments(module.training_step, several_loaders=False)
+        self.step_takes_index = len(self.step_args(None, 0, 0)) == 2
+        # the default optimizer_step hook is optimizer.step(closure=optimizer_closure): called as such when not overridden
+        self.module_optimizer_step = self.module_hooks.get("optimizer_step")
         self.zero_grad_hooks = self.overridden("on_before_zero_grad")
         self.backward_hooks = self.overridden("on_before_backward", "on_after_backward")
         self.pre_step_hooks = self.overridden("on_before_optimizer_step")
@@ -411,14 +417,17 @@ class Loop:
     def _automatic_step(self, batch: Any, batch_idx: int, is_last: bool) -> Any:
         trainer, closure = self.trainer, self.closure
         accumulate = trainer.accumulate_grad_batches
-        closure.args = self.step_args(batch, batch_idx, 0)
+        closure.args = (batch, batch_idx) if self.step_takes_index else (batch,)
         closure.first_in_window = batch_idx % accumulate == 0
         closure.batch_idx, closure.calls = batch_idx, 0
         if accumulate > 1 and not is_last and (batch_idx + 1) % accumulate:
             with self.ops.no_sync():
                 closure()
             return closure.output
-        self.module.optimizer_step(trainer.current_epoch, batch_idx, self.handles[0], closure)
+        if self.module_optimizer_step is None:
+            self.handles[0].step(closure)
+        else:
+            self.module_optimizer_step(trainer.current_epoch, batch_idx, self.handles[0], closure)
         if not closure.calls:
             raise MisconfigurationError(
                 f"{type(self.module).__name__}.optimizer_step did not call optimizer.step(closure=optimizer_closure) "
@@ -433,21 +442,13 @@ class Loop:
         return self.ops.forward("train", self.step_args(batch, batch_idx, 0))
 
     def backward(self, loss: torch.Tensor, optimizer: Any) -> None:
-        """``on_before_backward``, the run's backward, ``on_after_backward`` (also ``self.manual_backward``)."""
+        """``on_before_backward``, the run's backward, ``on_after_backward``: ``self.manual_backward`` (the training
+        closure does the same inline)."""
         if self.backward_hooks:
             self.call("on_before_backward", loss)
         self.ops.backward(loss, getattr(optimizer, "optimizer", optimizer))
         if self.backward_hooks:
             self.call("on_after_backward")
-
-    def before_optimizer_step(self, optimizer: Any) -> None:
-        """Between the closure and the step: final gradients, ``on_before_optimizer_step``, clipping."""
-        self.ops.prepare_gradients(optimizer)
-        if self.pre_step_hooks:
-            self.call("on_before_optimizer_step", optimizer)
-        if self.clip and self.module.automatic_optimization:
-            trainer = self.trainer
-            self.module.configure_gradient_clipping(optimizer, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
 
     def clip_gradients(self, optimizer: Any, value: float, algorithm: str) -> None:
         if algorithm not in ("norm", "value"):  # self.clip_gradients(...) arrives here unchecked
@@ -550,7 +551,7 @@ class _Closure:
         loop = self.loop
         self.calls += 1
         self.output = output = loop.ops.forward("train", self.args)
-        loss = _loss_of(output)
+        loss = output if type(output) is torch.Tensor else _loss_of(output)
         optimizer = self.optimizer
         if self.first_in_window:
             if loop.zero_grad_hooks:
@@ -559,7 +560,11 @@ class _Closure:
         if loss is None:
             return None
         accumulate = loop.trainer.accumulate_grad_batches
-        loop.backward(loss / accumulate if accumulate > 1 else loss, optimizer)
+        if loop.backward_hooks:
+            loop.call("on_before_backward", loss)
+        loop.ops.backward(loss / accumulate if accumulate > 1 else loss, optimizer)
+        if loop.backward_hooks:
+            loop.call("on_after_backward")
         return loss
 
 

@@ -142,7 +142,14 @@ class OptimizerHandle:
         self._pending = False
         closure = self._closure
         self._result = loss = closure() if closure is not None else None
-        self._loop.before_optimizer_step(self.optimizer)
+        # between the closure and the step: final gradients, on_before_optimizer_step, clipping
+        loop, optimizer = self._loop, self.optimizer
+        loop.ops.prepare_gradients(optimizer)
+        if loop.pre_step_hooks:
+            loop.call("on_before_optimizer_step", optimizer)
+        if loop.clip and loop.module.automatic_optimization:
+            trainer = loop.trainer
+            loop.module.configure_gradient_clipping(optimizer, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:

@@ -62,7 +62,6 @@ class Results:
         self,
         name: str,
         value: Any,
-        *,
         prog_bar: bool,
         logger: bool,
         on_step: bool | None,

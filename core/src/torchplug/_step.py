@@ -84,8 +84,15 @@ def default_step_ops(trainer: Trainer, wrapped: Any) -> StepOps:
         def forward(stage: str, args: tuple[Any, ...]) -> Any:
             return wrapped(stage, *args)
 
-    def backward(loss: torch.Tensor, optimizer: Any) -> None:
-        module.backward(loss)
+    if _overrides_backward(module):
+
+        def backward(loss: torch.Tensor, optimizer: Any) -> None:
+            module.backward(loss)
+
+    else:  # the default Module.backward hook, called as such
+
+        def backward(loss: torch.Tensor, optimizer: Any) -> None:
+            loss.backward()
 
     return StepOps(
         to_device=functools.partial(move_data_to_device, device=device),
@@ -114,12 +121,26 @@ def clip_gradients(optimizer: Optimizer, value: float, algorithm: str) -> None:
 
 def optimizer_step(optimizer: Optimizer, closure: Callable[[], Any]) -> bool:
     """``optimizer.step(closure)``; for optimizers that do not need the closure, run it and step plainly."""
-    if requires_closure(optimizer):  # LBFGS evaluates the closure itself, possibly several times
+    needs_closure = _NEEDS_CLOSURE.get(type(optimizer))
+    if needs_closure is None:
+        needs_closure = _NEEDS_CLOSURE[type(optimizer)] = requires_closure(optimizer)
+    if needs_closure:  # LBFGS evaluates the closure itself, possibly several times
         optimizer.step(closure)
     else:  # same result, without optimizer.step's closure handling on every step
         closure()
         optimizer.step()
     return True
+
+
+_NEEDS_CLOSURE: dict[type, bool] = {}
+
+
+def _overrides_backward(module: Any) -> bool:
+    from torchplug.module import Module
+
+    if not isinstance(module, Module):
+        return False
+    return "backward" in vars(module) or type(module).backward is not Module.backward
 
 
 def _is_bare_step_module(wrapped: Any) -> bool:

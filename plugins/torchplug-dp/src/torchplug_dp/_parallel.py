@@ -36,7 +36,11 @@ class ReplicaResults:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any, dict[str, Any]]] = []
 
-    def log(self, name: str, value: Any, **options: Any) -> None:
+    def log(self, name: str, value: Any, prog_bar: bool, logger: bool, on_step: bool | None, on_epoch: bool | None,
+            reduce_fx: Any, sync_dist: bool, batch_size: int | None, add_dataloader_idx: bool) -> None:  # fmt: skip
+        """What ``Module.log`` passes to the trainer's results (positionally, as in the core)."""
+        options = dict(prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch, reduce_fx=reduce_fx,
+                       sync_dist=sync_dist, batch_size=batch_size, add_dataloader_idx=add_dataloader_idx)  # fmt: skip
         self.calls.append((name, value, options))
 
 
