@@ -26,6 +26,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("torchplug")
 
 
+_CARRIED = (
+    "max_epochs", "min_epochs", "max_steps", "min_steps", "limit_train_batches", "limit_val_batches",
+    "limit_test_batches", "limit_predict_batches", "val_check_interval", "check_val_every_n_epoch",
+    "num_sanity_val_steps", "log_every_n_steps", "accumulate_grad_batches", "gradient_clip_val",
+    "gradient_clip_algorithm", "should_stop", "current_epoch", "global_step", "progress",
+)  # fmt: skip
+
+
 class _Launch:
     """What ``torchplug_launch`` runs in every process: one stage of one trainer. Picklable for spawn."""
 
@@ -270,11 +278,13 @@ class Trainer:
         return loggers
 
     def __getstate__(self) -> dict[str, Any]:
-        # A spawned process rebuilds the trainer (and its plugin manager) from the constructor arguments.
-        return {"_init_args": self._init_args}
+        # A spawned process rebuilds the trainer (and its plugin manager) from the constructor arguments, then takes
+        # the flags the user may have changed since and what earlier stages left, so a stage runs there as here.
+        return {"_init_args": self._init_args, "carried": {name: getattr(self, name) for name in _CARRIED}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state["_init_args"])  # type: ignore[misc]
+        self.__dict__.update(state.get("carried", {}))
 
     # ==================================================================================================== properties
     @property

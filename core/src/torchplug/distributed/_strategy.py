@@ -8,7 +8,6 @@ collectives. ``ddp`` adds DistributedDataParallel to it, ``fsdp`` sharding; a th
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import os
 from collections.abc import Callable
 from datetime import timedelta
@@ -233,21 +232,15 @@ class ProcessGroupStrategy(Strategy):
 class _HandBack:
     """Run a stage in a spawned process; global rank 0 answers what the caller adopts (picklable for spawn).
 
-    A spawned process rebuilds the trainer from its constructor arguments, so the loop's counters start at zero
-    there; the caller's (what earlier stages of this trainer left) are carried over, so that a second ``fit`` on
-    one trainer continues where the first ended, as it does in one process.
+    The trainer's copy there carries the caller's counters and flags (``Trainer.__getstate__``), so that a second
+    ``fit`` on one trainer continues where the first ended, as it does in one process.
     """
 
     def __init__(self, function: Callable[[], Any]) -> None:
         self.function = function
-        trainer = function.trainer  # the stage's trainer (torchplug.trainer._Launch)
-        self.counters = (trainer.current_epoch, trainer.global_step, dataclasses.asdict(trainer.progress))
 
     def __call__(self) -> Any:
-        trainer = self.function.trainer
-        current_epoch, global_step, progress = self.counters
-        trainer.current_epoch, trainer.global_step = current_epoch, global_step
-        trainer.progress = type(trainer.progress)(**progress)
+        trainer = self.function.trainer  # the stage's trainer (torchplug.trainer._Launch)
         result = self.function()
         return _state.capture_run(trainer, result) if trainer.is_global_zero else None
 
