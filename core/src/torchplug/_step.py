@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchplug.utilities import move_data_to_device, requires_closure
+from torchplug.utilities import batch_mover, requires_closure
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -95,7 +95,7 @@ def default_step_ops(trainer: Trainer, wrapped: Any) -> StepOps:
             loss.backward()
 
     return StepOps(
-        to_device=functools.partial(move_data_to_device, device=device),
+        to_device=batch_mover(device),
         forward=forward,
         backward=backward,
         no_sync=nullcontext,

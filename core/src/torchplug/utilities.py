@@ -72,6 +72,36 @@ def move_data_to_device(batch: Any, device: torch.device | str, non_blocking: bo
     return apply_to_collection(batch, torch.Tensor, move)
 
 
+def batch_mover(device: torch.device | str, non_blocking: bool = False) -> Callable[[Any], Any]:
+    """``move_data_to_device`` specialised for one device, for a per-batch path: a batch already there (the CPU's
+    ``(x, y)`` from a DataLoader) is recognised with a few attribute reads and returned as it is."""
+    device = torch.device(device)
+    tensor_type = torch.Tensor
+    if device.type == "cpu":
+
+        def in_place(batch: Any) -> bool:
+            for item in batch:
+                if type(item) is not tensor_type or not item.is_cpu:
+                    return False
+            return True
+
+    else:
+
+        def in_place(batch: Any) -> bool:
+            for item in batch:
+                if type(item) is not tensor_type or item.device != device:
+                    return False
+            return True
+
+    def to_device(batch: Any) -> Any:
+        kind = type(batch)
+        if (kind is list or kind is tuple) and in_place(batch):
+            return batch
+        return move_data_to_device(batch, device, non_blocking)
+
+    return to_device
+
+
 def requires_closure(optimizer: Any) -> bool:
     """Whether ``optimizer.step`` must be given a closure (LBFGS), which loss-scaling precisions cannot support."""
     return _step_requires_closure(type(optimizer))
@@ -164,6 +194,7 @@ def seed_everything(seed: int | None = None, workers: bool = False) -> int:
 
 __all__ = [
     "apply_to_collection",
+    "batch_mover",
     "distributed_loader",
     "move_data_to_device",
     "needs_distributed_sampler",

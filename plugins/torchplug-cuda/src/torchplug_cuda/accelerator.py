@@ -8,7 +8,6 @@ process is using.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import warnings
@@ -19,7 +18,7 @@ import torch
 
 from torchplug import MisconfigurationError, StepOps, hookimpl
 from torchplug.accelerators import Accelerator
-from torchplug.utilities import move_data_to_device, apply_to_collection, parse_devices
+from torchplug.utilities import apply_to_collection, batch_mover, parse_devices
 from torchplug_cuda import _gpus
 from torchplug_cuda._memory import MODES, memory_metrics
 from torchplug_cuda._select import pick_free_gpus
@@ -171,7 +170,7 @@ class CUDAAccelerator(Accelerator):
         # non_blocking is safe for every copy onto the GPU: from pinned memory it overlaps with compute, from
         # pageable memory the driver stages it before returning. A blocking copy would instead synchronise the
         # stream on every batch.
-        ops.to_device = functools.partial(move_data_to_device, device=trainer.root_device, non_blocking=True)
+        ops.to_device = batch_mover(trainer.root_device, non_blocking=True)
         return ops
 
     # ---------------------------------------------------------------------------------------- random generators
