@@ -281,3 +281,27 @@ def test_a_precision_that_replaces_the_module_is_refused():
 
     with pytest.raises(MisconfigurationError, match="replaced the module in torchplug_convert_module"):
         Trainer(**QUIET, max_steps=1, precision=Replacing()).fit(BoringModel(), regression_loader(16, 8))
+
+
+def test_overridden_optimizer_hooks_are_called_with_lightnings_arguments():
+    """optimizer_step receives the epoch, the batch index, the optimizer handle and the closure; optimizer_zero_grad
+    runs inside the closure on the first micro-batch of each accumulation window."""
+    calls = []
+
+    class Hooked(BoringModel):
+        def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+            calls.append(("step", epoch, batch_idx, type(optimizer).__name__))
+            optimizer.step(closure=optimizer_closure)
+
+        def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
+            calls.append(("zero_grad", epoch, batch_idx, type(optimizer).__name__))
+            optimizer.zero_grad()
+
+    model = Hooked()
+    before = [p.detach().clone() for p in model.parameters()]
+    Trainer(**QUIET, accelerator="cpu", max_steps=2, accumulate_grad_batches=2).fit(model, regression_loader(64, 8))
+    assert calls == [
+        ("zero_grad", 0, 0, "SGD"), ("step", 0, 1, "OptimizerHandle"),
+        ("zero_grad", 0, 2, "SGD"), ("step", 0, 3, "OptimizerHandle"),
+    ]  # fmt: skip
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

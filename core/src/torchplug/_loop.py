@@ -404,8 +404,10 @@ class Loop:
         self.last_logged_step = trainer.global_step
         self.step_args = _data.step_arguments(module.training_step, several_loaders=False)
         self.step_takes_index = len(self.step_args(None, 0, 0)) == 2
-        # the default optimizer_step hook is optimizer.step(closure=optimizer_closure): called as such when not overridden
+        # the default optimizer_step hook is optimizer.step(closure=optimizer_closure), the default optimizer_zero_grad
+        # hook optimizer.zero_grad(): called as such when not overridden
         self.module_optimizer_step = self.module_hooks.get("optimizer_step")
+        self.module_zero_grad = self.module_hooks.get("optimizer_zero_grad")
         self.zero_grad_hooks = self.overridden("on_before_zero_grad")
         self.backward_hooks = self.overridden("on_before_backward", "on_after_backward")
         self.pre_step_hooks = self.overridden("on_before_optimizer_step")
@@ -556,7 +558,10 @@ class _Closure:
         if self.first_in_window:
             if loop.zero_grad_hooks:
                 loop.call("on_before_zero_grad", optimizer)
-            loop.module.optimizer_zero_grad(loop.trainer.current_epoch, self.batch_idx, optimizer)
+            if loop.module_zero_grad is None:
+                optimizer.zero_grad()
+            else:
+                loop.module_zero_grad(loop.trainer.current_epoch, self.batch_idx, optimizer)
         if loss is None:
             return None
         accumulate = loop.trainer.accumulate_grad_batches
@@ -594,7 +599,8 @@ def _per_loader_metrics(trainer: Trainer, per_loader: list[set[str]], logged: di
 
 def _is_hook_name(name: str) -> bool:
     return name.startswith("on_") or name in (
-        "setup", "teardown", "backward", "configure_gradient_clipping", "transfer_batch_to_device",
+        "setup", "teardown", "backward", "configure_gradient_clipping", "transfer_batch_to_device", "optimizer_step",
+        "optimizer_zero_grad",
     )  # fmt: skip
 
 
