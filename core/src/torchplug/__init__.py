@@ -3,10 +3,16 @@
 import logging as _logging
 
 from torchplug._checkpoint import load_checkpoint
-from torchplug._errors import MisconfigurationError, PluginError, PluginLoadError, ProcessFailedError
+from torchplug._errors import (
+    MisconfigurationError,
+    PluginError,
+    PluginLoadError,
+    ProcessFailedError,
+    SIGTERMException,
+)
 from torchplug._hooks import hookimpl
 from torchplug._step import StepOps
-from torchplug._types import ClusterInfo, RunSpec, World
+from torchplug._types import ClusterInfo, Restart, RunSpec, World
 from torchplug.callbacks._base import Callback
 from torchplug.module import DataModule, LightningDataModule, LightningModule, Module
 from torchplug.strategies import StepModule
@@ -33,7 +39,9 @@ __all__ = [
     "PluginError",
     "PluginLoadError",
     "ProcessFailedError",
+    "Restart",
     "RunSpec",
+    "SIGTERMException",
     "StepModule",
     "StepOps",
     "Trainer",

@@ -15,3 +15,15 @@ class ProcessFailedError(RuntimeError):
 
 class PluginError(TypeError):
     """A plugin breaks torchplug's hook contract; the message names the plugin, its distribution and the mistake."""
+
+
+class SIGTERMException(SystemExit):
+    """Raised at a step boundary when the run stops on SIGTERM (or the job's requeue signal), after the step.
+
+    What ``on_exception`` receives (Ctrl-C gives a ``KeyboardInterrupt`` there, as in Lightning). ``signum`` is the
+    signal; the exit status is ``128 + signum``.
+    """
+
+    def __init__(self, signum: int = 15) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum

@@ -14,12 +14,13 @@ import contextlib
 import functools
 import logging
 import math
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchplug import _data, _optim, _plugins, _state
+from torchplug import _data, _heartbeat, _optim, _plugins, _state, _stopping
 from torchplug._errors import MisconfigurationError
 from torchplug._results import Results
 from torchplug.callbacks._base import Callback
@@ -54,23 +55,47 @@ class Progress:
 
 def run_stage(trainer: Trainer, stage: str, model: Module, loaders: dict[str, Any], datamodule: DataModule | None,
               ckpt_path: Any) -> Any:  # fmt: skip
-    """Run one stage in this process: set up, restore, run, and always tear down."""
+    """Run one stage in this process: set up, restore, run, and always tear down.
+
+    SIGINT/SIGTERM (and the job's requeue signal) stop it after an optimizer step (:mod:`torchplug._stopping`):
+    ``on_exception`` runs, the loggers are finalized, one line says what was saved, and the process exits with
+    :class:`~torchplug._stopping.Stopped` (1 for Ctrl-C, ``128 + signal`` otherwise), without a traceback.
+    """
     loop = trainer._loop = Loop(trainer, stage, model, datamodule)
-    status = "failed"
-    try:
-        loop.setup()  # inside: a half-made process group is still torn down
-        if ckpt_path is not None:
-            _state.restore(loop, _state.resolve_ckpt_path(trainer, ckpt_path))
-        result = loop.fit(loaders) if stage == "fit" else loop.evaluate_stage(stage, loaders[stage])
-        status = "success"
-        return result
-    except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt):
-            status = "interrupted"
-        loop.call("on_exception", exc)
-        raise
-    finally:
-        loop.teardown(status)
+    trainer.interrupted = False
+    with _stopping.handling(_stopping.stop_signals(trainer)):
+        try:
+            try:
+                loop.setup()  # inside: a half-made process group is still torn down
+                if stage == "fit":
+                    ckpt_path = _stopping.restart_checkpoint(trainer, ckpt_path)
+                if ckpt_path is not None:
+                    _state.restore(loop, _state.resolve_ckpt_path(trainer, ckpt_path))
+                result = loop.fit(loaders) if stage == "fit" else loop.evaluate_stage(stage, loaders[stage])
+                if stage == "fit":
+                    _stopping.forget_restart(trainer)
+            except BaseException as exc:
+                signum = _stopping.interruption(exc)
+                # With several processes only a stop every rank agreed on may save (saving is collective).
+                agreed = bool(signum) and (trainer.world_size == 1 or _stopping.is_agreed_stop(exc))
+                trainer.interrupted = bool(signum)
+                saves = trainer._checkpoints_saved
+                try:
+                    loop.call("on_exception", exc)
+                    if agreed:
+                        _stopping.save_for_restart(trainer)
+                finally:
+                    loop.teardown("interrupted" if signum else "failed")
+                if not agreed:
+                    raise
+                requeued = _stopping.requeue(trainer, signum)
+                if trainer.is_global_zero:
+                    loop.report_stop(signum, trainer._checkpoints_saved > saves, requeued)
+                raise _stopping.Stopped(signum) from None
+            loop.teardown("success")
+            return result
+        finally:
+            _stopping.finished()
 
 
 class Loop:
@@ -88,6 +113,8 @@ class Loop:
         self.handles: list[_optim.OptimizerHandle] = []
         self.resume: _state.Resume | None = None
         self.step_taken = True
+        self.heartbeat: _heartbeat.Heartbeat | None = None
+        self.stop_check: _stopping.StopCheck | None = None
         self._bind_user_hooks()
 
     # ==================================================================================================== hooks
@@ -162,6 +189,8 @@ class Loop:
         ops = hook.torchplug_step_ops(trainer=trainer)
         self.ops = ops.traced(_plugins.trace) if _plugins.tracing() else ops
         self._bind_batch_preparation()
+        self.heartbeat = _heartbeat.start(trainer)  # None unless a supervisor watches this process
+        self.stop_check = _stopping.StopCheck(trainer)
 
     def _show_header(self) -> None:
         trainer = self.trainer
@@ -209,6 +238,7 @@ class Loop:
     # ==================================================================================================== teardown
     def teardown(self, status: str) -> None:
         trainer = self.trainer
+        _heartbeat.stop()
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.finalize(status)
@@ -222,6 +252,23 @@ class Loop:
         trainer.hook.torchplug_teardown(trainer=trainer)
         trainer.training = False
         trainer._results = None
+
+    def report_stop(self, signum: int, saved: bool, requeued: str | None) -> None:
+        """One line on global rank 0: what stopped the stage, what was saved, how to go on."""
+        trainer = self.trainer
+        where = (f"after step {trainer.global_step} (epoch {trainer.current_epoch})" if self.stage == "fit"
+                 else f"during {self.stage}")  # fmt: skip
+        text = f"torchplug: stopped by {_stopping.signal_name(signum)} {where}"
+        last = trainer._last_checkpoint
+        if self.stage == "fit" and saved and last is not None:
+            text += f"; saved {last}; resume with trainer.fit(model, ckpt_path={last!r})"
+        elif self.stage == "fit":
+            text += "; no checkpoint was saved on stopping (ModelCheckpoint(save_on_exception=True) saves one)"
+            if last is not None:
+                text += f"; the latest is {last}"
+        if requeued:
+            text += f"; {requeued}"
+        print(text, file=sys.stderr, flush=True)
 
     # ==================================================================================================== fit
     def fit(self, loaders: dict[str, Any]) -> None:
@@ -267,6 +314,9 @@ class Loop:
         try:
             while trainer.num_training_batches and not self._fit_done():  # limit_train_batches=0: no training
                 self._train_epoch()
+                # A stop asked for during the epoch's last batch lands here, after the epoch ended (and saved)
+                if not self._fit_done() and self.stop_check.agree():
+                    raise self.stop_check.stop()
         finally:
             trainer.training = False
         self.call("on_train_end")
@@ -345,6 +395,8 @@ class Loop:
         else:
             progress.batches_done, progress.epoch_start_rng = 0, _state.get_rng_states(trainer)
         trainer.hook.torchplug_on_train_epoch_start(trainer=trainer, epoch=trainer.current_epoch)
+        if self.heartbeat is not None:
+            self.heartbeat.begin("training")
         self.call("on_train_epoch_start")
         if progress.phase == "train":
             self._train_batches(batches)
@@ -372,6 +424,7 @@ class Loop:
         prepare = functools.partial(self.prepare, dataloader_idx=0) if self.transfer_hooks else ops.to_device
         start_hooks, end_hooks = self.overridden("on_train_batch_start"), self.overridden("on_train_batch_end")
         max_steps, log_every = trainer.max_steps, trainer.log_every_n_steps
+        beat, stop_check, stepped_at = self.heartbeat, self.stop_check, trainer.global_step
         for batch, is_last in batches:
             batch_idx = progress.batches_done
             batch = prepare(batch)
@@ -389,12 +442,23 @@ class Loop:
                 self.validate_during_fit()
             if (max_steps != -1 and trainer.global_step >= max_steps) or (trainer.should_stop and self._min_reached()):
                 break
+            if beat is not None:
+                beat()
+            # A signal stops the run after an optimizer step, never inside an accumulation window.
+            if trainer.global_step != stepped_at:
+                stepped_at = trainer.global_step
+                if not is_last and stop_check():
+                    raise stop_check.stop()
 
     def validate_during_fit(self) -> None:
         trainer = self.trainer
         trainer.progress.validated_at = trainer.progress.total_batches  # before the hooks: a checkpoint records it
         train_results = trainer._results
+        if self.heartbeat is not None:
+            self.heartbeat.begin("validating")
         self.evaluate("validate", self.val_loaders, trainer.num_val_batches)
+        if self.heartbeat is not None:
+            self.heartbeat.enter("training")
         trainer._results = train_results
         train_results.dataloader_idx = None
 
@@ -493,6 +557,8 @@ class Loop:
         setattr(trainer, f"num_{kind}_batches", counts)
         trainer.callback_metrics.clear()
         trainer.progress_bar_metrics.clear()
+        if self.heartbeat is not None:
+            self.heartbeat.begin({"validate": "validating", "test": "testing", "predict": "predicting"}[stage])
         return self.evaluate(stage, loaders, counts)
 
     def evaluate(self, stage: str, loaders: list[Any], counts: list[int | float]) -> Any:
@@ -509,6 +575,10 @@ class Loop:
         self.call(f"on_{name}_epoch_start")
         outputs: list[list[Any]] = []
         per_loader: list[set[str]] = []
+        beat = self.heartbeat
+        # A stage of its own may stop between batches; with several processes (whose loaders may differ in length)
+        # and inside fit (whose checkpoint would skip the rest of the validation) it runs to its end.
+        stop_check = self.stop_check if self.stage != "fit" and trainer.world_size == 1 else None
         with torch.no_grad():
             for dl_idx, (loader, count) in enumerate(zip(loaders, counts)):
                 results.dataloader_idx = dl_idx if several else None
@@ -522,6 +592,10 @@ class Loop:
                     self.call(f"on_{name}_batch_end", output, batch, batch_idx, *extra)
                     if stage == "predict":
                         collected.append(output)
+                    if beat is not None:
+                        beat()
+                    if stop_check is not None and stop_check():
+                        raise stop_check.stop()
                 outputs.append(collected)
                 per_loader.append(set(results.metrics) - before)
         results.dataloader_idx = None

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from torchplug import _legacy, _loop, _selection, _state
+from torchplug import _heartbeat, _legacy, _loop, _selection, _state, _stopping
 from torchplug._errors import MisconfigurationError
 from torchplug._types import World
 from torchplug.callbacks._base import Callback
@@ -215,6 +215,7 @@ class Trainer:
         self.current_epoch = 0
         self.global_step = 0
         self.should_stop = False
+        self.interrupted = False  # the last stage was stopped by a signal (Ctrl-C, SIGTERM, the requeue signal)
         self.sanity_checking = False
         self.training = False
         self.stage: str | None = None
@@ -235,6 +236,8 @@ class Trainer:
         self._loop: _loop.Loop | None = None
         self._results: Any = None
         self._header_shown = False
+        self._checkpoints_saved = 0
+        self._last_checkpoint: str | None = None  # the newest full checkpoint this trainer saved
 
     # ==================================================================================================== construction
     def _default_callbacks(
@@ -454,4 +457,12 @@ class Trainer:
     # ==================================================================================================== checkpoints
     def save_checkpoint(self, filepath: str | os.PathLike[str], weights_only: bool = False) -> None:
         """Write a checkpoint of the whole run; every rank must call this (the strategy decides who writes what)."""
-        _state.save_checkpoint(self, os.fspath(filepath), weights_only)
+        path = os.fspath(filepath)
+        phase = _heartbeat.enter("saving a checkpoint")
+        _state.save_checkpoint(self, path, weights_only)
+        if phase is not None:
+            _heartbeat.enter(phase)
+        self._checkpoints_saved += 1
+        if not weights_only:
+            self._last_checkpoint = path
+            _stopping.note_saved(self, path)

@@ -5,6 +5,7 @@ from torchplug.callbacks.early_stopping import EarlyStopping
 from torchplug.callbacks.lr_monitor import LearningRateMonitor
 from torchplug.callbacks.model_checkpoint import ModelCheckpoint
 from torchplug.callbacks.model_summary import ModelSummary, summarize
+from torchplug.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
 from torchplug.callbacks.progress import ProgressBar
 
 TQDMProgressBar = ProgressBar  # Lightning's name for the same bar
@@ -15,6 +16,7 @@ __all__ = [
     "LearningRateMonitor",
     "ModelCheckpoint",
     "ModelSummary",
+    "OnExceptionCheckpoint",
     "ProgressBar",
     "TQDMProgressBar",
     "summarize",

@@ -37,6 +37,12 @@ class ModelCheckpoint(Callback):
     validation run when validation runs several times per epoch (``val_check_interval``). ``save_on_train_epoch_end``
     overrides that choice. Nothing is saved during the sanity check or with ``fast_dev_run``.
 
+    ``save_on_exception=True`` also saves when the run stops by an exception (``on_exception``): a checkpoint named
+    by ``filename`` for the step reached, and ``last.ckpt`` with ``save_last`` (not during the sanity check, with
+    ``fast_dev_run``, or when this step was saved already). Ctrl-C and SIGTERM stop the run after an optimizer step,
+    so such a checkpoint resumes exactly. With several processes it saves only when every rank stopped together (a
+    signal; saving is collective): an exception raised on one rank alone is not saved, with a warning.
+
     Every rank runs this callback and calls ``trainer.save_checkpoint``; only global rank 0 writes and deletes
     files, and the decisions (which file, whether it enters the top k) are rank 0's, broadcast to the others.
     """
@@ -63,6 +69,7 @@ class ModelCheckpoint(Callback):
         train_time_interval: timedelta | None = None,
         save_weights_only: bool = False,
         save_on_train_epoch_end: bool | None = None,
+        save_on_exception: bool = False,
         auto_insert_metric_name: bool = True,
         enable_version_counter: bool = True,
         verbose: bool = False,
@@ -102,6 +109,7 @@ class ModelCheckpoint(Callback):
         self.save_top_k = save_top_k
         self.save_last = save_last
         self.save_weights_only = save_weights_only
+        self.save_on_exception = bool(save_on_exception)
         self.auto_insert_metric_name = auto_insert_metric_name
         self.verbose = verbose
         self._save_on_train_epoch_end = save_on_train_epoch_end
@@ -192,6 +200,17 @@ class ModelCheckpoint(Callback):
         self._validation_ran = True
         if not self._should_skip_saving(trainer) and not self._should_save_on_train_epoch_end(trainer):
             self._save_at_epoch_end(trainer)
+
+    def on_exception(self, trainer: Trainer, pl_module: Module, exception: BaseException) -> None:
+        if not self.save_on_exception or trainer.fast_dev_run or trainer.sanity_checking:
+            return
+        if self._last_global_step_saved == trainer.global_step:
+            return  # this step is saved already
+        if not _may_save_after(trainer, exception, "ModelCheckpoint(save_on_exception=True)"):
+            return
+        candidates = self._monitor_candidates(trainer)
+        self._save_checkpoint(trainer, self.format_checkpoint_name(candidates))
+        self._save_last_checkpoint(trainer, candidates)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -424,6 +443,20 @@ class ModelCheckpoint(Callback):
     def _remove_checkpoint(self, trainer: Trainer, filepath: str) -> None:
         if trainer.is_global_zero and os.path.lexists(filepath):
             os.remove(filepath)
+
+
+def _may_save_after(trainer: Trainer, exception: BaseException, who: str) -> bool:
+    """Whether a save in ``on_exception`` can run: one process, or every rank stopped together (saving is collective)."""
+    from torchplug import _stopping
+
+    if getattr(trainer, "world_size", 1) <= 1 or _stopping.is_agreed_stop(exception):
+        return True
+    warnings.warn(
+        f"{who}: {type(exception).__name__} was raised on rank {trainer.global_rank} alone, while the other processes "
+        "were elsewhere; a checkpoint needs every process, so none was saved",
+        stacklevel=3,
+    )
+    return False
 
 
 def _broadcast(trainer: Trainer, obj: Any) -> Any:
