@@ -102,8 +102,9 @@ def _handle(signum: int, frame: Any) -> None:
         return
     if request.priority(signum) > request.priority(request.signum):
         request.signum = signum
+        who = f"rank {os.environ['RANK']}: " if "RANK" in os.environ else ""
         _write(
-            f"torchplug: {signal_name(signum)} received; stopping after the current step "
+            f"torchplug: {who}{signal_name(signum)} received; stopping after the current step "
             f"(send it again to exit at once)\n"
         )
     previous = _PREVIOUS.get(signum)

@@ -436,7 +436,11 @@ class Trainer:
     def _launch(self, stage: str, **kwargs: Any) -> Any:
         self.stage = stage
         self.lightning_module = kwargs["model"]  # the caller's module, for strategies that return results to it
-        result = self.hook.torchplug_launch(trainer=self, function=_Launch(self, stage, kwargs))
+        try:
+            result = self.hook.torchplug_launch(trainer=self, function=_Launch(self, stage, kwargs))
+        except _stopping.Stopped:
+            self.interrupted = True  # the stage's processes stopped on a signal (ddp_spawn's caller learns it here)
+            raise
         if result is None:
             raise RuntimeError(f"strategy {self.strategy_name!r} answered torchplug_launch with None")
         return result[0]

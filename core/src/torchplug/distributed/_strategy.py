@@ -20,7 +20,7 @@ from torchplug import _state
 from torchplug._errors import MisconfigurationError
 from torchplug._hooks import hookimpl
 from torchplug._types import ClusterInfo, World
-from torchplug.distributed import _collectives, _launcher, _spawn
+from torchplug.distributed import _collectives, _hang, _launcher, _spawn
 from torchplug.distributed._failures import from_exception
 from torchplug.strategies import Strategy
 from torchplug.utilities import distributed_loader, needs_distributed_sampler
@@ -49,6 +49,9 @@ class ProcessGroupStrategy(Strategy):
     * ``process_group_backend``: ``"nccl"``, ``"gloo"``, ...; default: torch's backend for the device type
       (nccl for cuda, gloo for cpu).
     * ``timeout``: how long a collective (and the rendezvous) may wait, a timedelta or seconds; 30 minutes.
+    * ``hang_timeout``: seconds a rank's loop may go without progress (a training or evaluation batch, a checkpoint
+      save) before the launcher dumps every rank's Python stack, names the rank that hangs and ends the job; 600.
+      ``None`` turns it off. Only for processes this strategy starts (``popen``, ``spawn``, ``fork``).
     * ``start_method``: how processes are made when nothing else started them: ``"popen"`` re-runs the user's
       command (``python train.py`` becomes N processes; nothing is pickled), ``"spawn"``/``"fork"`` start
       ``torch.multiprocessing`` workers with a pickled copy of the run and hand rank 0's outcome back to the caller.
@@ -67,9 +70,18 @@ class ProcessGroupStrategy(Strategy):
         process_group_backend: str | None = None,
         timeout: timedelta | float = timedelta(minutes=30),
         start_method: str | None = None,
+        hang_timeout: float | None = _hang.DEFAULT_TIMEOUT_S,
     ) -> None:
         self.process_group_backend = process_group_backend
         self.timeout = as_timedelta(timeout)
+        if hang_timeout is not None and (
+            isinstance(hang_timeout, bool) or not isinstance(hang_timeout, (int, float)) or hang_timeout <= 0
+        ):
+            raise MisconfigurationError(
+                f"hang_timeout={hang_timeout!r}: give the seconds a rank may make no progress (a number > 0), or None "
+                "to turn hang detection off"
+            )
+        self.hang_timeout = float(hang_timeout) if hang_timeout is not None else None
         start_method = start_method or self.default_start_method
         if start_method not in START_METHODS:
             raise MisconfigurationError(
@@ -140,13 +152,13 @@ class ProcessGroupStrategy(Strategy):
                 _launcher.launch(
                     function, num_processes=trainer.num_processes, num_nodes=trainer.num_nodes,
                     node_rank=info.node_rank, main_address=info.main_address, main_port=info.main_port,
-                    exit_timeout=self.timeout.total_seconds(),
+                    exit_timeout=self.timeout.total_seconds(), hang_timeout=self.hang_timeout,
                 ),
             )  # fmt: skip
         has_answer, answer = _spawn.spawn(
             _HandBack(function), num_processes=trainer.num_processes, num_nodes=trainer.num_nodes,
             node_rank=info.node_rank, main_address=info.main_address, main_port=info.main_port,
-            start_method=self.start_method,
+            start_method=self.start_method, hang_timeout=self.hang_timeout,
         )  # fmt: skip
         return (_state.adopt_run(trainer, answer) if has_answer else None,)
 
