@@ -259,8 +259,8 @@ class Loop:
         where = (f"after step {trainer.global_step} (epoch {trainer.current_epoch})" if self.stage == "fit"
                  else f"during {self.stage}")  # fmt: skip
         text = f"torchplug: stopped by {_stopping.signal_name(signum)} {where}"
-        last = trainer._last_checkpoint
-        if self.stage == "fit" and saved and last is not None:
+        last, last_step = trainer._last_checkpoint, trainer._last_checkpoint_step
+        if self.stage == "fit" and last is not None and (saved or last_step == trainer.global_step):
             text += f"; saved {last}; resume with trainer.fit(model, ckpt_path={last!r})"
         elif self.stage == "fit":
             text += "; no checkpoint was saved on stopping (ModelCheckpoint(save_on_exception=True) saves one)"

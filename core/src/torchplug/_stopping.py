@@ -74,6 +74,7 @@ class _Request:
         self.requeue_signal = 0
         self.stopping = False  # the stop is under way: a further signal ends the process at once
         self.raised: BaseException | None = None  # what the loop raised for the agreed stop
+        self.requeued = False  # SIGTERM is ignored from the requeue on
 
     def priority(self, signum: int) -> int:
         """Which of several signals wins when ranks got different ones: the requeue signal, then SIGTERM, SIGINT."""
@@ -139,6 +140,8 @@ def handling(signals: tuple[int, ...]) -> Iterator[None]:
         yield
     finally:
         for signum, previous in installed.items():
+            if signum == signal.SIGTERM and _REQUEST.requeued:
+                continue  # the scheduler's SIGTERM follows a requeue: the process is ending, let it end cleanly
             with contextlib.suppress(ValueError, OSError, TypeError):
                 signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
             _PREVIOUS.pop(signum, None)
@@ -228,9 +231,12 @@ class StopCheck:
 
 
 def finished() -> None:
-    """The stage is over: a request it did not act on stays pending for the next stage of this process."""
-    _REQUEST.raised = None
-    _REQUEST.stopping = False
+    """The stage is over. A request it acted on is spent (a later stage, if the application caught the exit, runs
+    normally); one it did not act on (the stage ended first) stays pending for the next stage of this process."""
+    request = _REQUEST
+    if request.stopping:
+        request.signum = request.agreed = 0
+    request.raised, request.stopping = None, False
 
 
 # ==================================================================================================== restarts
@@ -327,6 +333,7 @@ def requeue(trainer: Trainer, signum: int) -> str | None:
     if not signum or signum != _REQUEST.requeue_signal:
         return None
     trainer.barrier("requeue")
+    _REQUEST.requeued = True
     with contextlib.suppress(ValueError, OSError):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the scheduler's SIGTERM follows the requeue: we are ending
     message = trainer.hook.torchplug_requeue(trainer=trainer) if trainer.is_global_zero else None

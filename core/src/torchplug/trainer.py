@@ -237,7 +237,8 @@ class Trainer:
         self._results: Any = None
         self._header_shown = False
         self._checkpoints_saved = 0
-        self._last_checkpoint: str | None = None  # the newest full checkpoint this trainer saved
+        self._last_checkpoint: str | None = None  # the newest full checkpoint this trainer saved, and its step
+        self._last_checkpoint_step = -1
 
     # ==================================================================================================== construction
     def _default_callbacks(
@@ -468,5 +469,5 @@ class Trainer:
             _heartbeat.enter(phase)
         self._checkpoints_saved += 1
         if not weights_only:
-            self._last_checkpoint = path
+            self._last_checkpoint, self._last_checkpoint_step = path, self.global_step
             _stopping.note_saved(self, path)

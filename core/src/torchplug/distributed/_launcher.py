@@ -232,7 +232,7 @@ class _Supervisor:
             if self._failure is None:
                 self._failure = failure
                 self._decided.set()
-        self._end_job(grace=1.0)  # a hung rank does not react to SIGTERM; its stack is already dumped
+        self._end_job(grace=0.0)  # a hung rank cannot stop gracefully; its stack is dumped: kill
 
     def _end_job(self, grace: float = 5.0) -> None:
         """A failure is decided: stop the children and make rank 0's main thread raise it (or end the process)."""
@@ -261,7 +261,7 @@ class _Supervisor:
         self._stopping = True
         children = [c for c in self._children.values() if c.poll() is None]
         for child in children:
-            _signal(child, signal.SIGTERM)
+            _signal(child, signal.SIGTERM if grace else signal.SIGKILL)
         deadline = time.monotonic() + grace
         for child in children:
             try:

@@ -133,7 +133,7 @@ def _supervise(processes: list[Any], num_processes: int, node_rank: int, workdir
             os.replace(os.path.join(workdir, "stop-request.tmp"), os.path.join(workdir, "stop-request"))
         hung = hang.check({r: p.pid for r, p in ranks.items()})
         if hung is not None:
-            _stop(processes, grace=1.0)  # a hung rank does not react to SIGTERM; its stack is already dumped
+            _stop(processes, grace=0.0)  # a hung rank cannot stop gracefully; its stack is dumped: kill
             raise ProcessFailedError(hung.report())
         multiprocessing.connection.wait([p.sentinel for p in running], timeout=0.5)
     deadline = time.monotonic() + 1.0  # let the consequences of the failure show, to choose among them
@@ -153,7 +153,7 @@ def _supervise(processes: list[Any], num_processes: int, node_rank: int, workdir
 def _stop(processes: list[Any], grace: float = 5.0) -> None:
     alive = [p for p in processes if p.is_alive()]
     for process in alive:
-        process.terminate()
+        process.terminate() if grace else process.kill()
     deadline = time.monotonic() + grace
     for process in alive:
         process.join(max(0.0, deadline - time.monotonic()))
