@@ -184,8 +184,9 @@ class ProcessGroupStrategy(Strategy):
             return
         os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = info.main_address, str(info.main_port)
         dist.init_process_group(
-            self.backend(trainer), rank=info.global_rank, world_size=info.world_size, timeout=self.timeout
-        )
+            self.backend(trainer), rank=info.global_rank, world_size=info.world_size, timeout=self.timeout,
+            store=_torchelastic_attempt_store(info, self.timeout),
+        )  # fmt: skip
         atexit.register(_destroy_process_group)
 
     @hookimpl
@@ -291,6 +292,21 @@ def _record_for_torchelastic(rank: int, exc: BaseException) -> None:
             json.dump(record, fh)
     except OSError:
         pass
+
+
+def _torchelastic_attempt_store(info: ClusterInfo, timeout: timedelta) -> Any:
+    """Under torchrun, a store of this attempt's own (``None`` elsewhere: torch makes one from the environment).
+
+    torchrun (torch 2.13) keeps one rendezvous TCPStore for every restart of the workers, so a restarted process
+    group can read the addresses the previous attempt's processes left there and fail to connect (gloo: "Connection
+    refused"; checked without torchplug too). Keys under ``torchplug/attempt_<TORCHELASTIC_RESTART_COUNT>`` are new
+    for every attempt.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true":
+        return None
+    store = dist.TCPStore(info.main_address, info.main_port, world_size=info.world_size, is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"torchplug/attempt_{attempt}", store)
 
 
 def _destroy_process_group() -> None:
