@@ -425,6 +425,7 @@ class Loop:
         start_hooks, end_hooks = self.overridden("on_train_batch_start"), self.overridden("on_train_batch_end")
         max_steps, log_every = trainer.max_steps, trainer.log_every_n_steps
         beat, stop_check, stepped_at = self.heartbeat, self.stop_check, trainer.global_step
+        stop_due = stop_check.due
         for batch, is_last in batches:
             batch_idx = progress.batches_done
             batch = prepare(batch)
@@ -447,7 +448,7 @@ class Loop:
             # A signal stops the run after an optimizer step, never inside an accumulation window.
             if trainer.global_step != stepped_at:
                 stepped_at = trainer.global_step
-                if not is_last and stop_check():
+                if not is_last and stop_due():
                     raise stop_check.stop()
 
     def validate_during_fit(self) -> None:
@@ -579,6 +580,7 @@ class Loop:
         # A stage of its own may stop between batches; with several processes (whose loaders may differ in length)
         # and inside fit (whose checkpoint would skip the rest of the validation) it runs to its end.
         stop_check = self.stop_check if self.stage != "fit" and trainer.world_size == 1 else None
+        stop_due = stop_check.due if stop_check is not None else None
         with torch.no_grad():
             for dl_idx, (loader, count) in enumerate(zip(loaders, counts)):
                 results.dataloader_idx = dl_idx if several else None
@@ -594,7 +596,7 @@ class Loop:
                         collected.append(output)
                     if beat is not None:
                         beat()
-                    if stop_check is not None and stop_check():
+                    if stop_due is not None and stop_due():
                         raise stop_check.stop()
                 outputs.append(collected)
                 per_loader.append(set(results.metrics) - before)

@@ -178,7 +178,7 @@ class StopCheck:
     identical) values. Between two combinations a step costs a counter decrement.
     """
 
-    __slots__ = ("trainer", "shared", "relay", "countdown", "interval", "since")
+    __slots__ = ("trainer", "shared", "relay", "countdown", "interval", "since", "due")
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
@@ -186,10 +186,11 @@ class StopCheck:
         self.shared = trainer.world_size > 1 or self.relay is not None
         self.countdown = self.interval = 1
         self.since = time.monotonic()
+        request = _REQUEST
+        #: What the loop calls at a step boundary: truthy when every rank is to stop here.
+        self.due: Any = self._count_down if self.shared else (lambda: request.signum)
 
-    def __call__(self) -> bool:
-        if not self.shared:
-            return _REQUEST.signum != 0
+    def _count_down(self) -> bool:
         self.countdown -= 1
         if self.countdown:
             return False

@@ -7,6 +7,11 @@ launcher, the caller under ``ddp_spawn``) sends SIGUSR2 to every rank, reads the
 not waiting in a collective (a hung rank makes every other rank wait for it, so all heartbeats go stale together;
 the stacks tell them apart). The faulthandler dump is written by a C signal handler, so it works while a rank is
 blocked inside gloo or NCCL.
+
+Processes started by torchrun or srun have no supervisor of ours: each watches itself (:class:`SelfWatch`, a
+thread that reads its own heartbeat). A rank whose main thread is stuck outside a collective reports itself and
+exits at once; a rank that only waits in a collective reports that and exits a few seconds later, so that the stuck
+rank's report comes first; torchrun (or ``srun --kill-on-bad-exit=1``) then ends the others.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ import json
 import os
 import re
 import signal
+import sys
 import sysconfig
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import IO
@@ -89,6 +97,7 @@ class HangWatch:
     def __init__(self, directory: str, timeout: float) -> None:
         self.directory, self.timeout = directory, timeout
         self.next_check = 0.0
+        self.beats: dict[int, dict] = {}
 
     def check(self, pids: dict[int, int]) -> Failure | None:
         """Call often; looks at the heartbeats about once a second."""
@@ -96,7 +105,11 @@ class HangWatch:
         if now < self.next_check or not self.timeout:
             return None
         self.next_check = now + 1.0
-        ranks = {rank: _Rank(rank, pid, _read_beat(self.directory, rank)) for rank, pid in pids.items()}
+        for rank in pids:
+            beat = _read_beat(self.directory, rank)
+            if beat is not None:  # None also for a record caught half written: keep the one before
+                self.beats[rank] = beat
+        ranks = {rank: _Rank(rank, pid, self.beats.get(rank)) for rank, pid in pids.items()}
         wall = time.time()
         stale = {
             r.rank: wall - r.beat["time"]
@@ -111,6 +124,16 @@ class HangWatch:
         _dump_stacks(self.directory, ranks)
         stuck = [r for r in ranks.values() if r.stack and not r.waiting]
         waiting = [r for r in ranks.values() if r.waiting]
+        if len(ranks) == 1 and waiting:  # a rank watching itself: it cannot see the others
+            r = waiting[0]
+            beat = r.beat or {}
+            summary = (
+                f"made no progress for {silent_for:.0f} s (hang_timeout={self.timeout:g} s; last heartbeat at epoch "
+                f"{beat.get('epoch', '?')}, step {beat.get('step', '?')}, {beat.get('phase', 'no phase')}): it waits "
+                f"in a collective at {r.where()}, so another rank is probably stuck (its own report names it). "
+                f"Python stack (main thread, most recent call first):\n{r.dump.rstrip()}"
+            )
+            return Failure(rank=r.rank, pid=r.pid, time=time.time(), summary=summary, secondary=True)
 
         def progress(r: _Rank) -> tuple[int, float]:
             return (r.beat or {}).get("step", -1), (r.beat or {}).get("time", 0.0)
@@ -144,7 +167,7 @@ class HangWatch:
 def _read_beat(directory: str, rank: int) -> dict | None:
     try:
         with open(_heartbeat.heartbeat_file(directory, rank)) as fh:
-            beat = json.load(fh)
+            beat = json.loads(fh.read().strip() or "null")
     except (OSError, ValueError):
         return None
     return beat if isinstance(beat, dict) and isinstance(beat.get("time"), (int, float)) else None
@@ -204,3 +227,57 @@ def _main_thread(text: str, ident: int | None) -> tuple[str, list[tuple[str, int
 
 def _is_library(path: str) -> bool:
     return os.path.realpath(path).startswith(_LIBRARY_DIRS) or path.startswith("<")
+
+
+class SelfWatch:
+    """Hang detection in a rank that torchrun or srun started: a daemon thread watching this process's heartbeat."""
+
+    #: How much later than a stuck rank a rank that only waits in a collective ends itself.
+    WAITING_DELAY_S = 5.0
+
+    def __init__(self, rank: int, timeout: float) -> None:
+        directory = tempfile.mkdtemp(prefix="torchplug-heartbeat-")
+        arm(directory, rank)
+        self.rank, self.watch = rank, HangWatch(directory, timeout)
+        self.thread = threading.Thread(target=self._run, name="torchplug-hang-watch", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(1.0)
+            failure = self.watch.check({self.rank: os.getpid()})
+            if failure is not None:
+                self._end(failure)
+
+    def _end(self, failure: Failure) -> None:
+        sys.stderr.write(f"torchplug: rank {failure.rank} (pid {failure.pid}) {failure.summary}\n")
+        sys.stderr.flush()
+        _write_torchelastic_error(failure)
+        if failure.secondary:
+            time.sleep(self.WAITING_DELAY_S)
+        sys.stdout.flush()
+        os._exit(1)
+
+
+_SELF_WATCH: SelfWatch | None = None
+
+
+def watch_self(rank: int, timeout: float | None) -> None:
+    """Start :class:`SelfWatch` in this process, once (later stages reuse it)."""
+    global _SELF_WATCH
+    if timeout and _SELF_WATCH is None:
+        _SELF_WATCH = SelfWatch(rank, timeout)
+
+
+def _write_torchelastic_error(failure: Failure) -> None:
+    """torchrun's error file, so that its failure summary shows the report (not only "exitcode 1")."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    record = {"message": {"message": f"rank {failure.rank} (pid {failure.pid}) {failure.summary}",
+                          "extraInfo": {"py_callstack": "", "timestamp": str(int(failure.time))}}}  # fmt: skip
+    try:
+        with open(path, "w") as fh:
+            json.dump(record, fh)
+    except OSError:
+        pass

@@ -51,7 +51,7 @@ class ProcessGroupStrategy(Strategy):
     * ``timeout``: how long a collective (and the rendezvous) may wait, a timedelta or seconds; 30 minutes.
     * ``hang_timeout``: seconds a rank's loop may go without progress (a training or evaluation batch, a checkpoint
       save) before the launcher dumps every rank's Python stack, names the rank that hangs and ends the job; 600.
-      ``None`` turns it off. Only for processes this strategy starts (``popen``, ``spawn``, ``fork``).
+      ``None`` turns it off. Under torchrun or srun each rank watches itself and ends itself (see docs/ddp.md).
     * ``start_method``: how processes are made when nothing else started them: ``"popen"`` re-runs the user's
       command (``python train.py`` becomes N processes; nothing is pickled), ``"spawn"``/``"fork"`` start
       ``torch.multiprocessing`` workers with a pickled copy of the run and hand rank 0's outcome back to the caller.
@@ -144,6 +144,8 @@ class ProcessGroupStrategy(Strategy):
     def torchplug_launch(self, trainer: Trainer, function: Callable[[], Any]) -> tuple[Any]:
         info = self.cluster_info(trainer)
         if info.creates_processes_externally:
+            if not _launcher.supervising() and not _launcher.launched_child() and info.world_size > 1:
+                _hang.watch_self(info.global_rank, self.hang_timeout)  # torchrun's or srun's: no supervisor of ours
             return (run_started_process(function, info.global_rank),)
         if self.start_method == "popen":
             if info.world_size == 1:  # a process group of one: nothing to start
