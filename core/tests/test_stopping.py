@@ -5,6 +5,7 @@ plugins/torchplug-ddp/tests/test_ddp_signals.py, SLURM's requeue in test_ddp_slu
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -277,3 +278,42 @@ def test_a_second_signal_while_stopping_exits_at_once(tmp_path):
     assert proc.returncode == -signal.SIGINT, output
     assert time.monotonic() - sent < 15
     assert "torchplug: SIGINT again: exiting at once, without saving" in output, output
+
+
+def test_preemption_options_are_checked_and_named():
+    from torchplug.distributed import ProcessGroupStrategy
+    from torchplug.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    assert SLURMEnvironment().requeue_signal == signal.SIGUSR1 and SLURMEnvironment().auto_requeue
+    assert SLURMEnvironment(requeue_signal="usr2").requeue_signal == signal.SIGUSR2
+    assert SLURMEnvironment(requeue_signal="SIGHUP").requeue_signal == signal.SIGHUP
+    with pytest.raises(torchplug.MisconfigurationError, match=r"requeue_signal='USR9'.*signal.SIGUSR1"):
+        SLURMEnvironment(requeue_signal="USR9")
+    with pytest.raises(torchplug.MisconfigurationError, match=r"auto_requeue='yes'"):
+        SLURMEnvironment(auto_requeue="yes")
+    with pytest.raises(torchplug.MisconfigurationError, match=r"resume_on_restart=1"):
+        TorchElasticEnvironment(resume_on_restart=1)
+    assert ProcessGroupStrategy().hang_timeout == 600 and ProcessGroupStrategy(hang_timeout=None).hang_timeout is None
+    for bad in (0, -5, "10", True):
+        with pytest.raises(torchplug.MisconfigurationError, match=rf"hang_timeout={bad!r}: give the seconds"):
+            ProcessGroupStrategy(hang_timeout=bad)
+
+
+def test_a_slurm_job_records_its_checkpoints_for_a_restart_and_a_finished_fit_removes_the_record(tmp_path, monkeypatch):
+    """The bookkeeping of a restart, in one process: SIGTERM (what SLURM sends at a time limit or a preemption) saves
+    the restart checkpoint without requeuing; the variables are the ones SLURM sets in a job's tasks. The requeue
+    itself runs on a real cluster in plugins/torchplug-ddp/tests/test_ddp_slurm.py."""
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    trainer = trainer_for(tmp_path, SignalAt(signal.SIGTERM, 3), plugins=["slurm"], max_epochs=1)
+    with pytest.raises(SystemExit) as stopped:
+        trainer.fit(BoringModel(), loader())
+    assert stopped.value.code == 143
+    record = tmp_path / "restart" / "slurm-4242.json"
+    assert json.loads(record.read_text())["global_step"] == 3
+    assert (tmp_path / "restart" / "slurm-4242.ckpt").exists()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    again = trainer_for(tmp_path, plugins=["slurm"], max_epochs=1)
+    again.fit(BoringModel(), loader())
+    assert again.ckpt_path == str(tmp_path / "restart" / "slurm-4242.ckpt") and again.global_step == 16
+    assert list((tmp_path / "restart").iterdir()) == []
