@@ -16,10 +16,12 @@ rank's report comes first; torchrun (or ``srun --kill-on-bad-exit=1``) then ends
 
 from __future__ import annotations
 
+import atexit
 import faulthandler
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import sysconfig
@@ -237,6 +239,7 @@ class SelfWatch:
 
     def __init__(self, rank: int, timeout: float) -> None:
         directory = tempfile.mkdtemp(prefix="torchplug-heartbeat-")
+        atexit.register(shutil.rmtree, directory, True)
         arm(directory, rank)
         self.rank, self.watch = rank, HangWatch(directory, timeout)
         self.thread = threading.Thread(target=self._run, name="torchplug-hang-watch", daemon=True)
