@@ -78,7 +78,7 @@ def run_stage(trainer: Trainer, stage: str, model: Module, loaders: dict[str, An
                 signum = _stopping.interruption(exc)
                 # With several processes only a stop every rank agreed on may save (saving is collective).
                 agreed = bool(signum) and (trainer.world_size == 1 or _stopping.is_agreed_stop(exc))
-                trainer.interrupted = bool(signum)
+                trainer.interrupted = True  # Lightning's: any exception interrupts the stage
                 saves = trainer._checkpoints_saved
                 try:
                     loop.call("on_exception", exc)

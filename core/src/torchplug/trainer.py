@@ -215,7 +215,7 @@ class Trainer:
         self.current_epoch = 0
         self.global_step = 0
         self.should_stop = False
-        self.interrupted = False  # the last stage was stopped by a signal (Ctrl-C, SIGTERM, the requeue signal)
+        self.interrupted = False  # the last stage ended by an exception (a signal's stop included), as in Lightning
         self.sanity_checking = False
         self.training = False
         self.stage: str | None = None
