@@ -53,15 +53,15 @@ class XLAAccelerator(Accelerator):
         """Versions, ``PJRT_DEVICE`` and the device count, for ``torchplug env``."""
         return _runtime.describe()
 
-    # ------------------------------------------------------------------------------------------------ configuration
-    @hookimpl
-    def torchplug_configure(self, trainer: Trainer) -> None:
-        _runtime.import_torch_xla(f"accelerator={trainer.accelerator_name!r}")
+    # ------------------------------------------------------------------------------------------------ selection
+    def __init__(self) -> None:
+        # Selected: torch_xla must be importable and a device configured, before the core counts devices.
+        _runtime.import_torch_xla("accelerator='tpu'")
         if _runtime.count_devices() == 0:
             raise MisconfigurationError(
-                f"accelerator={trainer.accelerator_name!r}: no XLA device is configured here (no TPU chips found, "
-                "PJRT_DEVICE unset). On a TPU VM install libtpu (`pip install 'torchplug-xla[tpu]'`); to run "
-                "XLA on this machine's CPU set PJRT_DEVICE=CPU (and CPU_NUM_DEVICES=N for N devices)"
+                "accelerator='tpu': no XLA device is configured here (no TPU chips found, PJRT_DEVICE unset). On a "
+                "TPU VM install libtpu (`pip install 'torchplug-xla[tpu]'`); to run XLA on this machine's CPU set "
+                "PJRT_DEVICE=CPU (and CPU_NUM_DEVICES=N for N devices)"
             )
 
     @hookimpl
