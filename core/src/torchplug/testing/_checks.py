@@ -364,13 +364,14 @@ class Context:
 
     # ------------------------------------------------------------------------------------------------ runs
     def fit(self, tag: str, kwargs: dict[str, Any], *, steps: int = SHORT, model: Any = None,
-            callbacks: tuple[Any, ...] = (), ckpt_path: str | None = None, seed: int = 0) -> Trainer:  # fmt: skip
+            callbacks: tuple[Any, ...] = (), ckpt_path: str | None = None, seed: int = 0,
+            doing: str | None = None) -> Trainer:  # fmt: skip
         """One ``fit`` of ``steps`` optimizer steps; the trainer it used.
 
         ``seed`` seeds the model's initial parameters; the run itself is always seeded with 0, as a script that
         resumes its own run would be (``seed_everything`` also seeds the distributed samplers' shuffling).
         """
-        self.progress(f"fit {tag!r}")
+        self.progress(doing or f"fit {tag!r}")
         world = 2 if kwargs.get("devices") == 2 else 1
         if model is None:
             seed_everything(seed)
@@ -388,7 +389,14 @@ class Context:
             if probe:
                 kwargs = {**kwargs, "plugins": [*kwargs.get("plugins", []), RankStateProbe()]}
             ckpt = os.path.join(str(self.workdir), f"{resume}.ckpt") if resume else None
-            self.fit(tag, kwargs, steps=MAX_STEPS, callbacks=(recorder,), ckpt_path=ckpt, seed=seed)
+            doing = f"fit() of {MAX_STEPS} steps"
+            if resume:
+                doing = f"fit() resumed from the checkpoint saved after step {SAVE_AT}"
+            elif save_at:
+                doing = f"fit() of {MAX_STEPS} steps that saves a checkpoint after step {save_at}"
+            if kwargs.get("devices") == 2:
+                doing += " in two processes"
+            self.fit(tag, kwargs, steps=MAX_STEPS, callbacks=(recorder,), ckpt_path=ckpt, seed=seed, doing=doing)
             self._runs[tag] = read_records(self.workdir, tag, 2 if kwargs.get("devices") == 2 else 1)
         return self._runs[tag]
 
@@ -785,14 +793,13 @@ def check_two_fits_in_one_process(ctx: Context) -> None:
     import torch.distributed as dist
 
     group_before = dist.is_available() and dist.is_initialized()
-    first = ctx.fit("first", home)
+    first = ctx.fit("first", home, doing="the first fit() of the process")
     threads_after_first = _threads()
-    ctx.progress("a second Trainer's fit in the same process")
     seed_everything(0)
     model = KitModel()
     start = parameters_of(model)
-    second = ctx.fit("second", home, model=model)
-    ctx.progress("validate after fit")
+    second = ctx.fit("second", home, model=model, doing="the second fit() of the process (a new Trainer)")
+    ctx.progress("validate() after fit()")
     metrics = second.validate(model, loader(), verbose=False)
     for label, trainer in (("first", first), ("second", second)):
         if trainer.global_step != SHORT:
@@ -834,11 +841,10 @@ def check_teardown_after_failed_setup(ctx: Context) -> None:
         ("torchplug_setup_module", {"plugins": [*home.get("plugins", []), FailInSetupModule()]}),
         ("on_fit_start", {"callbacks": (FailOnFitStart(),)}),
     ):
-        ctx.progress(f"a fit that fails in {where}")
         kwargs = {**home, **{k: v for k, v in extra.items() if k == "plugins"}}
         callbacks = extra.get("callbacks", ())
         with expected_failure() as caught:
-            ctx.fit(f"failing-{where}", kwargs, callbacks=callbacks)
+            ctx.fit(f"failing-{where}", kwargs, callbacks=callbacks, doing=f"a fit() that fails in {where}")
         if not caught:
             raise Failed(f"a failure injected in {where} did not make fit() fail")
         error = caught[0]
@@ -848,9 +854,8 @@ def check_teardown_after_failed_setup(ctx: Context) -> None:
                 f"{type(error).__name__} instead of the injected failure: tearing down after a half-done setup "
                 f"failed. torchplug_teardown must not raise when setup did not finish.\n{_trace(error)}"
             )
-    ctx.progress("a fit after the failed ones")
     try:
-        trainer = ctx.fit("after-failures", home)
+        trainer = ctx.fit("after-failures", home, doing="the fit() after the failed setups")
     except Exception as err:  # noqa: BLE001
         raise Failed(f"the fit after a failed setup failed: {type(err).__name__}: {err}\n{_trace(err)}") from None
     if trainer.global_step != SHORT:
@@ -871,14 +876,16 @@ def _is_injected(error: BaseException) -> bool:
 def check_rank_that_raises(ctx: Context) -> dict[str, Any]:
     kwargs = ctx.multi
     with expected_failure() as caught:
-        ctx.fit("rank-raises", kwargs, steps=MAX_STEPS, callbacks=(FailAt(1, SHORT, "raise"),))
+        ctx.fit("rank-raises", kwargs, steps=MAX_STEPS, callbacks=(FailAt(1, SHORT, "raise"),),
+                doing="a two-process fit() whose rank 1 raises at step 2")
     return _judge_failed_rank(caught, "raised KitInjectedFailure at step 2", expect=injected_message(1, SHORT))
 
 
 def check_rank_that_dies(ctx: Context) -> dict[str, Any]:
     kwargs = ctx.multi
     with expected_failure() as caught:
-        ctx.fit("rank-dies", kwargs, steps=MAX_STEPS, callbacks=(FailAt(1, SHORT, "kill"),))
+        ctx.fit("rank-dies", kwargs, steps=MAX_STEPS, callbacks=(FailAt(1, SHORT, "kill"),),
+                doing="a two-process fit() whose rank 1 is killed (SIGKILL) at step 2")
     return _judge_failed_rank(caught, "was killed by SIGKILL at step 2", expect="SIGKILL")
 
 
@@ -887,9 +894,11 @@ def _judge_failed_rank(caught: list[BaseException], what: str, expect: str) -> d
         raise Failed(f"rank 1 {what}, and fit() returned normally: the failure was lost")
     error = caught[0]
     if not isinstance(error, ProcessFailedError):
+        first_line = (str(error).strip().splitlines() or [""])[0]
         raise Failed(
-            f"rank 1 {what}; fit() raised {type(error).__name__} instead of torchplug.ProcessFailedError naming "
-            f"rank 1 (torchplug.distributed.launch and spawn report the root cause that way):\n{_trace(error)}"
+            f"rank 1 {what}; fit() raised {type(error).__name__} ({first_line}) instead of "
+            "torchplug.ProcessFailedError naming rank 1, the root cause (torchplug.distributed.launch and spawn "
+            f"report a failed rank that way):\n{_trace(error)}"
         )
     message = str(error)
     if "rank 1" not in message or expect not in message:

@@ -400,10 +400,12 @@ class _Job:
     def run(self) -> dict[str, Outcome]:
         environ = self.spec.environ() if callable(self.spec.environ) else dict(self.spec.environ or {})
         env = {**os.environ, **environ, _JOB_VARIABLE: self.id, "PYTHONUNBUFFERED": "1"}
+        if env.get("PYTHONPATH"):  # the worker runs where the tests run, but relative entries are made safe
+            env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p)
         with open(self.directory / "stdout.txt", "wb") as out, open(self.directory / "stderr.txt", "wb") as err:
             process = subprocess.Popen(
                 [sys.executable, "-m", "torchplug.testing._worker", str(self.plan)],
-                cwd=self.directory, env=env, stdout=out, stderr=err, start_new_session=True,
+                env=env, stdout=out, stderr=err, start_new_session=True,
             )  # fmt: skip
             outcomes, interrupted = self._watch(process)
         orphans = _end_job(process, self.id)
