@@ -52,6 +52,10 @@ MATRIX = {
     "environment": ("strategy",),
 }
 
+#: A backend that answers one of these keeps state per rank: it gets the two-process checks too.
+STATE_HOOKS = ("torchplug_state_dict", "torchplug_load_state_dict", "torchplug_get_rng_states",
+               "torchplug_set_rng_states")  # fmt: skip
+
 MAX_STEPS = 8  # two epochs of four batches per rank
 SAVE_AT = 6  # a checkpoint inside the second epoch
 BATCH_SIZE = 4
@@ -340,6 +344,11 @@ class Context:
             raise Skipped(
                 "starting several processes is the scheduler's job: the kit runs the environment in a job of one "
                 "process, as the scheduler would start it (environ=...)"
+            )
+        if self.kind != "strategy" and not any(hasattr(self.cls, hook) for hook in STATE_HOOKS):
+            raise Skipped(
+                f"{self.label} keeps no per-rank state (it answers none of {', '.join(STATE_HOOKS)}): the "
+                "two-process checks run for strategies, and for backends whose state a checkpoint must keep per rank"
             )
         if self.kind == "strategy":
             candidates = [{}]
@@ -798,14 +807,14 @@ def check_two_fits_in_one_process(ctx: Context) -> None:
     seed_everything(0)
     model = KitModel()
     start = parameters_of(model)
-    second = ctx.fit("second", home, model=model, doing="the second fit() of the process (a new Trainer)")
+    second = ctx.fit("second", home, model=model, steps=MAX_STEPS, doing="the second fit() of the process (a new Trainer)")
     ctx.progress("validate() after fit()")
     metrics = second.validate(model, loader(), verbose=False)
-    for label, trainer in (("first", first), ("second", second)):
-        if trainer.global_step != SHORT:
-            raise Failed(f"the {label} fit of the process stopped at step {trainer.global_step} of {SHORT}")
+    for label, trainer, steps in (("first", first, SHORT), ("second", second, MAX_STEPS)):
+        if trainer.global_step != steps:
+            raise Failed(f"the {label} fit of the process stopped at step {trainer.global_step} of {steps}")
     if not _first_difference(start, parameters_of(model)):
-        raise Failed("the second fit in the process did not change the model's parameters")
+        raise Failed(f"the second fit in the process did not change the model's parameters in {MAX_STEPS} steps")
     if not metrics or not math.isfinite(float(metrics[0].get("val_loss", math.nan))):
         raise Failed(f"validate() after fit() returned {metrics!r}; expected a finite val_loss")
     _judge_threads(threads_after_first, "the first")
@@ -1018,6 +1027,8 @@ def check_combination(ctx: Context, kind: str, name: str) -> None:
         raise Failed(f"with {other}, fit() stopped at step {trainer.global_step} of {SHORT}")
 
 
+TWO_PROCESSES = "two_process_configuration"
+
 CHECKS: dict[str, Callable[..., Any]] = {
     "selected_by_name": check_selected_by_name,
     "selected_by_instance": check_selected_by_instance,
@@ -1038,6 +1049,14 @@ CHECKS: dict[str, Callable[..., Any]] = {
     "rank_that_raises_is_reported_once": check_rank_that_raises,
     "rank_that_dies_ends_the_job": check_rank_that_dies,
 }
+
+
+def check_two_process_configuration(ctx: Context) -> None:
+    """Not a test: whether the two-process checks can run here (they then skip with this reason, unstarted)."""
+    ctx.multi  # noqa: B018
+
+
+CHECKS[TWO_PROCESSES] = check_two_process_configuration
 
 
 def run(ctx: Context, check: str) -> Any:

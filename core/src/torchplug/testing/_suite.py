@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -27,9 +28,14 @@ from typing import Any
 import pytest
 
 from torchplug import registry
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: each xdist worker runs its own batches
+    fcntl = None  # type: ignore[assignment]
 from torchplug._errors import MisconfigurationError, PluginLoadError
 from torchplug._plugins import check_plugin, distribution_of
-from torchplug.testing._checks import MATRIX, injected_message
+from torchplug.testing._checks import MATRIX, TWO_PROCESSES, injected_message
 
 _JOB_VARIABLE = "TORCHPLUG_KIT_JOB"
 _CHEAP_S = 3.0  # longest an availability probe may take: accelerator="auto" runs every installed one
@@ -352,22 +358,70 @@ def _static_checks(kind: str) -> list[tuple[str, Callable[[Spec], None]]]:
 
 # ==================================================================================================== workers
 class Kit:
-    """The session's worker runs and their outcomes (one per check), shared by every conformance class."""
+    """The session's worker runs and their outcomes (one per check), shared by every conformance class.
 
-    def __init__(self, base: Path) -> None:
-        self.base = base
+    Under pytest-xdist the tests of one backend may land on several workers; ``shared`` is a folder they all see,
+    where a batch's outcomes are written under a file lock, so that each batch runs once per session wherever
+    its tests run.
+    """
+
+    def __init__(self, base: Path, shared: Path | None = None) -> None:
+        self.base, self.shared = base, shared
         self.outcomes: dict[tuple[str, str], Outcome] = {}
 
     def outcome(self, spec: Spec, check: str, selected: list[str]) -> Outcome:
         key = (spec.key, check)
-        if key not in self.outcomes:
-            batch = _batch(check)
-            todo = [c for c in selected if _batch(c) == batch and (spec.key, c) not in self.outcomes]
-            if check not in todo:
-                todo.append(check)
-            for done, outcome in _run_batch(spec, batch, todo, self.base).items():
-                self.outcomes[(spec.key, done)] = outcome
+        if key in self.outcomes:
+            return self.outcomes[key]
+        unavailable = _unavailable(spec)
+        if unavailable is not None:  # no worker needed to say so
+            return Outcome("skipped", unavailable)
+        batch = _batch(check)
+        if batch != _SINGLE:  # the one-process worker found out whether two processes can run here
+            probe = self.outcome(spec, TWO_PROCESSES, selected)
+            if probe.status != "passed":
+                return Outcome(probe.status, probe.message)
+        todo = [c for c in selected if _batch(c) == batch and (spec.key, c) not in self.outcomes]
+        if check not in todo:
+            todo.append(check)
+        if batch == _SINGLE and (spec.key, TWO_PROCESSES) not in self.outcomes and TWO_PROCESSES not in todo:
+            todo.append(TWO_PROCESSES)
+        for done, outcome in self._run(spec, batch, todo).items():
+            self.outcomes[(spec.key, done)] = outcome
         return self.outcomes[key]
+
+    def _run(self, spec: Spec, batch: str, todo: list[str]) -> dict[str, Outcome]:
+        if self.shared is None or fcntl is None:
+            return _run_batch(spec, batch, todo, self.base)
+        name = hashlib.sha1(f"{spec.key}|{batch}".encode()).hexdigest()[:20]
+        store = self.shared / f"{name}.json"
+        with open(self.shared / f"{name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another worker running this batch: wait for its outcomes
+            try:
+                known = json.loads(store.read_text()) if store.exists() else {}
+                missing = [c for c in todo if c not in known]
+                if missing:
+                    for check, outcome in _run_batch(spec, batch, missing, self.base).items():
+                        known[check] = dataclasses.asdict(outcome)
+                    store.with_suffix(".tmp").write_text(json.dumps(known, default=str))
+                    os.replace(store.with_suffix(".tmp"), store)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        return {check: Outcome(**outcome) for check, outcome in known.items()}
+
+
+def _unavailable(spec: Spec) -> str | None:
+    """Why the backend cannot run here, when its own probe says so (environments detect in the worker)."""
+    if spec.kind == "environment":
+        return None
+    try:
+        backend = registry.find(spec.kind, spec.name)
+        available = backend.load().is_available()
+    except Exception:  # noqa: BLE001 - the worker reports it, with the traceback
+        return None
+    if available is False:
+        return f"{_label(spec, backend)} is not available on this machine (is_available() is False)"
+    return None
 
 
 def _run_batch(spec: Spec, batch: str, checks: list[str], base: Path) -> dict[str, Outcome]:
@@ -561,7 +615,11 @@ def _job_processes(job: str) -> list[tuple[int, str]]:
 @pytest.fixture(scope="session")
 def _torchplug_kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
     """The conformance kit's workers for this session (see :func:`torchplug.testing.conformance`)."""
-    return Kit(tmp_path_factory.mktemp("torchplug-kit"))
+    shared = None
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker's basetemp is a folder of the session's one
+        shared = tmp_path_factory.getbasetemp().parent / "torchplug-kit-shared"
+        shared.mkdir(exist_ok=True)
+    return Kit(tmp_path_factory.mktemp("torchplug-kit"), shared)
 
 
 def pytest_configure(config: pytest.Config) -> None:
