@@ -94,6 +94,7 @@ def run_processes(
         for process in processes:
             process.start()
         ended_by = _wait(processes, timeout, grace)
+        _stop(processes)
         return [_result(rank, process, workdir, ended_by.get(rank)) for rank, process in enumerate(processes)]
     finally:
         _stop(processes)
