@@ -743,9 +743,20 @@ def _judge_resume(ctx: Context, kwargs: dict[str, Any], suffix: str) -> None:
     resumed = ctx.recorded(f"resumed{suffix}", kwargs, resume=f"saving{suffix}", seed=1, probe=True)
     for ref, save, res in zip(reference, saving, resumed):
         rank = ref["rank"]
-        difference = _first_difference(ref["steps"][-1][1], save["steps"][-1][1])
-        if difference:
-            raise Failed(f"saving a checkpoint at step {SAVE_AT} changed the training on rank {rank}: {difference}")
+        for (step, expected), (_, parameters) in zip(ref["steps"], save["steps"]):
+            difference = _first_difference(expected, parameters)
+            if difference and step <= SAVE_AT:
+                raise Failed(
+                    f"two runs from the same seed differ on rank {rank} after step {step}, before any checkpoint: "
+                    f"{difference}. A random generator that torchplug.seed_everything does not seed (it seeds "
+                    "torch's, Python's and NumPy's; a device generator must follow torch's seed), or a computation "
+                    "that is not deterministic"
+                )
+            if difference:
+                raise Failed(
+                    f"saving a checkpoint after step {SAVE_AT} changed the training on rank {rank}: after step "
+                    f"{step} {difference}"
+                )
         steps = [step for step, _ in res["steps"]]
         if steps != list(range(SAVE_AT + 1, MAX_STEPS + 1)):
             raise Failed(
