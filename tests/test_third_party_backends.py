@@ -1,7 +1,9 @@
 """Third-party backends for real: throwaway packages with their own pyproject.toml and entry points are built and
 installed with pip into a temporary target, then selected by name in a fresh interpreter.
 
-The worked example in docs/writing-a-backend.md is the ``torchplug-probe`` package below.
+The conformance kit (torchplug.testing.conformance) runs on them too: on the local-SGD example of
+docs/writing-a-backend.md (examples/torchplug-localsgd), which passes it, and on a package of deliberately broken
+backends, one defect each, which it catches, naming each defect.
 """
 
 from __future__ import annotations
@@ -421,6 +423,23 @@ def test_a_strategy_subclassing_ddp_installs_and_trains_with_local_sgd(localsgd,
         assert (zero["weights"] == pytest.approx(one["weights"], abs=1e-7)) is averaged, zero["step"]
 
 
+@pytest.mark.slow
+def test_the_local_sgd_example_passes_the_conformance_kit(localsgd, tmp_path):
+    (tmp_path / "test_localsgd.py").write_text(
+        'from torchplug.testing import conformance\n\nTestLocalSGD = conformance("strategy", "localsgd")\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", f"--basetemp={tmp_path / 'kit'}",
+         "test_localsgd.py"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(localsgd)}, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-6000:]
+    passed = {line.split("::")[-1].strip() for line in result.stdout.splitlines() if line.startswith("PASSED ")}
+    for check in ("options_reach_the_backend", "trains_in_processes", "per_rank_state_survives_checkpoints",
+                  "resumes_bitwise_in_processes", "rank_that_raises_is_reported_once", "rank_that_dies_ends_the_job"):
+        assert f"test_{check}" in passed, result.stdout[-6000:]
+
+
 def test_the_subclass_keeps_the_launchers_failure_report(localsgd, tmp_path):
     result = _train_localsgd(localsgd, tmp_path, fail_at=3)
     assert result.returncode != 0
@@ -454,6 +473,7 @@ locked-spawn = "torchplug_defects:LockedSpawnStrategy"
 fragile-teardown = "torchplug_defects:FragileTeardownStrategy"
 unwatched = "torchplug_defects:UnwatchedLaunchStrategy"
 swallowing = "torchplug_defects:SwallowingStrategy"
+forgetful-localsgd = "torchplug_defects:ForgetfulLocalSGDStrategy"
 
 [project.entry-points."torchplug.accelerators"]
 raising-probe = "torchplug_defects:RaisingProbeAccelerator"
@@ -572,6 +592,37 @@ class SwallowingStrategy(DDPStrategy):
         self.swallowing_period = swallowing_period
 
 
+class ForgetfulLocalSGDStrategy(DDPStrategy):
+    """Local SGD whose ranks' own parameters (they differ between averagings) are not saved per rank."""
+
+    def wrap(self, trainer, module):
+        ddp = super().wrap(trainer, module)
+        ddp.register_comm_hook(None, _keep_local_gradients)
+        return ddp
+
+    @hookimpl(wrapper=True)
+    def torchplug_step_ops(self, trainer):
+        ops = yield from super().torchplug_step_ops(trainer)
+        step = ops.optimizer_step
+
+        def step_then_average(optimizer, closure):
+            taken = step(optimizer, closure)
+            if (trainer.global_step + 1) % 4 == 0:
+                for parameter in trainer.lightning_module.parameters():
+                    torch.distributed.all_reduce(parameter.data)
+                    parameter.data /= trainer.world_size
+            return taken
+
+        ops.optimizer_step = step_then_average
+        return ops
+
+
+def _keep_local_gradients(state, bucket):
+    future = torch.futures.Future()
+    future.set_result(bucket.buffer())
+    return future
+
+
 class RaisingProbeAccelerator(CPUAccelerator):
     @classmethod
     def is_available(cls):
@@ -591,6 +642,7 @@ TestFragileTeardown = conformance("strategy", "fragile-teardown")
 TestUnwatched = conformance("strategy", "unwatched", timeout=60)
 TestSwallowing = conformance("strategy", "swallowing")
 TestRaisingProbe = conformance("accelerator", "raising-probe")
+TestForgetfulLocalSGD = conformance("strategy", "forgetful-localsgd")
 """
 
 # (test class, check, what the failure must say): one deliberate defect each
@@ -617,6 +669,9 @@ DEFECTS = [
      ["never reached DDPStrategy.__init__", "super().__init__(**kwargs)"]),
     ("TestRaisingProbe", "availability_probe_is_cheap_and_never_raises",
      ["is_available() raised OSError: libdevice.so", "must never raise"]),
+    ("TestForgetfulLocalSGD", "resumes_bitwise_in_processes",
+     ["resuming mid-epoch is not bitwise exact: on rank", "The ranks' parameters differed when the checkpoint was saved",
+      "parameters that differ per rank are state to save per rank"]),
 ]  # fmt: skip
 
 

@@ -45,7 +45,7 @@ where = ["src"]
 README = """\
 # __DIST__
 
-The `__NAME__` __KIND__ for [torchplug](https://github.com/torchplug/torchplug): __USAGE__
+The `__NAME__` __KIND__ for torchplug: __USAGE__
 
 Made with `torchplug new-backend __KIND__ __NAME__`. How backends work, the hooks, and what the conformance kit
 checks: torchplug's `docs/writing-a-backend.md` and `docs/hooks.md`.

@@ -24,7 +24,9 @@ from torchplug.testing._fixtures import (
     regression_loader,
 )
 from torchplug.testing._processes import RankResult, run_processes
-from torchplug.testing._suite import _torchplug_kit, conformance, pytest_configure, pytest_pycollect_makeitem
+
+# This module is the pytest plugin (the pytest11 entry point): pytest finds its hooks and fixtures here.
+from torchplug.testing._suite import _torchplug_kit, conformance, pytest_configure, pytest_pycollect_makeitem  # noqa: F401
 
 __all__ = [
     "QUIET",

@@ -264,11 +264,17 @@ class Context:
     # ------------------------------------------------------------------------------------------------ the backend
     @functools.cached_property
     def backend(self) -> registry.Backend:
-        return registry.find(self.kind, self.name)
+        try:
+            return registry.find(self.kind, self.name)
+        except MisconfigurationError as err:
+            raise Failed(f"the {self.kind} {self.name!r} is not installed as torchplug finds backends: {err}") from None
 
     @functools.cached_property
     def cls(self) -> Any:
-        return self.backend.load()
+        try:
+            return self.backend.load()
+        except PluginLoadError as err:
+            raise Failed(f"{err}\n{_trace(err.__cause__) if err.__cause__ else ''}".rstrip()) from None
 
     @property
     def label(self) -> str:
@@ -767,12 +773,19 @@ def _judge_resume(ctx: Context, kwargs: dict[str, Any], suffix: str) -> None:
         for step, parameters in res["steps"]:
             difference = _first_difference(expected[step], parameters)
             if difference:
+                hint = ""
+                others = [r for r in saving if r["rank"] != rank]
+                if others and _first_difference(dict(save["steps"])[SAVE_AT], dict(others[0]["steps"])[SAVE_AT]):
+                    hint = (
+                        " The ranks' parameters differed when the checkpoint was saved, and its state_dict holds "
+                        "one copy: parameters that differ per rank are state to save per rank."
+                    )
                 raise Failed(
                     f"resuming mid-epoch is not bitwise exact: on rank {rank}, after step {step} (the checkpoint was "
                     f"saved after step {SAVE_AT}) {difference}, compared with the uninterrupted run. Something that "
                     "affects training is not saved or not restored: plugin state (torchplug_state_dict / "
                     "torchplug_load_state_dict) or a random generator (torchplug_get_rng_states / "
-                    "torchplug_set_rng_states)"
+                    f"torchplug_set_rng_states).{hint}"
                 )
 
 

@@ -34,7 +34,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: each xdist worker runs its own batches
     fcntl = None  # type: ignore[assignment]
 from torchplug._errors import MisconfigurationError, PluginLoadError
-from torchplug._plugins import check_plugin, distribution_of
+from torchplug._plugins import check_plugin
 from torchplug.testing._checks import MATRIX, TWO_PROCESSES, injected_message
 
 _JOB_VARIABLE = "TORCHPLUG_KIT_JOB"

@@ -67,16 +67,23 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+_RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK",
+               "GROUP_RANK")  # fmt: skip
+
+
 def _fresh_process_state(environment: dict[str, str]) -> None:
-    """What a new script would find: the worker's first environment, and no process group.
+    """What a new script would find: the worker's first rendezvous variables, and no process group.
 
     One-process checks share this worker; a process-group strategy leaves its group and MASTER_PORT behind for
     the next fit of the same script (by design), which would be a different strategy's here (as Lightning's own
     tests do, the state is restored between tests). Jobs of several processes keep both: their ranks' next fit
     reuses them.
     """
-    os.environ.clear()
-    os.environ.update(environment)
+    for name in _RENDEZVOUS:  # only these: a backend's own flags (XLA_USE_SPMD) describe the process, not the run
+        if name in environment:
+            os.environ[name] = environment[name]
+        else:
+            os.environ.pop(name, None)
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

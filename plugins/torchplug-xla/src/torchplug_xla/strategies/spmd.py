@@ -38,6 +38,15 @@ class XLASPMDStrategy(Strategy):
     @hookimpl
     def torchplug_configure(self, trainer: Trainer) -> None:
         require_xla_accelerator(trainer)
+        if _runtime.runtime_initialized():
+            import torch_xla.runtime as xr
+
+            if not xr.is_spmd():  # switching now crashes the process (SIGSEGV) at the first step
+                raise MisconfigurationError(
+                    "strategy='xla_spmd' in a process whose XLA runtime already runs without SPMD (an earlier fit, "
+                    "or tensors moved to the XLA device): PyTorch/XLA fixes the mode when its runtime starts. Run "
+                    "xla_spmd in a new process, before anything else uses the XLA device"
+                )
         count = _runtime.count_devices()
         if trainer.num_nodes != 1:
             raise MisconfigurationError(
