@@ -936,6 +936,8 @@ def _judge_failed_rank(caught: list[BaseException], what: str, expect: str) -> d
     message = str(error)
     if "rank 1" not in message or expect not in message:
         raise Failed(f"rank 1 {what}; the ProcessFailedError does not say so: {message}")
+    if expect != "SIGKILL" and "Traceback (most recent call last)" not in message:
+        raise Failed(f"rank 1 {what}; the ProcessFailedError names it but does not carry its traceback: {message}")
     return {"message": message}
 
 
