@@ -12,13 +12,18 @@ SETUP_INPUTS := core/pyproject.toml $(wildcard plugins/torchplug-*/pyproject.tom
 demo: $(VENV)/.installed
 	$(PY) examples/demo.py
 
+# --dist loadscope keeps a module's (or a test class's) tests on one worker: a conformance class's checks share
+# worker processes, and the SLURM tests their one cluster. (--dist loadgroup no longer groups anything: xdist 3.8
+# tags node ids through a field that pytest 9 does not read.)
+DIST := -n 2 --dist loadscope
+
 test: $(VENV)/.installed setup-xla
-	$(PY) -m pytest -n 2 --dist loadgroup -m "not xla" $(PYTEST_ARGS)
+	$(PY) -m pytest $(DIST) -m "not xla" $(PYTEST_ARGS)
 	$(MAKE) test-xla
 
 # Everything but the XLA suite, which needs its own environment (see docs/xla.md).
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -n 2 --dist loadgroup -m "not xla" $(PYTEST_ARGS)
+	$(PY) -m pytest $(DIST) -m "not xla" $(PYTEST_ARGS)
 
 setup: $(VENV)/.installed
 

@@ -142,7 +142,8 @@ def _ddp_cpu():
     return "ddp_cpu"
 
 
-# One xdist worker runs every SLURM test (the cluster is one per machine); see the Makefile's --dist loadgroup.
+# One xdist worker runs every SLURM test (the cluster is one per machine): the Makefile's --dist loadscope keeps a
+# module on one worker (the mark says so too, for --dist loadgroup where xdist's grouping works).
 @pytest.mark.xdist_group("slurm")
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("strategy", ["process_group", "ddp_cpu"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import multiprocessing.connection
 import os
 import pickle
+import random
 import shutil
 import signal
 import tempfile
@@ -63,9 +64,12 @@ def spawn(
 ) -> tuple[bool, Any]:
     """Run ``function`` in ``num_processes`` new processes; ``(True, answer)`` where this node has global rank 0.
 
-    ``answer`` is what ``function`` returned in global rank 0; it must be tensors and plain Python data.
+    ``answer`` is what ``function`` returned in global rank 0; it must be tensors and plain Python data. Each
+    process starts from this process's random generators (torch's, Python's, NumPy's), as the stage would here: a
+    new interpreter's are seeded at random, and then ``seed_everything`` would not make two runs agree.
     """
     payload = serialize(function, start_method)
+    generators = _host_generators()
     workdir = tempfile.mkdtemp(prefix="torchplug-spawn-")
     env = {
         "MASTER_ADDR": main_address,
@@ -82,7 +86,7 @@ def spawn(
         with _stopping.handling((signal.SIGINT, signal.SIGTERM)):
             context = mp.start_processes(
                 _entry,
-                args=(payload, env, num_processes, node_rank, workdir),
+                args=(payload, env, num_processes, node_rank, workdir, generators),
                 nprocs=num_processes,
                 join=False,
                 start_method=start_method,
@@ -162,8 +166,29 @@ def _stop(processes: list[Any], grace: float = 5.0) -> None:
             process.join()
 
 
+def _host_generators() -> tuple[Any, ...]:
+    numpy_state = None
+    try:
+        import numpy as np
+    except ImportError:
+        pass
+    else:
+        numpy_state = np.random.get_state()
+    return torch.get_rng_state(), random.getstate(), numpy_state
+
+
+def _restore_generators(generators: tuple[Any, ...]) -> None:
+    torch_state, python_state, numpy_state = generators
+    torch.set_rng_state(torch_state)
+    random.setstate(python_state)
+    if numpy_state is not None:
+        import numpy as np
+
+        np.random.set_state(numpy_state)
+
+
 def _entry(local_rank: int, payload: Callable[[], Any] | bytes, env: dict[str, str], num_processes: int, node_rank: int,
-           workdir: str) -> None:  # fmt: skip
+           workdir: str, generators: tuple[Any, ...]) -> None:  # fmt: skip
     if hasattr(signal, "SIGKILL") and os.uname().sysname == "Linux":
         import ctypes
 
@@ -172,6 +197,7 @@ def _entry(local_rank: int, payload: Callable[[], Any] | bytes, env: dict[str, s
     os.environ.update(env)
     os.environ["RANK"], os.environ["LOCAL_RANK"] = str(rank), str(local_rank)
     function = pickle.loads(payload) if isinstance(payload, bytes) else payload
+    _restore_generators(generators)
     result = _launcher.run_child(function, rank)
     if rank == 0:
         path = os.path.join(workdir, _RESULT)

@@ -1,4 +1,4 @@
-"""Fixtures for people who write backends: a pytest plugin (``pytest11`` entry point, active wherever torchplug is).
+"""Fixtures for a backend's own tests (re-exported by :mod:`torchplug.testing`, the pytest plugin).
 
 ``BoringModel`` is a tiny regression model with every step implemented; ``quiet_trainer_kwargs`` turn off what a
 test rarely wants (progress bar, summary, loggers, checkpoints); ``clean_env`` restores ``os.environ`` afterwards.
