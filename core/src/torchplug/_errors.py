@@ -15,3 +15,18 @@ class ProcessFailedError(RuntimeError):
 
 class PluginError(TypeError):
     """A plugin breaks torchplug's hook contract; the message names the plugin, its distribution and the mistake."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written: the message names the file and the cause (``errno`` is the cause's)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class CheckpointNotFoundError(MisconfigurationError, FileNotFoundError):
+    """``ckpt_path`` names no file: a ``MisconfigurationError`` that is also a ``FileNotFoundError`` (as Lightning)."""

@@ -59,8 +59,9 @@ def run_stage(trainer: Trainer, stage: str, model: Module, loaders: dict[str, An
     status = "failed"
     try:
         loop.setup()  # inside: a half-made process group is still torn down
-        if ckpt_path is not None:
-            _state.restore(loop, _state.resolve_ckpt_path(trainer, ckpt_path))
+        path = _state.resolve_ckpt_path(trainer, ckpt_path) if ckpt_path is not None else None
+        if path is not None:
+            _state.restore(loop, path)
         result = loop.fit(loaders) if stage == "fit" else loop.evaluate_stage(stage, loaders[stage])
         status = "success"
         return result
@@ -255,6 +256,8 @@ class Loop:
             for logger in trainer.loggers:
                 logger.log_hyperparams(dict(module.hparams))
         self.call("on_fit_start")
+        if trainer.checkpoint_callbacks:  # this run will save: find state a checkpoint cannot hold now, not then
+            _state.check_saveable(trainer)
         if trainer.num_sanity_val_steps and self.val_loaders:
             self._sanity_check()
         if self.resume is not None:
@@ -448,7 +451,17 @@ class Loop:
         closure does the same inline)."""
         if self.backward_hooks:
             self.call("on_before_backward", loss)
-        self.ops.backward(loss, getattr(optimizer, "optimizer", optimizer))
+        try:
+            self.ops.backward(loss, getattr(optimizer, "optimizer", optimizer))
+        except RuntimeError as err:
+            problem = _unusable_loss(loss)
+            if problem is None:
+                raise
+            if self.module.automatic_optimization:
+                what = f"training_step returned {_describe_output(self.closure.output)}"
+            else:
+                what = f"manual_backward(loss) in training_step got {_describe_output(loss)}"
+            raise MisconfigurationError(f"{what}: {problem}") from err
         if self.backward_hooks:
             self.call("on_after_backward")
 
@@ -582,6 +595,33 @@ def _loss_of(output: Any) -> torch.Tensor | None:
         f"training_step returned {type(output).__name__}; return the loss tensor, a dict with a 'loss' key, or None "
         "to skip the batch"
     )
+
+
+def _unusable_loss(loss: Any) -> str | None:
+    """Why backpropagating ``loss`` failed when the cause is the loss the user's step made (None otherwise)."""
+    if not isinstance(loss, torch.Tensor):
+        return None
+    if loss.numel() != 1:
+        return (
+            f"a loss must be one number to backpropagate from, this one has {loss.numel()} elements; reduce it "
+            "(loss.mean(), loss.sum()) in training_step"
+        )
+    if not loss.requires_grad:
+        return (
+            "the loss does not require grad, so nothing can be learned from it: it was detached (.detach(), "
+            ".item(), computed under torch.no_grad(), or rebuilt with torch.tensor(...)), or it depends on no "
+            "trainable parameter; return the tensor computed from the model's output"
+        )
+    return None
+
+
+def _describe_output(output: Any) -> str:
+    if isinstance(output, torch.Tensor):
+        grad = f", grad_fn={type(output.grad_fn).__name__}" if output.grad_fn is not None else ", no grad_fn"
+        return f"a tensor of shape {tuple(output.shape)} (dtype {str(output.dtype).replace('torch.', '')}{grad})"
+    if isinstance(output, dict) and "loss" in output:
+        return f"a dict whose 'loss' is {_describe_output(output['loss'])}"
+    return type(output).__name__
 
 
 def _per_loader_metrics(trainer: Trainer, per_loader: list[set[str]], logged: dict[str, torch.Tensor],
