@@ -185,22 +185,19 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return checkpoint
 
 
+#: A checkpoint that is a directory (a sharded strategy's) keeps its dictionary, all but the shards, in this file.
+DIRECTORY_META = "meta.ckpt"
+
+
 def read_header(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """A checkpoint's dictionary with its tensors memory-mapped rather than read (cheap even for a big file), or
-    ``None`` when ``path`` is not a readable torchplug checkpoint. A directory (a sharded strategy's checkpoint)
-    is read through the first torchplug checkpoint file directly inside it, which holds everything but the shards.
+    ``None`` when ``path`` is not a readable torchplug checkpoint. A directory checkpoint is read through its
+    :data:`DIRECTORY_META` file.
     """
     path = Path(path)
     if path.is_dir():
-        try:
-            inside = sorted(p for p in path.iterdir() if p.suffix == ".ckpt" and p.is_file())
-        except OSError:
-            return None
-        for candidate in inside:
-            header = read_header(candidate)
-            if header is not None:
-                return header
-        return None
+        meta = path / DIRECTORY_META
+        return read_header(meta) if meta.is_file() else None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:

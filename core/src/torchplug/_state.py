@@ -249,10 +249,11 @@ def _claimed_by_callbacks(callbacks: list[Any], found: list[str]) -> list[str] |
     for path in found:
         states = ((read_header(path) or {}).get("callbacks")) or {}
         real = os.path.realpath(path)
-        claims = [
-            cb.state_key for cb in callbacks
-            if os.path.realpath((states.get(cb.state_key) or {}).get("last_model_path") or "\0") == real
-        ]  # fmt: skip
+        claims = []
+        for cb in callbacks:
+            recorded = (states.get(cb.state_key) or {}).get("last_model_path")
+            if recorded and os.path.realpath(recorded) == real:
+                claims.append(cb.state_key)
         if len(claims) != 1:
             return None
         owners.append(claims[0])
@@ -345,7 +346,8 @@ def restore(loop: Loop, path: str) -> None:
     for callback in trainer.callbacks:
         if callback.state_key in callback_states:
             callback.load_state_dict(callback_states.pop(callback.state_key))
-    dropped = [f"callback {key!r}" for key, value in callback_states.items() if value]
+    missing_callbacks = [key for key, value in callback_states.items() if value]
+    dropped = [f"callback {key!r}" for key in missing_callbacks]
     if "datamodule" in checkpoint:
         if trainer.datamodule is not None:
             trainer.datamodule.load_state_dict(checkpoint["datamodule"])
@@ -357,7 +359,8 @@ def restore(loop: Loop, path: str) -> None:
     dropped += [f"plugin state {key!r}" for key in states.unread()]
     if dropped:
         warnings.warn(
-            f"ckpt_path={path!r}: nothing in this run restores {', '.join(dropped)}; that state is dropped",
+            f"ckpt_path={path!r}: nothing in this run restores {', '.join(dropped)}; that state is dropped"
+            + (f". Please add the following callbacks: {missing_callbacks} to restore it" if missing_callbacks else ""),
             UserWarning,
             stacklevel=2,
         )

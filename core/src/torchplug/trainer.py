@@ -265,7 +265,7 @@ class Trainer:
             result.append(cb.ModelCheckpoint())
         if not checkpointing and any(isinstance(c, cb.ModelCheckpoint) for c in given):
             raise MisconfigurationError(
-                "enable_checkpointing=False but callbacks holds a ModelCheckpoint; drop one of them"
+                "`enable_checkpointing=False` but found `ModelCheckpoint` in callbacks; drop one of them"
             )
         if progress_bar and not any(isinstance(c, cb.ProgressBar) for c in given):
             result.append(cb.ProgressBar())

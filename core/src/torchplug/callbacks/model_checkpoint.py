@@ -71,29 +71,31 @@ class ModelCheckpoint(Callback):
         verbose: bool = False,
     ) -> None:
         if mode not in ("min", "max"):
-            raise MisconfigurationError(f"ModelCheckpoint(mode={mode!r}): use 'min' or 'max'")
+            raise MisconfigurationError(f"ModelCheckpoint(mode={mode!r}): `mode` can be 'min' or 'max' but got {mode}")
         if isinstance(save_top_k, bool) or not isinstance(save_top_k, int) or save_top_k < -1:
             raise MisconfigurationError(
-                f"ModelCheckpoint(save_top_k={save_top_k!r}): use an int >= 0, or -1 to keep every checkpoint"
+                f"ModelCheckpoint(save_top_k={save_top_k!r}) is invalid. Must be >= -1: an int >= 0 keeps that many, "
+                "-1 keeps every checkpoint"
             )
         if monitor is None and save_top_k not in (-1, 0, 1):
             raise MisconfigurationError(
-                f"ModelCheckpoint(save_top_k={save_top_k}, monitor=None): keeping the best {save_top_k} needs a "
-                "metric to rank them by; pass monitor='<a name you self.log>', or save_top_k=-1 to keep all"
+                f"ModelCheckpoint(save_top_k={save_top_k}, monitor=None) is not a valid configuration: keeping the best "
+                f"{save_top_k} needs a metric to rank them by; pass monitor='<a name you self.log>', or save_top_k=-1 "
+                "to keep all"
             )
         if save_last not in (None, True, False, "link"):
             raise MisconfigurationError(f"ModelCheckpoint(save_last={save_last!r}): use True, False, None or 'link'")
         for name, value in (("every_n_epochs", every_n_epochs), ("every_n_train_steps", every_n_train_steps)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise MisconfigurationError(f"ModelCheckpoint({name}={value!r}): use an int >= 0 (0 disables it)")
+                raise MisconfigurationError(f"ModelCheckpoint({name}={value!r}) is invalid. Must be >= 0 (0 disables it)")
         if train_time_interval is not None and not isinstance(train_time_interval, timedelta):
             raise MisconfigurationError(
                 f"ModelCheckpoint(train_time_interval={train_time_interval!r}): use a datetime.timedelta"
             )
         if sum(bool(v) for v in (every_n_epochs, every_n_train_steps, train_time_interval)) > 1:
             raise MisconfigurationError(
-                f"ModelCheckpoint(every_n_epochs={every_n_epochs}, every_n_train_steps={every_n_train_steps}, "
-                f"train_time_interval={train_time_interval}): set only one of them"
+                f"Combination of parameters every_n_train_steps={every_n_train_steps}, every_n_epochs={every_n_epochs} "
+                f"and train_time_interval={train_time_interval} in ModelCheckpoint: set only one of them"
             )
         if filename is not None and filename.endswith(self.FILE_EXTENSION):
             filename = filename[: -len(self.FILE_EXTENSION)]
@@ -257,7 +259,7 @@ class ModelCheckpoint(Callback):
             self._removals = list(state_dict.get("pending_removals", []))
         else:
             warnings.warn(
-                f"ModelCheckpoint: the checkpoint was written with dirpath={saved_dirpath!r}, this run saves to "
+                f"ModelCheckpoint: The dirpath has changed from {saved_dirpath!r} (where the checkpoint was written) to "
                 f"{self.dirpath!r}; only best_model_path is restored, the top-k bookkeeping starts afresh",
                 stacklevel=2,
             )
