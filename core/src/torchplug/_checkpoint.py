@@ -111,7 +111,7 @@ def write_error(path: str | os.PathLike[str], err: BaseException, written: int =
         errno.EPERM: f"operation not permitted (EPERM) in {directory!r}",
         errno.EROFS: f"the filesystem of {directory!r} is read-only (EROFS)",
         errno.ENOTDIR: f"a part of {directory!r} is a file, not a folder (ENOTDIR)",
-        errno.EISDIR: f"a directory of that name is in the way (EISDIR)",
+        errno.EISDIR: "a directory of that name is in the way (EISDIR)",
     }.get(code, f"{os.strerror(code)} ({errno.errorcode.get(code, code)})")
     return CheckpointWriteError(
         code,

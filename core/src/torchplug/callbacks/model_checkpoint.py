@@ -31,14 +31,20 @@ class ModelCheckpoint(Callback):
 
     Without ``monitor`` the latest checkpoint is kept (all of them with ``save_top_k=-1``). With ``monitor`` (a
     name passed to ``self.log``), the ``save_top_k`` best by ``mode`` are kept and files falling out of the top are
-    deleted. ``save_last=True`` also writes ``last.ckpt`` every time a checkpoint is considered, so
-    ``fit(ckpt_path="last")`` resumes from the latest state. ``filename`` is a template such as
+    deleted. ``save_last=True`` also writes ``last.ckpt`` at every scheduled save (once at the end of training if
+    none came round), so ``fit(ckpt_path="last")`` resumes from the latest state. ``filename`` is a template such as
     ``"{epoch}-{step}-{val_loss:.2f}"`` (-> ``epoch=3-step=400-val_loss=0.12.ckpt``); any logged metric may appear.
 
     When to save: with ``every_n_train_steps=N`` after every N optimizer steps; otherwise at the end of every
     ``every_n_epochs`` epochs (default 1): at the end of the training epoch, after its validation, or after each
     validation run when validation runs several times per epoch (``val_check_interval``). ``save_on_train_epoch_end``
-    overrides that choice. Nothing is saved during the sanity check or with ``fast_dev_run``.
+    overrides that choice. A step or time save with a ``monitor`` waits for the validation that produces the metric
+    (not logged yet, or validation due right after the batch). Nothing is saved during the sanity check or with
+    ``fast_dev_run``.
+
+    A save writes the top-k file, then ``last``, then deletes what fell out, so a killed process leaves at most one
+    stale file; a resumed ``fit`` puts the folder in line with the restored state, touching only files this callback
+    wrote (:mod:`torchplug.callbacks._checkpoint_folder`).
 
     Every rank runs this callback and calls ``trainer.save_checkpoint``; only global rank 0 writes and deletes
     files, and the decisions (which file, whether it enters the top k) are rank 0's, broadcast to the others.
@@ -488,7 +494,6 @@ class ModelCheckpoint(Callback):
             return False
         # Only files inside our own folder: a path restored from an old run elsewhere is left alone.
         return Path(os.path.realpath(self.dirpath)) in Path(previous_real).parents
-
 
 
 def _broadcast(trainer: Trainer, obj: Any) -> Any:
