@@ -454,14 +454,8 @@ class Loop:
         try:
             self.ops.backward(loss, getattr(optimizer, "optimizer", optimizer))
         except RuntimeError as err:
-            problem = _unusable_loss(loss)
-            if problem is None:
-                raise
-            if self.module.automatic_optimization:
-                what = f"training_step returned {_describe_output(self.closure.output)}"
-            else:
-                what = f"manual_backward(loss) in training_step got {_describe_output(loss)}"
-            raise MisconfigurationError(f"{what}: {problem}") from err
+            _raise_if_unusable(loss, f"manual_backward(loss) in training_step got {_describe_output(loss)}", err)
+            raise
         if self.backward_hooks:
             self.call("on_after_backward")
 
@@ -580,7 +574,11 @@ class _Closure:
         accumulate = loop.trainer.accumulate_grad_batches
         if loop.backward_hooks:
             loop.call("on_before_backward", loss)
-        loop.ops.backward(loss / accumulate if accumulate > 1 else loss, optimizer)
+        try:
+            loop.ops.backward(loss / accumulate if accumulate > 1 else loss, optimizer)
+        except RuntimeError as err:  # torch's words for a loss the step made unusable: say it in the step's terms
+            _raise_if_unusable(loss, f"training_step returned {_describe_output(output)}", err)
+            raise
         if loop.backward_hooks:
             loop.call("on_after_backward")
         return loss
@@ -597,22 +595,24 @@ def _loss_of(output: Any) -> torch.Tensor | None:
     )
 
 
-def _unusable_loss(loss: Any) -> str | None:
-    """Why backpropagating ``loss`` failed when the cause is the loss the user's step made (None otherwise)."""
+def _raise_if_unusable(loss: Any, what: str, err: RuntimeError) -> None:
+    """After backward failed: when the cause is the loss the user's step made, say so (``what`` it was)."""
     if not isinstance(loss, torch.Tensor):
-        return None
+        return
     if loss.numel() != 1:
-        return (
+        problem = (
             f"a loss must be one number to backpropagate from, this one has {loss.numel()} elements; reduce it "
             "(loss.mean(), loss.sum()) in training_step"
         )
-    if not loss.requires_grad:
-        return (
+    elif not loss.requires_grad:
+        problem = (
             "the loss does not require grad, so nothing can be learned from it: it was detached (.detach(), "
             ".item(), computed under torch.no_grad(), or rebuilt with torch.tensor(...)), or it depends on no "
             "trainable parameter; return the tensor computed from the model's output"
         )
-    return None
+    else:
+        return
+    raise MisconfigurationError(f"{what}: {problem}") from err
 
 
 def _describe_output(output: Any) -> str:
