@@ -25,6 +25,7 @@ import torchplug
 from torchplug import MisconfigurationError
 from torchplug._checkpoint import load_checkpoint
 from torchplug.callbacks import ModelCheckpoint
+from torchplug.loggers import CSVLogger
 
 
 class Scripted(torchplug.Module):
@@ -295,6 +296,21 @@ def test_two_processes_agree_and_only_rank_zero_writes(tmp_path: Path) -> None:
     assert reports[0]["best"] == str(folder / "epoch=3-score=1.ckpt") and reports[0]["score"] == 1.0
     assert _names(folder) == ["epoch=3-score=1.ckpt", "epoch=4-score=2.ckpt", "last.ckpt"]
     assert _names(tmp_path / "lightning_logs") == ["version_0"]  # rank 1 made no folder of its own
+
+    # Resume "last" in two processes: rank 0 finds it and reconciles the folder, both ranks agree on the result.
+    # A file the run evicted but did not get to delete (a kill would leave one) is removed.
+    shutil.copy(folder / "epoch=3-score=1.ckpt", folder / "epoch=2-score=4.ckpt")
+    resumed = torchplug.Trainer(
+        strategy="ddp_spawn", accelerator="cpu", devices=2, max_epochs=6, default_root_dir=tmp_path,
+        logger=CSVLogger(tmp_path, version=0),
+        callbacks=[ModelCheckpoint(filename="{epoch}-{score:.0f}", monitor="score", save_top_k=2, save_last=True),
+                   _Report(str(tmp_path))],
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    resumed.fit(_RankScores([*scores, 0.25]), _loader(16), _loader(8), ckpt_path="last")
+    reports = [eval((tmp_path / f"rank{r}.txt").read_text()) for r in (0, 1)]
+    assert reports[0] == reports[1] and reports[0]["score"] == 0.25
+    assert _names(folder) == ["epoch=3-score=1.ckpt", "epoch=5-score=0.ckpt", "last.ckpt"]
 
 
 @pytest.mark.parametrize(

@@ -137,7 +137,20 @@ def resolve_ckpt_path(trainer: Trainer, ckpt_path: Any) -> str | None:
     """
     stage = trainer.stage or "fit"
     if isinstance(ckpt_path, str) and ckpt_path in ("last", "best"):
-        return _last_checkpoint(trainer, stage) if ckpt_path == "last" else _best_checkpoint(trainer, stage)
+        find = _last_checkpoint if ckpt_path == "last" else _best_checkpoint
+        if trainer.world_size == 1:
+            return find(trainer, stage)
+        # Rank 0 looks (other nodes may see the folders late, or not at all) and every rank takes its answer.
+        answer: tuple[str | None, MisconfigurationError | None] = (None, None)
+        if trainer.is_global_zero:
+            try:
+                answer = (find(trainer, stage), None)
+            except MisconfigurationError as err:
+                answer = (None, err)
+        path, error = trainer.broadcast(answer)
+        if error is not None:
+            raise error
+        return path
     if isinstance(ckpt_path, bool) or not isinstance(ckpt_path, (str, os.PathLike)):
         raise MisconfigurationError(
             f"{stage}(ckpt_path={ckpt_path!r}): expected the path of a checkpoint, 'last' or 'best'"
