@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -269,8 +270,8 @@ def test_full_disk_during_fit_stops_with_the_file_and_keeps_earlier_checkpoints(
 _NO_PERMISSION = textwrap.dedent(
     """
     import os, sys, torch
-    from torchplug._checkpoint import atomic_save
-    from torchplug._errors import CheckpointWriteError
+    from torchplug._checkpoint import atomic_save, load_checkpoint
+    from torchplug._errors import CheckpointWriteError, MisconfigurationError
 
     warm_up, target = sys.argv[1], sys.argv[2]
     atomic_save({"state_dict": {"w": torch.ones(2)}}, warm_up)  # every module the write needs is imported now
@@ -280,23 +281,44 @@ _NO_PERMISSION = textwrap.dedent(
         atomic_save({"state_dict": {"w": torch.ones(2)}}, target)
     except CheckpointWriteError as err:
         print(err.errno, err, sep="|")
+    try:
+        load_checkpoint(sys.argv[3])
+    except MisconfigurationError as err:
+        print(err)
     """
 )
 
 
-def test_no_permission_names_the_folder(tmp_path: Path) -> None:
+@pytest.fixture
+def open_folder() -> Iterator[Path]:
+    """A folder every user can reach (pytest's own are private to their owner), removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="torchplug-test-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_no_permission_names_the_folder(open_folder: Path) -> None:
+    tmp_path = open_folder
     locked = tmp_path / "locked"
     locked.mkdir()
     (locked / "old.ckpt").write_bytes(b"previous")
+    secret = tmp_path / "secret.ckpt"
+    atomic_save({"state_dict": {}}, secret)
+    secret.chmod(0o600)
     locked.chmod(0o555)
     try:
         done = subprocess.run(
-            [sys.executable, "-c", _NO_PERMISSION, str(tmp_path / "warm.ckpt"), str(locked / "new.ckpt")],
+            [sys.executable, "-c", _NO_PERMISSION, str(tmp_path / "warm.ckpt"), str(locked / "new.ckpt"), str(secret)],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
     finally:
         locked.chmod(0o755)
-    code, _, message = done.stdout.strip().partition("|")
+    written, read = done.stdout.strip().splitlines()[-2:]
+    assert read == f"could not read the checkpoint {str(secret)!r}: Permission denied (EACCES)", done.stdout
+    code, _, message = written.partition("|")
     assert code == str(errno.EACCES), done.stdout + done.stderr
     assert message == (
         f"could not write the checkpoint {str(locked / 'new.ckpt')!r}: permission denied (EACCES): this user may not "
@@ -304,6 +326,47 @@ def test_no_permission_names_the_folder(tmp_path: Path) -> None:
         "partly written temporary file was removed"
     )
     assert sorted(p.name for p in locked.iterdir()) == ["old.ckpt"]
+
+
+_CANNOT_DELETE = textwrap.dedent(
+    """
+    import os, sys, warnings
+    import torchplug
+    from torchplug.callbacks import ModelCheckpoint
+    from torchplug.testing import BoringModel, regression_loader
+
+    class BecomeNobody(torchplug.Callback):
+        # epoch=0.ckpt was written as root; in a sticky folder 'nobody' may add files but not delete root's
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                os.seteuid(65534)
+
+    folder = sys.argv[1]
+    trainer = torchplug.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                                default_root_dir=folder,
+                                callbacks=[BecomeNobody(), ModelCheckpoint(dirpath=folder, filename="{epoch}")])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(BoringModel(), regression_loader(16))
+    print(trainer.global_step, sorted(os.listdir(folder)))
+    print([str(w.message) for w in caught if "could not delete" in str(w.message)])
+    """
+)
+
+
+def test_a_checkpoint_that_cannot_be_deleted_is_named_and_training_goes_on(open_folder: Path) -> None:
+    if os.name != "posix" or os.geteuid() != 0:
+        pytest.skip("needs root, to act as another user in a sticky folder")
+    folder = open_folder / "shared"
+    folder.mkdir()
+    folder.chmod(0o1777)
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", _CANNOT_DELETE, str(folder)], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    listing, warned = done.stdout.strip().splitlines()[-2:]
+    assert listing == "4 ['epoch=0.ckpt', 'epoch=1.ckpt']"
+    assert f"ModelCheckpoint could not delete {str(folder / 'epoch=0.ckpt')!r}" in warned
+    assert "Operation not permitted (EPERM); delete it yourself" in warned
 
 
 def test_a_directory_in_the_way_is_named(tmp_path: Path) -> None:

@@ -171,6 +171,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
                 f"torch said: {_first_line(err)}"
             ) from err
         raise _not_a_checkpoint(path, err) from err
+    except OSError as err:  # the file is there but cannot be read: say why, it is not the file's content
+        if err.errno is None:
+            raise _not_a_checkpoint(path, err) from err
+        raise MisconfigurationError(
+            f"could not read the checkpoint {str(path)!r}: {err.strerror} ({errno.errorcode.get(err.errno, err.errno)})"
+        ) from err
     except Exception as err:  # a garbage file fails anywhere inside the unpickler (IndexError, KeyError, ...)
         raise _not_a_checkpoint(path, err) from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:

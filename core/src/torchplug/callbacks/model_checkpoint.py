@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -349,7 +350,15 @@ class ModelCheckpoint(Callback):
         removals, self._removals = self._removals, []
         if trainer.is_global_zero:
             for path in removals:
-                _folder.remove(path)
+                try:
+                    _folder.remove(path)
+                except OSError as err:  # the new checkpoints are written: keep training, but say what is left
+                    warnings.warn(
+                        f"ModelCheckpoint could not delete {path!r}, which fell out of the checkpoints it keeps: "
+                        f"{err.strerror} ({errno.errorcode.get(err.errno or 0, err.errno)}); delete it yourself",
+                        UserWarning,
+                        stacklevel=2,
+                    )
 
     def _monitor_candidates(self, trainer: Trainer) -> dict[str, Any]:
         candidates = dict(trainer.callback_metrics)
