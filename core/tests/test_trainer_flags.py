@@ -382,3 +382,13 @@ def test_manual_optimization_refuses_flags_it_would_ignore(flag, value):
 
     with pytest.raises(MisconfigurationError, match=f"{flag} is not applied with manual optimization"):
         Trainer(**QUIET, max_steps=1, **{flag: value}).fit(Manual(), regression_loader(16, 8))
+
+
+def test_default_root_dir_that_is_a_file_is_refused(tmp_path):
+    file = tmp_path / "notes.txt"
+    file.write_text("x")
+    with pytest.raises(MisconfigurationError, match=rf"default_root_dir='{file}' is a file: it must be a folder"):
+        Trainer(**QUIET, default_root_dir=file)
+    with pytest.raises(MisconfigurationError, match=rf"default_root_dir='{file}/runs' is inside '{file}', which is a file"):
+        Trainer(**QUIET, default_root_dir=file / "runs")
+    Trainer(**QUIET, default_root_dir=tmp_path / "new" / "folder")  # a folder that does not exist yet is fine

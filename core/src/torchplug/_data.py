@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,13 @@ def num_batches(loader: Any, limit: int | float, flag: str) -> int | float:
         length: int | float = len(loader)
     except TypeError:
         length = math.inf
+    if length == 0:
+        warnings.warn(
+            f"the {_LOADER_NAMES.get(flag, 'a')} dataloader is empty (its length is 0): there is nothing to "
+            f"{'train on' if flag == 'limit_train_batches' else 'run'}; make sure this was your intention",
+            UserWarning,
+            stacklevel=3,
+        )
     if isinstance(limit, int):
         return min(length, limit)
     if length == math.inf:
@@ -42,7 +50,20 @@ def num_batches(loader: Any, limit: int | float, flag: str) -> int | float:
                 f"{flag}={limit!r}: a fraction needs a dataloader with a length; use an int number of batches"
             )
         return 0 if limit == 0.0 else math.inf
-    return int(length * limit)
+    count = int(length * limit)
+    if count == 0 and limit > 0.0 and length > 0:
+        raise MisconfigurationError(
+            f"{flag}={limit!r} selects no batch of the {length} of the {_LOADER_NAMES.get(flag, '')} dataloader "
+            f"({limit} * {length} < 1). Use at least {flag}={math.ceil(1e4 / length) / 1e4:g}, an int number of batches, or 0 to "
+            "skip it on purpose"
+        )
+    return count
+
+
+_LOADER_NAMES = {
+    "limit_train_batches": "training", "limit_val_batches": "validation", "limit_test_batches": "test",
+    "limit_predict_batches": "predict",
+}  # fmt: skip
 
 
 def with_is_last(loader: Iterable[Any], count: int | float) -> Iterator[tuple[Any, bool]]:

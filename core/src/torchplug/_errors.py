@@ -27,3 +27,18 @@ class SIGTERMException(SystemExit):
     def __init__(self, signum: int = 15) -> None:
         super().__init__(128 + signum)
         self.signum = signum
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written: the message names the file and the cause (``errno`` is the cause's)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class CheckpointNotFoundError(MisconfigurationError, FileNotFoundError):
+    """``ckpt_path`` names no file: a ``MisconfigurationError`` that is also a ``FileNotFoundError`` (as Lightning)."""

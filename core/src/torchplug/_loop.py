@@ -69,8 +69,9 @@ def run_stage(trainer: Trainer, stage: str, model: Module, loaders: dict[str, An
                 loop.setup()  # inside: a half-made process group is still torn down
                 if stage == "fit":
                     ckpt_path = _stopping.restart_checkpoint(trainer, ckpt_path)
-                if ckpt_path is not None:
-                    _state.restore(loop, _state.resolve_ckpt_path(trainer, ckpt_path))
+                path = _state.resolve_ckpt_path(trainer, ckpt_path) if ckpt_path is not None else None
+                if path is not None:
+                    _state.restore(loop, path)
                 result = loop.fit(loaders) if stage == "fit" else loop.evaluate_stage(stage, loaders[stage])
                 if stage == "fit":
                     _stopping.forget_restart(trainer)
@@ -302,6 +303,8 @@ class Loop:
             for logger in trainer.loggers:
                 logger.log_hyperparams(dict(module.hparams))
         self.call("on_fit_start")
+        if trainer.checkpoint_callbacks:  # this run will save: find state a checkpoint cannot hold now, not then
+            _state.check_saveable(trainer)
         if trainer.num_sanity_val_steps and self.val_loaders:
             self._sanity_check()
         if self.resume is not None:
@@ -513,7 +516,11 @@ class Loop:
         closure does the same inline)."""
         if self.backward_hooks:
             self.call("on_before_backward", loss)
-        self.ops.backward(loss, getattr(optimizer, "optimizer", optimizer))
+        try:
+            self.ops.backward(loss, getattr(optimizer, "optimizer", optimizer))
+        except RuntimeError as err:
+            _raise_if_unusable(loss, f"manual_backward(loss) in training_step got {_describe_output(loss)}", err)
+            raise
         if self.backward_hooks:
             self.call("on_after_backward")
 
@@ -643,7 +650,11 @@ class _Closure:
         accumulate = loop.trainer.accumulate_grad_batches
         if loop.backward_hooks:
             loop.call("on_before_backward", loss)
-        loop.ops.backward(loss / accumulate if accumulate > 1 else loss, optimizer)
+        try:
+            loop.ops.backward(loss / accumulate if accumulate > 1 else loss, optimizer)
+        except RuntimeError as err:  # torch's words for a loss the step made unusable: say it in the step's terms
+            _raise_if_unusable(loss, f"training_step returned {_describe_output(output)}", err)
+            raise
         if loop.backward_hooks:
             loop.call("on_after_backward")
         return loss
@@ -658,6 +669,35 @@ def _loss_of(output: Any) -> torch.Tensor | None:
         f"training_step returned {type(output).__name__}; return the loss tensor, a dict with a 'loss' key, or None "
         "to skip the batch"
     )
+
+
+def _raise_if_unusable(loss: Any, what: str, err: RuntimeError) -> None:
+    """After backward failed: when the cause is the loss the user's step made, say so (``what`` it was)."""
+    if not isinstance(loss, torch.Tensor):
+        return
+    if loss.numel() != 1:
+        problem = (
+            f"a loss must be one number to backpropagate from, this one has {loss.numel()} elements; reduce it "
+            "(loss.mean(), loss.sum()) in training_step"
+        )
+    elif not loss.requires_grad:
+        problem = (
+            "the loss does not require grad, so nothing can be learned from it: it was detached (.detach(), "
+            ".item(), computed under torch.no_grad(), or rebuilt with torch.tensor(...)), or it depends on no "
+            "trainable parameter; return the tensor computed from the model's output"
+        )
+    else:
+        return
+    raise MisconfigurationError(f"{what}: {problem}") from err
+
+
+def _describe_output(output: Any) -> str:
+    if isinstance(output, torch.Tensor):
+        grad = f", grad_fn={type(output.grad_fn).__name__}" if output.grad_fn is not None else ", no grad_fn"
+        return f"a tensor of shape {tuple(output.shape)} (dtype {str(output.dtype).replace('torch.', '')}{grad})"
+    if isinstance(output, dict) and "loss" in output:
+        return f"a dict whose 'loss' is {_describe_output(output['loss'])}"
+    return type(output).__name__
 
 
 def _per_loader_metrics(trainer: Trainer, per_loader: list[set[str]], logged: dict[str, torch.Tensor],

@@ -378,8 +378,10 @@ def torchplug_save_checkpoint(trainer: Trainer, checkpoint: dict[str, Any], path
     Called on every rank by ``trainer.save_checkpoint``. Answered by a strategy that writes something other than
     one file (FSDP writes a directory, each rank its shard, with ``torch.distributed.checkpoint``); the default
     has global rank 0 write one file atomically, with every rank's plugin state gathered into it. The checkpoint
-    must appear at ``path`` atomically: all of it or none. Return ``True`` once written. Stops at the first
-    non-None result.
+    must appear at ``path`` atomically: all of it or none. A directory checkpoint keeps the dictionary, all but
+    the shards, in ``<path>/meta.ckpt`` (one file, as ``torchplug._checkpoint.atomic_save`` writes it): the core
+    reads that file to find "last" and "best", to tell a checkpoint directory from another folder, and to name the
+    strategy that can load it. Return ``True`` once written. Stops at the first non-None result.
     """
 
 

@@ -63,6 +63,19 @@ def _check_limit(name: str, value: Any) -> None:
         raise MisconfigurationError(f"{name}={value!r}: a number of batches cannot be negative")
 
 
+def _check_root_dir(path: str) -> None:
+    """``default_root_dir`` must be a folder or creatable as one: no part of it may be a file."""
+    current = os.path.abspath(path)
+    while not os.path.exists(current) and os.path.dirname(current) != current:
+        current = os.path.dirname(current)
+    if os.path.exists(current) and not os.path.isdir(current):
+        where = "is a file" if current == os.path.abspath(path) else f"is inside {current!r}, which is a file"
+        raise MisconfigurationError(
+            f"default_root_dir={path!r} {where}: it must be a folder (one that does not exist yet is created); "
+            "pass the folder logs and checkpoints should go to"
+        )
+
+
 class Trainer:
     """Trains a :class:`torchplug.Module` on the backends named by ``accelerator``, ``strategy`` and ``precision``.
 
@@ -188,6 +201,7 @@ class Trainer:
             self.val_check_interval, self.check_val_every_n_epoch = 1.0, 1
             logger, enable_checkpointing = False, False
         self.default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
+        _check_root_dir(self.default_root_dir)
 
         # ---- backends ----------------------------------------------------------------------------------------
         selection = _selection.select(
@@ -255,7 +269,7 @@ class Trainer:
             result.append(cb.ModelCheckpoint())
         if not checkpointing and any(isinstance(c, cb.ModelCheckpoint) for c in given):
             raise MisconfigurationError(
-                "enable_checkpointing=False but callbacks holds a ModelCheckpoint; drop one of them"
+                "`enable_checkpointing=False` but found `ModelCheckpoint` in callbacks; drop one of them"
             )
         if progress_bar and not any(isinstance(c, cb.ProgressBar) for c in given):
             result.append(cb.ProgressBar())
