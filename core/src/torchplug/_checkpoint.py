@@ -73,7 +73,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.exists():
         raise MisconfigurationError(f"checkpoint not found: {str(path)!r} does not exist")
     if path.is_dir():
-        raise MisconfigurationError(f"checkpoint path {str(path)!r} is a directory; give the path of a .ckpt file")
+        raise MisconfigurationError(
+            f"checkpoint path {str(path)!r} is a directory, as a sharded strategy's checkpoint is: resume it with the "
+            "strategy that wrote it (which can also consolidate it into one file), or give the path of a .ckpt file"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 import warnings
 from datetime import timedelta
@@ -403,8 +404,7 @@ class ModelCheckpoint(Callback):
 
     def _link_checkpoint(self, trainer: Trainer, target: str, link: str) -> None:
         if trainer.is_global_zero:
-            if os.path.lexists(link):
-                os.remove(link)
+            _remove(link)
             os.makedirs(os.path.dirname(link) or ".", exist_ok=True)
             os.symlink(os.path.relpath(target, os.path.dirname(link) or "."), link)
         trainer.barrier("ModelCheckpoint.link")
@@ -422,8 +422,16 @@ class ModelCheckpoint(Callback):
         return Path(os.path.realpath(self.dirpath)) in Path(previous_real).parents
 
     def _remove_checkpoint(self, trainer: Trainer, filepath: str) -> None:
-        if trainer.is_global_zero and os.path.lexists(filepath):
-            os.remove(filepath)
+        if trainer.is_global_zero:
+            _remove(filepath)
+
+
+def _remove(path: str) -> None:
+    """Delete a checkpoint: a file, a link, or a directory (a sharded strategy's checkpoint is one)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
 
 
 def _broadcast(trainer: Trainer, obj: Any) -> Any:
