@@ -230,6 +230,7 @@ def run_job(job, out):
     return {
         "rank": trainer.global_rank,
         "world_size": trainer.world_size,
+        "environment": trainer.environment_name,
         "global_step": trainer.global_step,
         "weights": weights(model),
         "names": [n for n, _ in model.named_parameters()],

@@ -39,15 +39,18 @@ def clean_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {**base, **(extra or {})}
 
 
-def launch_jobs(out: Path, jobs: list[dict], timeout: float = 400) -> Ran:
-    """``python fsdp_jobs.py`` in ``out``: the Trainer's launcher makes the other ranks, which run the jobs too."""
+def launch_jobs(out: Path, jobs: list[dict], timeout: float = 400, torchrun: int = 0) -> Ran:
+    """``python fsdp_jobs.py`` in ``out``: the Trainer's launcher makes the other ranks, which run the jobs too;
+    with ``torchrun=N``, ``torchrun --standalone --nproc-per-node N`` starts them instead."""
     out.mkdir(parents=True, exist_ok=True)
     script = out / "fsdp_jobs.py"
     shutil.copy(JOBS, script)
     (out / "jobs.json").write_text(json.dumps(jobs))
+    command = [PYTHON, str(script), str(out / "jobs.json"), str(out)]
+    if torchrun:
+        command[1:1] = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(torchrun)]
     start = time.monotonic()
-    proc = subprocess.run([PYTHON, str(script), str(out / "jobs.json"), str(out)], cwd=out, env=clean_environment(),
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    proc = subprocess.run(command, cwd=out, env=clean_environment(), capture_output=True, text=True, timeout=timeout)
     return Ran(proc, time.monotonic() - start)
 
 

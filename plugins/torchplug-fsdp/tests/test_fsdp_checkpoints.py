@@ -3,7 +3,8 @@
 and 1 (DCP reshards); top-k deletes directories; "best"/"last" find directories; a sharded checkpoint
 consolidates into one file that loads into a plain module; a planted pickle runs nothing.
 
-The scenario runs once per module (two launches and a few one-process runs in this process); the tests read it.
+The scenario runs once per module (a job started by the Trainer's launcher and killed, a job started by torchrun,
+and a few one-process runs in this process); the tests read what they left.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def scenario(tmp_path_factory):
     killed = launch_jobs(out, [KILLED], timeout=300)
     assert processes_mentioning(str(out)) == [], "the killed job left processes behind"
     found["killed"] = killed, time.time()
-    launch_jobs(out, LAUNCH).check()
+    launch_jobs(out, LAUNCH, torchrun=2).check()  # started by torchrun: the torchelastic environment
     assert processes_mentioning(str(out)) == []
     with one_process():  # 2 -> 1, from the sharded directory and from the one-file checkpoint of the same step
         found["two_to_one"] = run_job({"name": "two_to_one", "trainer": ONE, "data": WHOLE_BATCH,
@@ -103,6 +104,7 @@ def test_resuming_the_killed_job_ends_bitwise_where_the_uninterrupted_run_ends(s
     out, _ = scenario
     resumed, uninterrupted = reports(out, "resumed"), reports(out, "uninterrupted")
     assert [r["global_step"] for r in resumed] == [16, 16]
+    assert [r["environment"] for r in resumed] == ["torchelastic", "torchelastic"]
     for rank in (0, 1):
         assert resumed[rank]["weights"] == uninterrupted[rank]["weights"]
         assert resumed[rank]["metrics"] == uninterrupted[rank]["metrics"]
