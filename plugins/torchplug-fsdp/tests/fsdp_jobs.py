@@ -107,7 +107,7 @@ def local(tensor):
 
 
 def weights(model):
-    return [float(v) for p in model.parameters() for v in full(p.detach()).double().flatten()]
+    return [v for p in model.parameters() for v in full(p.detach()).double().cpu().flatten().tolist()]
 
 
 class FullSaveAt(Callback):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fsdp_jobs import Net, run_job
+from fsdp_jobs import Block, Net, full, run_job
 from fsdp_test_support import (
     PYTHON,
     clean_environment,
@@ -31,6 +31,7 @@ from fsdp_test_support import (
 
 import torchplug
 from torchplug import MisconfigurationError
+from torchplug.testing import QUIET, regression_loader
 from torchplug_fsdp import consolidate_checkpoint
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("fsdp")]
@@ -49,6 +50,7 @@ LAUNCH = [
     {"name": "resumed", "trainer": TWO, "data": SHUFFLED, "model": DROPOUT, "ckpt_path": "killed/last.ckpt"},
     {"name": "two_ranks", "trainer": TWO, "data": SHUFFLED, "checkpoints": [{"dirpath": "two", **EVERY_3}],
      "full_save_at": {"step": 3, "path": "full_step3.ckpt"}},
+    {"name": "full_to_two", "trainer": TWO, "data": SHUFFLED, "ckpt_path": "full_step3.ckpt"},
     {"name": "one_to_two", "trainer": TWO, "data": SHUFFLED, "ckpt_path": "one/epoch=0-step=3.ckpt"},
     {"name": "top_k", "trainer": {**TWO, "max_steps": 10}, "data": SHUFFLED,
      "checkpoints": [{"dirpath": "top", "monitor": "loss", "save_top_k": 2, "every_n_train_steps": 2, "save_last": True}]},
@@ -110,6 +112,12 @@ def test_resuming_the_killed_job_ends_bitwise_where_the_uninterrupted_run_ends(s
         assert resumed[rank]["metrics"] == uninterrupted[rank]["metrics"]
 
 
+def test_resuming_from_the_one_file_checkpoint_ends_bitwise_where_the_run_that_wrote_it_ends(scenario):
+    out, _ = scenario
+    resumed, uninterrupted = reports(out, "full_to_two"), reports(out, "two_ranks")
+    assert [r["weights"] for r in resumed] == [r["weights"] for r in uninterrupted]
+
+
 # ------------------------------------------------------------------------------------------------ other world sizes
 def test_two_ranks_resume_what_one_process_saved(scenario):
     out, found = scenario
@@ -149,6 +157,18 @@ def test_ckpt_path_best_and_last_find_directories(scenario, which):
         resumed = run_job({"name": which, "trainer": {**ONE, "max_steps": 1, "default_root_dir": str(out / "top")},
                            "data": WHOLE_BATCH, "ckpt_path": which}, str(out))  # fmt: skip
     assert resumed["ckpt_path"] == expected
+
+
+def test_validate_loads_a_sharded_checkpoint_without_optimizers(scenario, tmp_path):
+    out, _ = scenario
+    expected = consolidate_checkpoint(out / SAVED_STEP3, tmp_path / "step3.ckpt")["state_dict"]
+    model = Net()
+    with one_process():
+        trainer = torchplug.Trainer(**{**ONE, "auto_wrap_policy": {Block}, **QUIET})
+        trainer.validate(model, regression_loader(16), ckpt_path=str(out / SAVED_STEP3))
+        loaded = {name: full(p.detach()) for name, p in model.named_parameters()}
+    assert loaded.keys() == expected.keys()
+    assert all(torch.equal(loaded[name], expected[name]) for name in expected)
 
 
 # ------------------------------------------------------------------------------------------------ one file

@@ -24,7 +24,8 @@ JOBS = [
                                        "reshard_between_micro_batches": False}},  # fmt: skip
     {"name": "manual", "trainer": FSDP, "model": {"manual": True}},
     {"name": "activation_checkpointing", "trainer": {**FSDP, "activation_checkpointing_policy": "Block"}},
-    {"name": "hybrid", "trainer": {**FSDP, "sharding_strategy": "HYBRID_SHARD", "device_mesh": [2, 1]}},
+    {"name": "hybrid", "trainer": {**FSDP, "sharding_strategy": "HYBRID_SHARD", "device_mesh": [2, 1]},
+     "checkpoints": [{"dirpath": "hybrid", "every_n_train_steps": 16, "save_top_k": -1}]},
     {"name": "root_only", "trainer": {**FSDP, "auto_wrap_policy": None}},
     {"name": "bf16-mixed", "trainer": {**FSDP, "precision": "bf16-mixed"}, "model": SGD},
     {"name": "16-mixed", "trainer": {**FSDP, "precision": "16-mixed"}, "model": SGD, "inject_inf": {"rank": 1, "step": 6}},
@@ -130,3 +131,14 @@ def test_16_mixed_skips_a_step_on_every_rank_when_one_rank_overflows(launched):
     assert rank0["scales"] == rank1["scales"] and rank0["moved"] == rank1["moved"]
     assert rank0["moved"][step] is False and rank0["moved"][step + 1] is True
     assert rank0["scales"][step] == rank0["scales"][step - 1] / 2
+
+
+def test_a_hybrid_sharded_checkpoint_holds_the_trained_weights(launched, tmp_path):
+    """A 2-D mesh (replicas x shards): DCP writes each replicated shard once; the consolidated file is the model."""
+    from torchplug_fsdp import consolidate_checkpoint
+
+    out, _ = launched
+    (report, _) = reports(out, "hybrid")
+    checkpoint = consolidate_checkpoint(out / "hybrid" / "epoch=1-step=16.ckpt", tmp_path / "hybrid.ckpt")
+    flat = [v for name in report["names"] for v in checkpoint["state_dict"][name].double().flatten().tolist()]
+    assert flat == report["weights"]

@@ -220,10 +220,13 @@ class FSDPStrategy(ProcessGroupStrategy):
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
         user = step_module.module
-        if self.activation_checkpointing_policy is not None:
+        # Both policies are checked against the model before anything is changed.
+        units = select_units(user, self.auto_wrap_policy, "auto_wrap_policy")
+        recomputed = select_modules(user, self.activation_checkpointing_policy, "activation_checkpointing_policy")
+        if recomputed:
             from torch.distributed._composable import checkpoint
 
-            for selected in select_modules(user, self.activation_checkpointing_policy, "activation_checkpointing_policy"):
+            for selected in recomputed:
                 checkpoint(selected)
         mesh = self.mesh(trainer)
         # The precision plugin says what the steps compute in; parameters are gathered in that dtype, gradients
@@ -237,7 +240,6 @@ class FSDPStrategy(ProcessGroupStrategy):
         else:
             unit_policy = root_policy = MixedPrecisionPolicy()
         offload = CPUOffloadPolicy(pin_memory=True) if self.cpu_offload else OffloadPolicy()
-        units = select_units(user, self.auto_wrap_policy, "auto_wrap_policy")
         for unit in units:
             fully_shard(unit, mesh=mesh, reshard_after_forward=self.reshard_after_forward, mp_policy=unit_policy,
                         offload_policy=offload)  # fmt: skip
