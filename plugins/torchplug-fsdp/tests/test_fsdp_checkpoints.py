@@ -171,6 +171,14 @@ def test_validate_loads_a_sharded_checkpoint_without_optimizers(scenario, tmp_pa
     assert all(torch.equal(loaded[name], expected[name]) for name in expected)
 
 
+def test_the_meta_file_alone_is_refused_with_the_fix(scenario):
+    out, _ = scenario
+    with one_process(), pytest.raises(MisconfigurationError, match=r"is the meta.ckpt of a sharded checkpoint.*pass "
+                                                                   r"the checkpoint directory"):  # fmt: skip
+        run_job({"name": "meta", "trainer": ONE, "data": WHOLE_BATCH, "ckpt_path": f"{SAVED_STEP3}/meta.ckpt"},
+                str(out))  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------------ one file
 def test_a_sharded_checkpoint_consolidates_into_the_one_file_checkpoint_of_the_same_step(scenario, tmp_path):
     out, _ = scenario

@@ -309,6 +309,11 @@ class FSDPStrategy(ProcessGroupStrategy):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
         from torch.distributed.tensor import DTensor
 
+        if any(_checkpoint.is_ref(v) for v in state_dict.values()):
+            raise MisconfigurationError(
+                f"ckpt_path={trainer.ckpt_path!r} is the {_checkpoint.META_NAME} of a sharded checkpoint, which "
+                "holds no tensors: pass the checkpoint directory that contains it"
+            )
         # Shards (a sharded checkpoint) or full tensors (one file: every rank read all of it).
         full = not any(isinstance(v, DTensor) for v in state_dict.values())
         set_model_state_dict(module, dict(state_dict), options=StateDictOptions(full_state_dict=full, strict=True))
