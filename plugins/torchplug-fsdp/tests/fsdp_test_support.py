@@ -102,3 +102,23 @@ def one_process() -> Iterator[None]:
             dist.destroy_process_group()
         os.environ.clear()
         os.environ.update(saved)
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """``build(out)`` once per test session, even when xdist splits a module's tests over workers (each worker
+    would otherwise run a module-scoped fixture itself): the first worker builds under a file lock, the others
+    wait and read what it left. A build that failed is tried again by the next worker (and fails again)."""
+    import fcntl
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this session
+    out, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            build(out)
+            done.write_text("built")
+    return out

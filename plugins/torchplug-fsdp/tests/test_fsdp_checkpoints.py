@@ -9,6 +9,7 @@ and a few one-process runs in this process); the tests read what they left.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -22,6 +23,7 @@ import torch
 from fsdp_jobs import Block, Net, full, run_job
 from fsdp_test_support import (
     PYTHON,
+    built_once,
     clean_environment,
     launch_jobs,
     one_process,
@@ -58,16 +60,16 @@ LAUNCH = [
 SAVED_STEP3 = "two/epoch=0-step=3.ckpt"
 
 
-@pytest.fixture(scope="module")
-def scenario(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp_checkpoints")
+def _play(out):
+    """Everything the tests read, in order; what ran in this process is written as JSON next to the reports."""
     found = {}
     with one_process():  # the 1 -> 2 checkpoint
         found["one"] = run_job({"name": "one", "trainer": ONE, "data": WHOLE_BATCH,
                                 "checkpoints": [{"dirpath": "one", **EVERY_3}]}, str(out))  # fmt: skip
     killed = launch_jobs(out, [KILLED], timeout=300)
+    ended = time.time()
     assert processes_mentioning(str(out)) == [], "the killed job left processes behind"
-    found["killed"] = killed, time.time()
+    found["killed"] = {"returncode": killed.returncode, "output": killed.output, "ended": ended}
     launch_jobs(out, LAUNCH, torchrun=2).check()  # started by torchrun: the torchelastic environment
     assert processes_mentioning(str(out)) == []
     with one_process():  # 2 -> 1, from the sharded directory and from the one-file checkpoint of the same step
@@ -75,7 +77,13 @@ def scenario(tmp_path_factory):
                                        "ckpt_path": SAVED_STEP3}, str(out))  # fmt: skip
         found["full_to_one"] = run_job({"name": "full_to_one", "trainer": ONE, "data": WHOLE_BATCH,
                                         "ckpt_path": "full_step3.ckpt"}, str(out))  # fmt: skip
-    return out, found
+    (out / "in_this_process.json").write_text(json.dumps(found))
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory):
+    out = built_once(tmp_path_factory, "fsdp_checkpoints", _play)
+    return out, json.loads((out / "in_this_process.json").read_text())
 
 
 def weights(report):
@@ -85,11 +93,11 @@ def weights(report):
 # ------------------------------------------------------------------------------------------------ kill and resume
 def test_a_rank_killed_mid_step_ends_the_job_within_60_s_and_leaves_no_process(scenario):
     out, found = scenario
-    killed, ended = found["killed"]
-    assert killed.returncode != 0, killed.output
+    killed = found["killed"]
+    assert killed["returncode"] != 0, killed["output"]
     victim = int((out / "killed.rank1.pid").read_text())
-    assert len(re.findall(rf"rank 1 \(pid {victim}\) was killed by SIGKILL", killed.output)) == 1, killed.output
-    assert ended - (out / "killed.rank1.pid").stat().st_mtime < 60
+    assert len(re.findall(rf"rank 1 \(pid {victim}\) was killed by SIGKILL", killed["output"])) == 1, killed["output"]
+    assert killed["ended"] - (out / "killed.rank1.pid").stat().st_mtime < 60
 
 
 def test_the_last_checkpoint_before_the_kill_is_complete_and_mid_epoch(scenario):

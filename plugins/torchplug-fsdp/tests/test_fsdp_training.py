@@ -11,7 +11,7 @@ import copy
 import pytest
 import torch
 from fsdp_jobs import run_job
-from fsdp_test_support import launch_jobs, processes_mentioning, reports
+from fsdp_test_support import built_once, launch_jobs, processes_mentioning, reports
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("fsdp")]
 
@@ -35,12 +35,14 @@ STEPS = 16  # 2 epochs of 64 samples, a global batch of 8
 UNITS = 4  # three Blocks and the root
 
 
+def _launch(out):
+    launch_jobs(out, JOBS).check()
+    assert processes_mentioning(str(out)) == []
+
+
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp_training")
-    ran = launch_jobs(out, JOBS).check()
-    assert processes_mentioning(str(out)) == []
-    return out, ran
+    return built_once(tmp_path_factory, "fsdp_training", _launch), None
 
 
 def single_process(job: dict, tmp_path) -> dict:
