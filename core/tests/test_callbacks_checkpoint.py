@@ -566,3 +566,41 @@ def test_constructor_annotations_are_types_for_cli_parsers() -> None:
     annotation = inspect.signature(ModelCheckpoint).parameters["save_last"].annotation
     assert annotation == (bool | Literal["link"] | None)
     assert not any(isinstance(p.annotation, str) for p in inspect.signature(ModelCheckpoint).parameters.values())
+
+
+# ------------------------------------------------------------------------------------------------ directories
+class DirectoryCheckpoints:
+    """A plugin that writes each checkpoint as a directory (as a sharded strategy does): ``<path>/meta.ckpt``."""
+
+    @torchplug.hookimpl
+    def torchplug_save_checkpoint(self, trainer: Any, checkpoint: dict[str, Any], path: str) -> bool:
+        if trainer.is_global_zero:
+            if os.path.isdir(path) and not os.path.islink(path):
+                import shutil
+
+                shutil.rmtree(path)
+            torchplug.atomic_save(checkpoint, Path(path) / "meta.ckpt")
+        return True
+
+    @torchplug.hookimpl
+    def torchplug_load_checkpoint(self, trainer: Any, path: str) -> dict[str, Any]:
+        return load_checkpoint(Path(path) / "meta.ckpt")
+
+
+@pytest.mark.parametrize("save_last", [True, "link"])
+def test_directory_checkpoints_top_k_last_and_resume(tmp_path: Path, save_last: Any) -> None:
+    scores = [5.0, 3.0, 4.0, 1.0, 2.0]
+    folder = tmp_path / "ckpt"
+    ckpt = ModelCheckpoint(dirpath=folder, filename="{epoch}", monitor="score", save_top_k=2, save_last=save_last)
+    trainer = _trainer(tmp_path, [ckpt], max_epochs=5, plugins=[DirectoryCheckpoints()])
+    trainer.fit(Scripted(scores), _loader(), _loader(4))
+    # directories that fell out of the top 2 were deleted, whole; last.ckpt was replaced each epoch
+    assert _names(folder) == ["epoch=3.ckpt", "epoch=4.ckpt", "last.ckpt"]
+    assert all((folder / name).is_dir() for name in _names(folder))
+    assert (folder / "last.ckpt").is_symlink() == (save_last == "link")
+    assert load_checkpoint(folder / "last.ckpt" / "meta.ckpt")["epoch"] == 4
+    # a fresh run finds "last" and "best" among directories (best: from the callback state in their meta.ckpt)
+    for which, expected in (("last", folder / "last.ckpt"), ("best", folder / "epoch=3.ckpt")):
+        resumed = _trainer(tmp_path, [], max_epochs=5, enable_checkpointing=False, plugins=[DirectoryCheckpoints()])
+        resumed.fit(Scripted(scores), _loader(), _loader(4), ckpt_path=which)
+        assert resumed.ckpt_path == str(expected)

@@ -2,7 +2,7 @@
 
 import logging as _logging
 
-from torchplug._checkpoint import load_checkpoint
+from torchplug._checkpoint import atomic_save, load_checkpoint
 from torchplug._errors import (
     MisconfigurationError,
     PluginError,
@@ -46,6 +46,7 @@ __all__ = [
     "StepOps",
     "Trainer",
     "World",
+    "atomic_save",
     "hookimpl",
     "load_checkpoint",
     "seed_everything",
