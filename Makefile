@@ -7,7 +7,7 @@ PLUGINS := $(sort $(wildcard plugins/torchplug-*))
 # Rebuild the environment when any distribution's metadata changes (entry points live there).
 SETUP_INPUTS := core/pyproject.toml $(wildcard plugins/torchplug-*/pyproject.toml) Makefile
 
-.PHONY: demo test test-fast test-xla setup setup-xla lint bench clean
+.PHONY: demo test test-fast test-xla setup setup-xla setup-oracle lint bench clean
 
 demo: $(VENV)/.installed
 	$(PY) examples/demo.py
@@ -17,7 +17,7 @@ demo: $(VENV)/.installed
 # tags node ids through a field that pytest 9 does not read.)
 DIST := -n 2 --dist loadscope
 
-test: $(VENV)/.installed setup-xla
+test: $(VENV)/.installed setup-oracle setup-xla
 	$(PY) -m pytest $(DIST) -m "not xla" $(PYTEST_ARGS)
 	$(MAKE) test-xla
 
@@ -31,7 +31,19 @@ $(VENV)/.installed: $(SETUP_INPUTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e 'core[tensorboard,plot]' $(addprefix -e ,$(PLUGINS)) \
-		pytest pytest-xdist pytest-timeout
+		pytest pytest-xdist pytest-timeout torchmetrics
+	touch $@
+
+# PyTorch Lightning as the oracle of tests/lightning_oracle (its own environment: never a dependency of torchplug).
+ORACLE_VENV := .venv-oracle
+ORACLE_PY := $(ORACLE_VENV)/bin/python
+
+setup-oracle: $(ORACLE_VENV)/.installed
+
+$(ORACLE_VENV)/.installed: Makefile
+	test -x $(ORACLE_PY) || $(PYTHON) -m venv $(ORACLE_VENV)
+	$(ORACLE_PY) -m pip --disable-pip-version-check -q install torch==2.13.0
+	$(ORACLE_PY) -m pip --disable-pip-version-check -q install pytorch-lightning==2.6.6 torchmetrics
 	touch $@
 
 # PyTorch/XLA needs torch==2.9.0 exactly, so it lives in a second environment.
@@ -59,4 +71,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/overhead.py
 
 clean:
-	rm -rf $(VENV) $(XLA_VENV)
+	rm -rf $(VENV) $(XLA_VENV) $(ORACLE_VENV)

@@ -26,7 +26,7 @@ import secrets
 import shutil
 import socket
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -153,15 +153,24 @@ def _format_bytes(n: int) -> str:
     return f"{n} bytes"
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`atomic_save` onto the CPU, without running code from the file."""
-    path = Path(path)
-    if not path.exists():
-        raise MisconfigurationError(f"checkpoint not found: {str(path)!r} does not exist")
-    if path.is_dir():
-        raise MisconfigurationError(describe_directory(path))
+def load_checkpoint(
+    path: str | os.PathLike[str] | IO[bytes], map_location: Any = None, weights_only: bool | None = None
+) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`atomic_save`, without running code from the file.
+
+    Tensors land on the CPU unless ``map_location`` (as for ``torch.load``) says otherwise. ``weights_only=False``
+    unpickles arbitrary objects: only for a file you trust.
+    """
+    if isinstance(path, (str, os.PathLike)):
+        path = Path(path)
+        if not path.exists():
+            raise MisconfigurationError(f"checkpoint not found: {str(path)!r} does not exist")
+        if path.is_dir():
+            raise MisconfigurationError(describe_directory(path))
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(
+            path, map_location="cpu" if map_location is None else map_location, weights_only=weights_only is not False
+        )
     except pickle.UnpicklingError as err:
         if "weights only" in str(err).lower():
             raise MisconfigurationError(
@@ -237,7 +246,7 @@ def describe_directory(path: str | os.PathLike[str]) -> str:
     return f"{str(path)!r} is a directory, not a checkpoint: it holds {shown or 'nothing'}{advice}"
 
 
-def _not_a_checkpoint(path: Path, err: BaseException) -> MisconfigurationError:
+def _not_a_checkpoint(path: Any, err: BaseException) -> MisconfigurationError:
     return MisconfigurationError(
         f"{str(path)!r} is not a torchplug checkpoint: torch.load could not read it ({type(err).__name__}: "
         f"{_first_line(err)}). It may be truncated, or not a file written by torch.save."

@@ -10,22 +10,26 @@ once, at setup. The training step reads like a hand-written one::
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
+import inspect
 import logging
 import math
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchplug import _data, _heartbeat, _optim, _plugins, _state, _stopping
+from torchplug import _data, _heartbeat, _hparams, _optim, _plugins, _state, _stopping
 from torchplug._errors import MisconfigurationError
 from torchplug._results import Results
 from torchplug.callbacks._base import Callback
 from torchplug.module import Module
 from torchplug.strategies import StepModule
+from torchplug.utilities import rank_zero_only
 
 if TYPE_CHECKING:
     from torchplug._step import StepOps
@@ -116,6 +120,8 @@ class Loop:
         self.step_taken = True
         self.heartbeat: _heartbeat.Heartbeat | None = None
         self.stop_check: _stopping.StopCheck | None = None
+        self.current_hook: str | None = None  # the step or hook running now: where self.log may log, and how
+        self.eval_steps_logged: dict[int, int] = collections.defaultdict(int)  # per dataloader, for the stage
         self._bind_user_hooks()
 
     # ==================================================================================================== hooks
@@ -123,7 +129,9 @@ class Loop:
         """For each hook name: the callbacks' and the module's implementations, found once (instance ones too)."""
         callbacks, module = self.trainer.callbacks, self.module
         names = [n for n in dir(Callback) if n.startswith("on_") or n in ("setup", "teardown")]
-        self.callback_hooks = {n: [getattr(c, n) for c in callbacks if _overrides(c, n, Callback)] for n in names}
+        self.callback_hooks = {
+            n: [(c, getattr(c, n)) for c in callbacks if _overrides(c, n, Callback)] for n in names
+        }
         self.module_hooks = {
             n: getattr(module, n) for n in dir(Module) if _is_hook_name(n) and _overrides(module, n, Module)
         }
@@ -131,13 +139,17 @@ class Loop:
     def call(self, name: str, *args: Any, monitors: bool | None = None) -> Any:
         """Callbacks' ``name(trainer, module, *args)``, then the module's ``name(*args)`` (its answer returned)."""
         trainer, module = self.trainer, self.module
-        for function in self.callback_hooks.get(name, ()):
-            if monitors is None or function.__self__.monitors_metrics == monitors:
-                function(trainer, module, *args)
-        if monitors is True:
-            return None
-        method = self.module_hooks.get(name)
-        return method(*args) if method is not None else None
+        previous, self.current_hook = self.current_hook, name
+        try:
+            for callback, function in self.callback_hooks.get(name, ()):
+                if monitors is None or callback.monitors_metrics == monitors:
+                    function(trainer, module, *args)
+            if monitors is True:
+                return None
+            method = self.module_hooks.get(name)
+            return method(*args) if method is not None else None
+        finally:
+            self.current_hook = previous
 
     def overridden(self, *names: str) -> bool:
         return any(self.callback_hooks.get(n) or n in self.module_hooks for n in names)
@@ -145,8 +157,12 @@ class Loop:
     # ==================================================================================================== setup
     def setup(self) -> None:
         trainer, hook, module = self.trainer, self.trainer.hook, self.module
+        _hparams.drop_unpicklable(module.hparams)
         trainer.world = hook.torchplug_world(trainer=trainer)
+        rank_zero_only.rank = trainer.global_rank  # type: ignore[attr-defined]
         trainer.root_device = hook.torchplug_root_device(trainer=trainer)
+        for callback in trainer.callbacks:  # Lightning's Callback.log: the module's own self.log
+            callback.log, callback.log_dict = module.log, module.log_dict  # type: ignore[attr-defined]
         hook.torchplug_setup_environment(trainer=trainer)
         if trainer.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=trainer.deterministic == "warn")
@@ -228,10 +244,14 @@ class Loop:
         device = self.trainer.root_device
 
         def prepare(batch: Any, dataloader_idx: int) -> Any:
-            if before is not None:
-                batch = before(batch, dataloader_idx)
-            batch = transfer(batch, device, dataloader_idx) if transfer is not None else to_device(batch)
-            return after(batch, dataloader_idx) if after is not None else batch
+            previous, self.current_hook = self.current_hook, "on_before_batch_transfer"  # where logging is refused
+            try:
+                if before is not None:
+                    batch = before(batch, dataloader_idx)
+                batch = transfer(batch, device, dataloader_idx) if transfer is not None else to_device(batch)
+                return after(batch, dataloader_idx) if after is not None else batch
+            finally:
+                self.current_hook = previous
 
         self.prepare = prepare
         del module
@@ -253,6 +273,7 @@ class Loop:
         trainer.hook.torchplug_teardown(trainer=trainer)
         trainer.training = False
         trainer._results = None
+        self.current_hook = None
 
     def report_stop(self, signum: int, saved: bool, requeued: str | None) -> None:
         """One line on global rank 0: what stopped the stage, what was saved, how to go on."""
@@ -274,6 +295,11 @@ class Loop:
     # ==================================================================================================== fit
     def fit(self, loaders: dict[str, Any]) -> None:
         trainer, module = self.trainer, self.module
+        if not self._has_step("training"):
+            raise MisconfigurationError(
+                "No `training_step()` method defined. The Trainer expects as minimum a `training_step()`, "
+                "`train_dataloader()` and `configure_optimizers()` to be defined."
+            )
         train_loaders = _data.dataloaders(trainer, "train", loaders["train"], "fit")
         if not train_loaders:
             raise MisconfigurationError(
@@ -284,7 +310,16 @@ class Loop:
         self.train_loader = train_loaders[0]
         trainer.num_training_batches = _data.num_batches(self.train_loader, trainer.limit_train_batches,
                                                          "limit_train_batches")  # fmt: skip
-        val_loaders = _data.dataloaders(trainer, "val", loaders["val"], "validate") if self._has_step("validation") else []
+        if self._has_step("validation"):
+            val_loaders = _data.dataloaders(trainer, "val", loaders["val"], "validate")
+        else:
+            val_loaders = []
+            if self._val_data_defined(loaders["val"]):
+                warnings.warn(
+                    "You passed in a `val_dataloader` but have no `validation_step`. Skipping val loop.",
+                    UserWarning,
+                    stacklevel=2,
+                )
         counts = [_data.num_batches(dl, trainer.limit_val_batches, "limit_val_batches") for dl in val_loaders]
         # A loader limited to 0 batches is no validation at all: no sanity check, no validation hooks.
         self.val_loaders = [dl for dl, count in zip(val_loaders, counts) if count]
@@ -299,20 +334,26 @@ class Loop:
                         "accumulate or clip in training_step (self.clip_gradients(opt, ...)), and leave the flag unset"
                     )
         self._bind_training_step()
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_hyperparams(dict(module.hparams))
         self.call("on_fit_start")
         if trainer.checkpoint_callbacks:  # this run will save: find state a checkpoint cannot hold now, not then
             _state.check_saveable(trainer)
+        self._log_hyperparams()
         if trainer.num_sanity_val_steps and self.val_loaders:
             self._sanity_check()
         if self.resume is not None:
             _state.set_rng_states(trainer, self.resume.rng_states)
             trainer.callback_metrics.update(self.resume.callback_metrics)  # the sanity check cleared them
-        trainer._results = Results(trainer, default_on_step=True)
+        trainer._results = Results(trainer, training=True)
         trainer.training = True
-        module.train()
+        in_eval = [name or type(module).__name__ for name, m in module.named_modules() if not m.training]
+        if in_eval:  # left as the user set them (a frozen submodule stays in eval), as in Lightning
+            warnings.warn(
+                f"Found {len(in_eval)} module(s) in eval mode at the start of training ({', '.join(in_eval[:5])}"
+                f"{', ...' if len(in_eval) > 5 else ''}). This may lead to unexpected behavior during training. If "
+                "this is intentional, you can ignore this warning.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.call("on_train_start")
         try:
             while trainer.num_training_batches and not self._fit_done():  # limit_train_batches=0: no training
@@ -329,6 +370,43 @@ class Loop:
         """The module implements ``<stage>_step`` (a step set to ``None`` on the instance is none)."""
         name = f"{stage}_step"
         return getattr(self.module, name, None) is not None and _overrides(self.module, name, Module)
+
+    def _val_data_defined(self, given: Any) -> bool:
+        """Validation data exists (given, or a ``val_dataloader`` implemented), without building it."""
+        from torchplug.module import DataModule
+
+        datamodule = self.trainer.datamodule
+        return (
+            given is not None
+            or (datamodule is not None and type(datamodule).val_dataloader is not DataModule.val_dataloader)
+            or type(self.module).val_dataloader is not Module.val_dataloader
+        )
+
+    def _log_hyperparams(self) -> None:
+        """Send the module's and the datamodule's initial hyperparameters to every logger (global rank 0)."""
+        trainer, module, datamodule = self.trainer, self.module, self.trainer.datamodule
+        if not trainer.loggers or not trainer.is_global_zero:
+            return
+        from_module = module._log_hyperparams
+        from_data = datamodule is not None and getattr(datamodule, "_log_hyperparams", False)
+        hparams: dict[str, Any] | None = None
+        if from_module and from_data:
+            mine, theirs = module.hparams_initial, datamodule.hparams_initial
+            clashing = [k for k in mine.keys() & theirs.keys() if not _same_hparam(mine[k], theirs[k])]
+            if clashing:
+                raise RuntimeError(
+                    f"Error while merging hparams: the keys {clashing} are present in both the LightningModule's and "
+                    "LightningDataModule's hparams but have different values."
+                )
+            hparams = {**mine, **theirs}
+        elif from_module:
+            hparams = module.hparams_initial
+        elif from_data:
+            hparams = datamodule.hparams_initial
+        for logger in trainer.loggers:
+            if hparams is not None:
+                logger.log_hyperparams(hparams)
+            logger.save()
 
     def _fit_done(self) -> bool:
         trainer = self.trainer
@@ -386,6 +464,7 @@ class Loop:
         self.call("on_sanity_check_end")
         trainer.callback_metrics.clear()
         trainer.progress_bar_metrics.clear()
+        trainer.logged_metrics.clear()
 
     def _train_epoch(self) -> None:
         """One training epoch, or what a checkpoint left of it (see :class:`Progress`)."""
@@ -408,11 +487,12 @@ class Loop:
         # schedulers (ReduceLROnPlateau may monitor those logs), then callbacks that monitor metrics (checkpoints,
         # early stopping), which so see the whole epoch, and a checkpoint holds the stepped schedulers.
         results = trainer._results
-        results.dataloader_idx, results.default_on_step = None, False  # self.log in epoch-end hooks is per epoch
+        results.dataloader_idx = None
+        results.new_batch(None)
         epoch_logs = results.epoch_end()
         self.call("on_train_epoch_end", monitors=False)
-        results.default_on_step = True
         epoch_logs.update(results.epoch_end())
+        results.reset_metric_states()
         if module.automatic_optimization:
             _optim.step_schedulers(self, "epoch")
         progress.phase = "complete"
@@ -425,6 +505,7 @@ class Loop:
         trainer, progress, ops = self.trainer, self.trainer.progress, self.ops
         step, on_batch_end, check_val = self.training_step, ops.on_batch_end, bool(self.val_loaders)
         prepare = functools.partial(self.prepare, dataloader_idx=0) if self.transfer_hooks else ops.to_device
+        results = trainer._results
         start_hooks, end_hooks = self.overridden("on_train_batch_start"), self.overridden("on_train_batch_end")
         max_steps, log_every = trainer.max_steps, trainer.log_every_n_steps
         beat, stop_check, stepped_at = self.heartbeat, self.stop_check, trainer.global_step
@@ -432,15 +513,22 @@ class Loop:
         for batch, is_last in batches:
             batch_idx = progress.batches_done
             batch = prepare(batch)
-            if start_hooks and self.call("on_train_batch_start", batch, batch_idx) == -1:
-                break
-            output = step(batch, batch_idx, is_last)
+            results.new_batch(batch)
+            if batch is None:  # as in Lightning: no step for it, the batch-end hooks see no output
+                warnings.warn("train_dataloader yielded None. If this was on purpose, ignore this warning...",
+                              UserWarning, stacklevel=2)  # fmt: skip
+                output = None
+            else:
+                if start_hooks and self.call("on_train_batch_start", batch, batch_idx) == -1:
+                    break
+                output = step(batch, batch_idx, is_last)
             on_batch_end("train", batch_idx)
             progress.batches_done = batch_idx + 1
             progress.total_batches += 1
             if end_hooks:
                 self.call("on_train_batch_end", _detached(output), batch, batch_idx)
-            if trainer.global_step % log_every == 0 and trainer.global_step != self.last_logged_step:
+            stepped = self._batches_stepped()
+            if stepped != self.last_logged_step and (stepped % log_every == 0 or trainer.fast_dev_run):
                 self._flush_step_logs()
             if check_val and self._val_due(batch_idx, is_last):
                 self.validate_during_fit()
@@ -469,7 +557,7 @@ class Loop:
     # ---------------------------------------------------------------------------------------------------- the step
     def _bind_training_step(self) -> None:
         trainer, module = self.trainer, self.module
-        self.last_logged_step = trainer.global_step
+        self.last_logged_step = self._batches_stepped()
         self.step_args = _data.step_arguments(module.training_step, several_loaders=False)
         self.step_takes_index = len(self.step_args(None, 0, 0)) == 2
         # the default optimizer_step hook is optimizer.step(closure=optimizer_closure), the default optimizer_zero_grad
@@ -486,6 +574,7 @@ class Loop:
 
     def _automatic_step(self, batch: Any, batch_idx: int, is_last: bool) -> Any:
         trainer, closure = self.trainer, self.closure
+        self.current_hook = "training_step"
         accumulate = trainer.accumulate_grad_batches
         closure.args = (batch, batch_idx) if self.step_takes_index else (batch,)
         closure.first_in_window = batch_idx % accumulate == 0
@@ -509,6 +598,7 @@ class Loop:
         return closure.output
 
     def _manual_step(self, batch: Any, batch_idx: int, is_last: bool) -> Any:
+        self.current_hook = "training_step"
         return self.ops.forward("train", self.step_args(batch, batch_idx, 0))
 
     def backward(self, loss: torch.Tensor, optimizer: Any) -> None:
@@ -532,23 +622,37 @@ class Loop:
     # ---------------------------------------------------------------------------------------------------- logging
     def _flush_step_logs(self) -> None:
         trainer = self.trainer
-        self.last_logged_step = trainer.global_step
+        self.last_logged_step = self._batches_stepped()
         self._write_logs(trainer._results.pop_step_metrics())
 
-    def _write_logs(self, metrics: dict[str, torch.Tensor]) -> None:
-        """Read logged values to the host at a logging point, with the plugins' metrics, and send them out."""
+    def _batches_stepped(self) -> int:
+        """Lightning's step for the loggers: training batches that ended in an optimizer step (every batch with
+        manual optimization, where one batch may step several optimizers)."""
+        trainer = self.trainer
+        return trainer.global_step if self.module.automatic_optimization else trainer.progress.total_batches
+
+    def _write_logs(self, metrics: dict[str, torch.Tensor], step: int | None = None) -> None:
+        """Read logged values to the host at a logging point, with the plugins' metrics, and send them out.
+
+        Without ``step`` (training steps, epoch ends) the step is a value logged as ``"step"``, else the last
+        training step, with ``epoch`` added unless a value of that name was logged; evaluation steps give their own
+        step and no epoch.
+        """
         trainer = self.trainer
         for answer in trainer.hook.torchplug_metrics(trainer=trainer):
             if answer:
                 metrics.update(answer)
-        if not metrics:
+                trainer.logged_metrics.update(answer)
+        if not metrics or not trainer.is_global_zero or not trainer.loggers:
             return
-        values = {k: float(v) for k, v in metrics.items()}
-        trainer.logged_metrics.update(values)
-        if trainer.is_global_zero and trainer.loggers:
-            step = max(trainer.global_step - 1, 0)
-            for logger in trainer.loggers:
-                logger.log_metrics({**values, "epoch": float(trainer.current_epoch)}, step)
+        values: dict[str, Any] = {k: float(v) for k, v in metrics.items()}
+        if step is None and "step" in values:  # a value logged as "step" is the loggers' step
+            step = int(values.pop("step"))
+        elif step is None:  # inside fit the batch being logged is not counted yet; after fit it is
+            values.setdefault("epoch", trainer.current_epoch)
+            step = max(self._batches_stepped() - 1, 0) if self.stage == "fit" else self._batches_stepped()
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics=values, step=step)
 
     # ==================================================================================================== evaluation
     def evaluate_stage(self, stage: str, given: Any) -> Any:
@@ -567,6 +671,8 @@ class Loop:
         trainer.progress_bar_metrics.clear()
         if self.heartbeat is not None:
             self.heartbeat.begin({"validate": "validating", "test": "testing", "predict": "predicting"}[stage])
+        trainer.logged_metrics.clear()
+        self._log_hyperparams()
         return self.evaluate(stage, loaders, counts)
 
     def evaluate(self, stage: str, loaders: list[Any], counts: list[int | float]) -> Any:
@@ -575,30 +681,42 @@ class Loop:
         trainer, module, ops = self.trainer, self.module, self.ops
         name = _EVAL_NAMES[stage]
         several = len(loaders) > 1
-        step_args = _data.step_arguments(getattr(module, f"{name}_step"), several)
-        trainer._results = results = Results(trainer, default_on_step=False)
-        modes = {m: m.training for m in module.modules()}  # submodules the user put in eval() stay so
-        module.eval()
+        step_name = f"{name}_step"
+        self._check_dataloader_idx(name, several)
+        step_args = _data.step_arguments(getattr(module, step_name), several)
+        trainer._results = results = Results(trainer, training=False)
+        modes = {m: m.training for m in trainer.model.modules()}  # submodules the user put in eval() stay so
+        if f"on_{name}_model_eval" in self.module_hooks:
+            self.call(f"on_{name}_model_eval")
+        else:
+            trainer.model.eval()
         self.call(f"on_{name}_start")
         self.call(f"on_{name}_epoch_start")
         outputs: list[list[Any]] = []
-        per_loader: list[set[str]] = []
         beat = self.heartbeat
         # A stage of its own may stop between batches; with several processes (whose loaders may differ in length)
         # and inside fit (whose checkpoint would skip the rest of the validation) it runs to its end.
         stop_check = self.stop_check if self.stage != "fit" and trainer.world_size == 1 else None
         stop_due = stop_check.due if stop_check is not None else None
+        logged: dict[str, torch.Tensor] = {}
+        log_steps = stage != "predict" and not trainer.sanity_checking
         with torch.no_grad():
             for dl_idx, (loader, count) in enumerate(zip(loaders, counts)):
                 results.dataloader_idx = dl_idx if several else None
-                before, collected = set(results.metrics), []
+                collected: list[Any] = []
                 extra = (dl_idx,) if several else ()
                 for batch_idx, batch in enumerate(_data.limited(loader, count)):
                     batch = self.prepare(batch, dl_idx)
+                    results.new_batch(batch)
                     self.call(f"on_{name}_batch_start", batch, batch_idx, *extra)
+                    self.current_hook = step_name
                     output = ops.forward(name, step_args(batch, batch_idx, dl_idx))
+                    self.current_hook = None
                     ops.on_batch_end(name, batch_idx)
                     self.call(f"on_{name}_batch_end", output, batch, batch_idx, *extra)
+                    if log_steps and results.step_metrics:  # at the loader's own count of logged steps
+                        self._write_logs(results.pop_step_metrics(), step=self.eval_steps_logged[dl_idx])
+                        self.eval_steps_logged[dl_idx] += 1
                     if stage == "predict":
                         collected.append(output)
                     if beat is not None:
@@ -606,18 +724,51 @@ class Loop:
                     if stop_due is not None and stop_due():
                         raise stop_check.stop()
                 outputs.append(collected)
-                per_loader.append(set(results.metrics) - before)
+                if several:  # each loader's epoch values when it is done, as Lightning computes them
+                    logged.update(results.epoch_end(dataloader_idx=dl_idx))
         results.dataloader_idx = None
+        results.new_batch(None)
+        logged.update(results.epoch_end())  # the steps' epoch values, for the epoch-end hooks to read
         self.call(f"on_{name}_epoch_end")
-        logged = results.epoch_end()
+        logged.update(results.epoch_end())
+        results.reset_metric_states()
         if stage != "predict" and not trainer.sanity_checking:
             self._write_logs(dict(logged))
         self.call(f"on_{name}_end")
-        for submodule, training in modes.items():
-            submodule.training = training
+        if f"on_{name}_model_train" in self.module_hooks:
+            self.call(f"on_{name}_model_train")
+        else:
+            for submodule, training in modes.items():
+                submodule.training = training
         if stage == "predict":
             return outputs[0] if len(outputs) == 1 else outputs
-        return _per_loader_metrics(trainer, per_loader, logged, several)
+        return [{k: float(v) for k, v in values.items()} for values in results.per_dataloader(logged, len(loaders))]
+
+    def _check_dataloader_idx(self, name: str, several: bool) -> None:
+        """Lightning's rule: ``dataloader_idx`` is passed only with several loaders; a step or batch hook that
+        requires it with one loader, or cannot take it with several, is refused before the first batch."""
+        kind = {"validation": "val"}.get(name, name)
+        for hook in (f"{name}_step", f"on_{name}_batch_start", f"on_{name}_batch_end"):
+            function = getattr(self.module, hook, None)
+            if function is None:
+                continue
+            try:
+                parameters = inspect.signature(function).parameters
+            except (TypeError, ValueError):
+                continue
+            takes = "dataloader_idx" in parameters or any(p.kind is p.VAR_POSITIONAL for p in parameters.values())
+            if several and not takes:
+                raise RuntimeError(
+                    f"You provided multiple `{kind}_dataloader`, but no `dataloader_idx` argument in "
+                    f"`{type(self.module).__name__}.{hook}()`. Try adding `dataloader_idx=0` to its signature."
+                )
+            parameter = parameters.get("dataloader_idx")
+            if not several and parameter is not None and parameter.default is parameter.empty:
+                raise RuntimeError(
+                    f"You provided only a single `{kind}_dataloader`, but have included `dataloader_idx` in "
+                    f"`{type(self.module).__name__}.{hook}()`. Either remove the argument or give it a default "
+                    "value i.e. `dataloader_idx=0`."
+                )
 
 
 class _Closure:
@@ -700,17 +851,12 @@ def _describe_output(output: Any) -> str:
     return type(output).__name__
 
 
-def _per_loader_metrics(trainer: Trainer, per_loader: list[set[str]], logged: dict[str, torch.Tensor],
-                        several: bool) -> list[dict[str, float]]:  # fmt: skip
-    out = [{k: float(trainer.callback_metrics[k]) for k in sorted(keys) if k in trainer.callback_metrics}
-           for keys in per_loader]  # fmt: skip
-    if several:  # metrics logged outside the per-loader steps (epoch-end hooks) go to every loader
-        shared = {k: float(v) for k, v in logged.items() if "/dataloader_idx_" not in k}
-        for item in out:
-            item.update({k: v for k, v in shared.items() if k not in item})
-    elif out:
-        out[0].update({k: float(v) for k, v in logged.items()})
-    return out
+def _same_hparam(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, torch.Tensor):
+        return a is b
+    return bool(a == b)
 
 
 def _is_hook_name(name: str) -> bool:

@@ -7,6 +7,7 @@ checkpoint keeps each rank's.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from torchplug import _hparams
 from torchplug._checkpoint import check_weights_only_safe, read_header
 from torchplug._errors import CheckpointNotFoundError, MisconfigurationError
 
@@ -59,7 +61,7 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool, dry_run: bool = False)
         "epoch": trainer.current_epoch,
         "global_step": trainer.global_step,
         "state_dict": {} if dry_run else hook.torchplug_model_state_dict(trainer=trainer, module=module),
-        "hyper_parameters": _safe_hparams(module.hparams),
+        **(_hparams.checkpoint_entries(module) or {module.CHECKPOINT_HYPER_PARAMS_KEY: {}}),
         "backends": {"accelerator": trainer.accelerator_name, "strategy": trainer.strategy_name,
                      "precision": trainer.precision_name},  # fmt: skip
     }
@@ -85,11 +87,14 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool, dry_run: bool = False)
         }]  # fmt: skip
         if trainer.datamodule is not None:
             checkpoint["datamodule"] = trainer.datamodule.state_dict()
+    if trainer.datamodule is not None:
+        checkpoint.update(_hparams.checkpoint_entries(trainer.datamodule))
     if dry_run:
         _check_saveable(checkpoint, "")
-    for callback in trainer.callbacks:  # Lightning's order: callbacks, then the module
-        _run_save_hook(callback.on_save_checkpoint, (trainer, module, checkpoint), dry_run)
-    _run_save_hook(module.on_save_checkpoint, (checkpoint,), dry_run)
+    with _in_hook(trainer, "on_save_checkpoint"):  # where self.log is refused
+        for callback in trainer.callbacks:  # Lightning's order: callbacks, then the module
+            _run_save_hook(callback.on_save_checkpoint, (trainer, module, checkpoint), dry_run)
+        _run_save_hook(module.on_save_checkpoint, (checkpoint,), dry_run)
     return checkpoint
 
 
@@ -119,6 +124,20 @@ def _check_saveable(checkpoint: dict[str, Any], origin: str) -> None:
             f"fit(): this run's checkpoints could not be saved: {err} Found at fit start by collecting the state "
             f"once, before training, without writing anything{origin}."
         ) from None
+
+
+@contextlib.contextmanager
+def _in_hook(trainer: Trainer, name: str) -> Iterator[None]:
+    """Mark hook ``name`` as running (what ``self.log`` checks) when a stage is running."""
+    loop = trainer._loop
+    if loop is None:
+        yield
+        return
+    previous, loop.current_hook = loop.current_hook, name
+    try:
+        yield
+    finally:
+        loop.current_hook = previous
 
 
 def save_checkpoint(trainer: Trainer, path: str, weights_only: bool) -> None:
@@ -329,9 +348,10 @@ def restore(loop: Loop, path: str) -> None:
             f"ckpt_path={path!r} does not fit {type(module).__name__}: missing keys {missing}, unexpected keys "
             f"{unexpected}"
         )
-    module.on_load_checkpoint(checkpoint)  # Lightning's order: the module, then callbacks
-    for callback in trainer.callbacks:
-        callback.on_load_checkpoint(trainer, module, checkpoint)
+    with _in_hook(trainer, "on_load_checkpoint"):
+        module.on_load_checkpoint(checkpoint)  # Lightning's order: the module, then callbacks
+        for callback in trainer.callbacks:
+            callback.on_load_checkpoint(trainer, module, checkpoint)
     try:
         hook.torchplug_load_model_state_dict(trainer=trainer, module=module, state_dict=state)
     except RuntimeError as err:
@@ -546,20 +566,3 @@ def set_rng_states(trainer: Trainer, states: dict[str, Any] | None) -> None:
             return
         kind, keys, pos, has_gauss, cached = states["numpy"]
         np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
-
-
-def _safe_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """Hyperparameters as data that ``weights_only`` loading accepts; other objects become their repr."""
-
-    def convert(value: Any) -> Any:
-        if value is None or isinstance(value, (bool, int, float, str)):
-            return value
-        if isinstance(value, (list, tuple)):
-            return type(value)(convert(v) for v in value)
-        if isinstance(value, dict):
-            return {str(k): convert(v) for k, v in value.items()}
-        if isinstance(value, torch.Tensor):
-            return value.detach().cpu()
-        return repr(value)
-
-    return {str(k): convert(v) for k, v in hparams.items()}
