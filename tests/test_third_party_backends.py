@@ -183,7 +183,7 @@ def test_broken_backend_is_reported_and_the_others_keep_working(installed):
             print("ERROR:", err)
             print("CAUSE:", repr(err.__cause__))
             print("TRACEBACK-HAS-MODULE:", "torchplug_broken.py" in "".join(traceback.format_exception(err)))
-        trainer = torchplug.Trainer(strategy="probe", **QUIET)
+        trainer = torchplug.Trainer(accelerator="cpu", strategy="probe", **QUIET)
         print("OK:", trainer.strategy_name)
         """,
     )
