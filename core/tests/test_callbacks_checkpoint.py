@@ -60,7 +60,7 @@ def _trainer(root: Path, callbacks: list[Any], **kwargs: Any) -> torchplug.Train
         num_sanity_val_steps=0,
     )  # fmt: skip
     options.update(kwargs)
-    return torchplug.Trainer(callbacks=callbacks, **options)
+    return torchplug.Trainer(accelerator="cpu", callbacks=callbacks, **options)
 
 
 def _names(folder: Path) -> list[str]:
@@ -150,7 +150,7 @@ def test_without_monitor_keeps_latest_and_last(tmp_path: Path) -> None:
 
 
 def test_default_folder_follows_the_logger(tmp_path: Path) -> None:
-    trainer = torchplug.Trainer(default_root_dir=tmp_path, max_epochs=1, enable_progress_bar=False,
+    trainer = torchplug.Trainer(accelerator="cpu", default_root_dir=tmp_path, max_epochs=1, enable_progress_bar=False,
                                 enable_model_summary=False)  # fmt: skip
     trainer.fit(Scripted(), _loader())
     assert _names(tmp_path / "lightning_logs" / "version_0" / "checkpoints") == ["epoch=0-step=2.ckpt"]
@@ -194,7 +194,7 @@ def test_nothing_saved_during_sanity_check_or_fast_dev_run(tmp_path: Path) -> No
     trainer.fit(Scripted(), _loader(), _loader(4))
     assert len(saved) == 1  # after the epoch, not after the sanity check
     saved.clear()
-    trainer = torchplug.Trainer(default_root_dir=tmp_path / "b", fast_dev_run=True, enable_progress_bar=False)
+    trainer = torchplug.Trainer(accelerator="cpu", default_root_dir=tmp_path / "b", fast_dev_run=True, enable_progress_bar=False)
     trainer.fit(Scripted(), _loader(), _loader(4))
     assert saved == [] and not (tmp_path / "b").exists()
 

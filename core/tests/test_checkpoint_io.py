@@ -22,6 +22,7 @@ import torch
 from torchplug import MisconfigurationError
 from torchplug._checkpoint import atomic_save, load_checkpoint, remove_stale_temporaries, temporary_prefix
 from torchplug._errors import CheckpointWriteError
+from torchplug.testing import subprocess_env
 
 # The child writes a first checkpoint, says so, then overwrites it with a big one. ``mode`` picks where the kill
 # lands: "write" lets torch.save stream 64 MiB to the temporary file; "rename" holds the fully written temporary
@@ -53,7 +54,8 @@ _CHILD = textwrap.dedent(
 def _run_child_and_kill(tmp_path: Path, mode: str) -> tuple[Path, int]:
     path = tmp_path / "last.ckpt"
     child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(path), mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", _CHILD, str(path), mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=subprocess_env(),
     )
     try:
         assert child.stdout is not None
@@ -388,6 +390,7 @@ def test_stale_temporaries_of_killed_processes_are_removed_folder_wide(tmp_path:
 
 
 @pytest.mark.gpu
+@pytest.mark.xdist_group("gpu")
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_tensors_are_written_as_cpu_tensors(tmp_path: Path) -> None:
     path = tmp_path / "gpu.ckpt"

@@ -27,7 +27,7 @@ from distributed_test_support import (
 
 from torchplug import MisconfigurationError, Trainer
 from torchplug.distributed import ProcessGroupStrategy, find_free_port
-from torchplug.testing import QUIET
+from torchplug.testing import QUIET, subprocess_env
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "tests" / "slurm"
 TRAIN_SCRIPT = Path(__file__).with_name("distributed_train_script.py")
@@ -109,7 +109,7 @@ def slurm_cluster(tmp_path_factory):
         pytest.skip(f"no SLURM cluster: {reason}")
     directory = tmp_path_factory.mktemp("slurm")
     env = {
-        **os.environ,
+        **subprocess_env(),
         "TORCHPLUG_SLURM_DIR": str(directory),
         "SLURM_CTLD_PORT": str(find_free_port()),
         "SLURM_NODE_PORT0": str(find_free_port() - 1),
