@@ -9,6 +9,7 @@ backends, one defect each, which it catches, naming each defect.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap

@@ -132,7 +132,7 @@ class __CLASS__(Accelerator):
     @hookimpl
     def torchplug_root_device(self, trainer) -> torch.device:
         # your device: torch.device(self.device_type, trainer.run.device_ids[trainer.world.local_rank]), made
-        # current (torch.npu.set_device) so that no other plugin needs to
+        # current (as torch.cuda.set_device does for CUDA) so that no other plugin needs to
         return torch.device("cpu")
 '''
 

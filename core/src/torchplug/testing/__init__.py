@@ -22,6 +22,7 @@ from torchplug.testing._fixtures import (
     quiet_trainer_kwargs,
     regression_data,
     regression_loader,
+    subprocess_env,
 )
 from torchplug.testing._processes import RankResult, run_processes
 
@@ -38,4 +39,5 @@ __all__ = [
     "regression_data",
     "regression_loader",
     "run_processes",
+    "subprocess_env",
 ]
