@@ -7,12 +7,12 @@ PLUGINS := $(sort $(wildcard plugins/torchplug-*))
 # Rebuild the environment when any distribution's metadata changes (entry points live there).
 SETUP_INPUTS := core/pyproject.toml $(wildcard plugins/torchplug-*/pyproject.toml) Makefile
 
-.PHONY: demo test test-fast test-xla setup setup-xla lint bench clean
+.PHONY: demo test test-fast test-xla setup setup-xla setup-oracle lint bench clean
 
 demo: $(VENV)/.installed
 	$(PY) examples/demo.py
 
-test: $(VENV)/.installed setup-xla
+test: $(VENV)/.installed setup-oracle setup-xla
 	$(PY) -m pytest -n 2 --dist loadgroup -m "not xla" $(PYTEST_ARGS)
 	$(MAKE) test-xla
 
@@ -26,7 +26,19 @@ $(VENV)/.installed: $(SETUP_INPUTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e 'core[tensorboard,plot]' $(addprefix -e ,$(PLUGINS)) \
-		pytest pytest-xdist pytest-timeout
+		pytest pytest-xdist pytest-timeout torchmetrics
+	touch $@
+
+# PyTorch Lightning as the oracle of tests/lightning_oracle (its own environment: never a dependency of torchplug).
+ORACLE_VENV := .venv-oracle
+ORACLE_PY := $(ORACLE_VENV)/bin/python
+
+setup-oracle: $(ORACLE_VENV)/.installed
+
+$(ORACLE_VENV)/.installed: Makefile
+	test -x $(ORACLE_PY) || $(PYTHON) -m venv $(ORACLE_VENV)
+	$(ORACLE_PY) -m pip --disable-pip-version-check -q install torch==2.13.0
+	$(ORACLE_PY) -m pip --disable-pip-version-check -q install pytorch-lightning==2.6.6 torchmetrics
 	touch $@
 
 # PyTorch/XLA needs torch==2.9.0 exactly, so it lives in a second environment.
@@ -54,4 +66,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/overhead.py
 
 clean:
-	rm -rf $(VENV) $(XLA_VENV)
+	rm -rf $(VENV) $(XLA_VENV) $(ORACLE_VENV)

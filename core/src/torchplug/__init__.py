@@ -5,6 +5,8 @@ import logging as _logging
 from torchplug._checkpoint import load_checkpoint
 from torchplug._errors import MisconfigurationError, PluginError, PluginLoadError, ProcessFailedError
 from torchplug._hooks import hookimpl
+from torchplug._optim import LightningOptimizer
+from torchplug._states import RunningStage, TrainerFn, TrainerState, TrainerStatus
 from torchplug._step import StepOps
 from torchplug._types import ClusterInfo, RunSpec, World
 from torchplug.callbacks._base import Callback
@@ -28,15 +30,20 @@ __all__ = [
     "DataModule",
     "LightningDataModule",
     "LightningModule",
+    "LightningOptimizer",
     "MisconfigurationError",
     "Module",
     "PluginError",
     "PluginLoadError",
     "ProcessFailedError",
     "RunSpec",
+    "RunningStage",
     "StepModule",
     "StepOps",
     "Trainer",
+    "TrainerFn",
+    "TrainerState",
+    "TrainerStatus",
     "World",
     "hookimpl",
     "load_checkpoint",

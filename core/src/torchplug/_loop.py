@@ -11,17 +11,19 @@ once, at setup. The training step reads like a hand-written one::
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-import math
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchplug import _data, _optim, _plugins, _state
+from torchplug import _config, _optim, _plugins, _profiling, _state
 from torchplug._errors import MisconfigurationError
-from torchplug._results import Results
+from torchplug._evaluation import Evaluation
+from torchplug._schedule import Schedule, overrides
+from torchplug._states import RunningStage, TrainerFn, TrainerStatus
+from torchplug._training import Training
 from torchplug.callbacks._base import Callback
 from torchplug.module import Module
 from torchplug.strategies import StepModule
@@ -33,7 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("torchplug")
 
-_EVAL_NAMES = {"validate": "validation", "test": "test", "predict": "predict"}
+_FIRST_STAGE = {"fit": RunningStage.TRAINING, "validate": RunningStage.VALIDATING, "test": RunningStage.TESTING,
+                "predict": RunningStage.PREDICTING}  # fmt: skip
 
 
 @dataclass
@@ -53,41 +56,86 @@ class Progress:
 
 
 def run_stage(trainer: Trainer, stage: str, model: Module, loaders: dict[str, Any], datamodule: DataModule | None,
-              ckpt_path: Any) -> Any:  # fmt: skip
+              ckpt_path: Any, options: dict[str, Any] | None = None) -> Any:  # fmt: skip
     """Run one stage in this process: set up, restore, run, and always tear down."""
-    loop = trainer._loop = Loop(trainer, stage, model, datamodule)
+    loop = trainer._loop = Loop(trainer, stage, model, datamodule, loaders)
     status = "failed"
+    anomaly = torch.autograd.set_detect_anomaly(True) if trainer.detect_anomaly else contextlib.nullcontext()
     try:
-        loop.setup()  # inside: a half-made process group is still torn down
-        if ckpt_path is not None:
-            _state.restore(loop, _state.resolve_ckpt_path(trainer, ckpt_path))
-        result = loop.fit(loaders) if stage == "fit" else loop.evaluate_stage(stage, loaders[stage])
+        with anomaly:
+            loop.setup()  # inside: a half-made process group is still torn down
+            path = _state.resolve_ckpt_path(trainer, ckpt_path) if ckpt_path is not None else None
+            if path is not None:
+                _state.restore(loop, path)
+            result = loop.fit(loaders) if stage == "fit" else loop.evaluate_stage(stage, loaders[stage], **options or {})
         status = "success"
         return result
     except BaseException as exc:
+        trainer.state.status = TrainerStatus.INTERRUPTED
         if isinstance(exc, KeyboardInterrupt):
             status = "interrupted"
         loop.call("on_exception", exc)
+        if trainer.datamodule is not None:
+            trainer.datamodule.on_exception(exc)
         raise
     finally:
         loop.teardown(status)
+        if status == "success":
+            trainer.state.status = TrainerStatus.FINISHED
+            trainer._fitted = model if stage == "fit" else trainer._fitted
+        trainer.state.stage = None
 
 
-class Loop:
+def default_eval_checkpoint(trainer: Trainer, fn: str) -> str | None:
+    """``validate()``/``test()``/``predict()`` after ``fit`` without a model: Lightning's default is the best
+    checkpoint of the fit; without one this run keeps the weights in memory. Either way a warning says which."""
+    callback = trainer.checkpoint_callback
+    if callback is not None and getattr(callback, "best_model_path", None):
+        warnings.warn(
+            f"`.{fn}(ckpt_path=None)` was called without a model. The best model of the previous `fit` call will be "
+            f"used ({callback.best_model_path}). You can pass `.{fn}(ckpt_path='best')` to use the best model or "
+            f"`.{fn}(ckpt_path='last')` to use the last model. If you pass a value, this warning will be silenced.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return "best"
+    warnings.warn(
+        f"`.{fn}(ckpt_path=None)` was called without a model and the previous `fit` saved no checkpoint "
+        f"({'no ModelCheckpoint' if callback is None else 'its ModelCheckpoint has no best model'}): the weights "
+        "in memory, as the fit left them, are used. Pass ckpt_path= to load a checkpoint, or the model to silence "
+        "this warning.",
+        UserWarning,
+        stacklevel=4,
+    )
+    return None
+
+
+class Loop(Training, Schedule, Evaluation):
     """Everything one stage binds once: the module, its wrapper, the step operations, the hooks to call."""
 
-    def __init__(self, trainer: Trainer, stage: str, module: Module, datamodule: DataModule | None) -> None:
+    def __init__(self, trainer: Trainer, stage: str, module: Module, datamodule: DataModule | None,
+                 loaders: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.trainer, self.stage, self.module = trainer, stage, module
-        trainer.stage, trainer.lightning_module, trainer.datamodule = stage, module, datamodule
+        self.given = loaders or {}
+        self.train_loader: Any = None
+        self.train_loaded_at: int | None = None
+        trainer.state.fn, trainer.state.status = TrainerFn(stage), TrainerStatus.RUNNING
+        trainer.state.stage = _FIRST_STAGE[stage]
+        trainer.lightning_module, trainer.datamodule = module, datamodule
         trainer.ckpt_path = None
+        trainer.should_stop = False
+        for metrics in (trainer.callback_metrics, trainer.logged_metrics, trainer._progress_bar_metrics):
+            metrics.clear()  # each stage starts without the previous one's metrics
         module.trainer = trainer
         if datamodule is not None:
             datamodule.trainer = trainer
         self.wrapped: Any = None
         self.ops: StepOps = None  # type: ignore[assignment]
-        self.handles: list[_optim.OptimizerHandle] = []
+        self.handles: list[_optim.LightningOptimizer] = []
         self.resume: _state.Resume | None = None
         self.step_taken = True
+        self.eval_steps_logged = 0
+        _attach_model_callbacks(trainer, module)
         self._bind_user_hooks()
 
     # ==================================================================================================== hooks
@@ -95,16 +143,18 @@ class Loop:
         """For each hook name: the callbacks' and the module's implementations, found once (instance ones too)."""
         callbacks, module = self.trainer.callbacks, self.module
         names = [n for n in dir(Callback) if n.startswith("on_") or n in ("setup", "teardown")]
-        self.callback_hooks = {n: [getattr(c, n) for c in callbacks if _overrides(c, n, Callback)] for n in names}
+        # (callback, bound hook) pairs: a Mock callback's hooks have no __self__ to find the callback by
+        self.callback_hooks = {n: [(c, getattr(c, n)) for c in callbacks if overrides(c, n, Callback)] for n in names}
         self.module_hooks = {
-            n: getattr(module, n) for n in dir(Module) if _is_hook_name(n) and _overrides(module, n, Module)
+            n: getattr(module, n) for n in dir(Module) if _is_hook_name(n) and overrides(module, n, Module)
         }
+        _profiling.wrap_hooks(self)
 
     def call(self, name: str, *args: Any, monitors: bool | None = None) -> Any:
         """Callbacks' ``name(trainer, module, *args)``, then the module's ``name(*args)`` (its answer returned)."""
         trainer, module = self.trainer, self.module
-        for function in self.callback_hooks.get(name, ()):
-            if monitors is None or function.__self__.monitors_metrics == monitors:
+        for callback, function in self.callback_hooks.get(name, ()):
+            if monitors is None or callback.monitors_metrics == monitors:
                 function(trainer, module, *args)
         if monitors is True:
             return None
@@ -117,6 +167,7 @@ class Loop:
     # ==================================================================================================== setup
     def setup(self) -> None:
         trainer, hook, module = self.trainer, self.trainer.hook, self.module
+        _config.check(trainer, module, self.stage, self.given)
         trainer.world = hook.torchplug_world(trainer=trainer)
         trainer.root_device = hook.torchplug_root_device(trainer=trainer)
         hook.torchplug_setup_environment(trainer=trainer)
@@ -124,13 +175,15 @@ class Loop:
             torch.use_deterministic_algorithms(True, warn_only=trainer.deterministic == "warn")
         self._show_header()
         self._agree_on_log_versions()
+        trainer.profiler.setup(stage=self.stage, local_rank=trainer.local_rank, log_dir=trainer.log_dir)
+        datamodule = trainer.datamodule
         if trainer.local_rank == 0:
-            if trainer.datamodule is not None:
-                trainer.datamodule.prepare_data()
+            if datamodule is not None:
+                _profiling.call_datamodule(trainer, "prepare_data")
             module.prepare_data()
         trainer.barrier("prepare_data")
-        if trainer.datamodule is not None:
-            trainer.datamodule.setup(stage=self.stage)
+        if datamodule is not None:
+            _profiling.call_datamodule(trainer, "setup", stage=self.stage)
         self.call("setup", self.stage)
         module.configure_model()
 
@@ -152,12 +205,10 @@ class Loop:
                 )
             _optim.repoint_schedulers(trainer.lr_scheduler_configs, optimizers, list(taken))
             trainer.optimizers = list(taken)
-            if module.automatic_optimization and len(trainer.optimizers) > 1:
-                raise MisconfigurationError(
-                    f"configure_optimizers returned {len(trainer.optimizers)} optimizers; automatic optimization takes "
-                    "one. Set self.automatic_optimization = False and step them in training_step"
-                )
-        self.handles = [_optim.OptimizerHandle(self, opt) for opt in trainer.optimizers]
+            if module.automatic_optimization and (len(trainer.optimizers) > 1 or _optim.takes_optimizer_idx(module)):
+                raise _optim.MultipleOptimizersError(module)
+        optimizers = trainer.optimizers or ([_optim.NoOptimizer()] if self.stage == "fit" else [])
+        self.handles = trainer._optimizer_handles = [_optim.LightningOptimizer(opt, self) for opt in optimizers]
         self.wrapped = hook.torchplug_wrap_module(trainer=trainer, module=step_module)
         ops = hook.torchplug_step_ops(trainer=trainer)
         self.ops = ops.traced(_plugins.trace) if _plugins.tracing() else ops
@@ -186,11 +237,18 @@ class Loop:
                 logger._version = trainer.broadcast(logger.version if trainer.is_global_zero else None)
 
     def _bind_batch_preparation(self) -> None:
-        """``prepare(batch, dataloader_idx)``: the module's transfer hooks around the run's ``to_device``."""
-        module, to_device = self.module, self.ops.to_device
-        before = self.module_hooks.get("on_before_batch_transfer")
-        transfer = self.module_hooks.get("transfer_batch_to_device")
-        after = self.module_hooks.get("on_after_batch_transfer")
+        """``prepare(batch, dataloader_idx)``: the transfer hooks around the run's ``to_device`` (the datamodule's
+        where it overrides one, else the module's)."""
+        module, to_device, datamodule = self.module, self.ops.to_device, self.trainer.datamodule
+        from torchplug.module import DataModule
+
+        def hook(name: str) -> Any:
+            if datamodule is not None and overrides(datamodule, name, DataModule):
+                return getattr(datamodule, name)
+            return self.module_hooks.get(name)
+
+        before, transfer, after = (hook(n) for n in ("on_before_batch_transfer", "transfer_batch_to_device",
+                                                      "on_after_batch_transfer"))  # fmt: skip
         self.transfer_hooks = before is not None or transfer is not None or after is not None
         if not self.transfer_hooks:
             self.prepare = lambda batch, dataloader_idx: to_device(batch)
@@ -214,235 +272,19 @@ class Loop:
                 logger.finalize(status)
         with contextlib.suppress(Exception):
             if trainer.datamodule is not None:
-                trainer.datamodule.teardown(stage=self.stage)
+                _profiling.call_datamodule(trainer, "teardown", stage=self.stage)
             self.call("teardown", self.stage)
         # Release the strategy's wrapper (DistributedDataParallel) before the process group may go: a wrapper
         # that outlives it is destroyed at interpreter exit, when gloo's threads may already be gone.
-        self.wrapped, self.handles = None, []
+        self.wrapped = None
         trainer.hook.torchplug_teardown(trainer=trainer)
         trainer.training = False
         trainer._results = None
+        trainer.profiler.describe()
+        trainer.profiler.teardown(stage=self.stage)
 
     # ==================================================================================================== fit
-    def fit(self, loaders: dict[str, Any]) -> None:
-        trainer, module = self.trainer, self.module
-        train_loaders = _data.dataloaders(trainer, "train", loaders["train"], "fit")
-        if not train_loaders:
-            raise MisconfigurationError(
-                "fit(): no training data; pass train_dataloaders=, a datamodule, or implement train_dataloader()"
-            )
-        if len(train_loaders) > 1:
-            raise MisconfigurationError("fit(): train_dataloaders takes one dataloader")
-        self.train_loader = train_loaders[0]
-        trainer.num_training_batches = _data.num_batches(self.train_loader, trainer.limit_train_batches,
-                                                         "limit_train_batches")  # fmt: skip
-        val_loaders = _data.dataloaders(trainer, "val", loaders["val"], "validate") if self._has_step("validation") else []
-        counts = [_data.num_batches(dl, trainer.limit_val_batches, "limit_val_batches") for dl in val_loaders]
-        # A loader limited to 0 batches is no validation at all: no sanity check, no validation hooks.
-        self.val_loaders = [dl for dl, count in zip(val_loaders, counts) if count]
-        trainer.num_val_batches = [count for count in counts if count]
-        self.val_check_batch = self._val_check_batch()
-        if not module.automatic_optimization:
-            for flag, value in (("accumulate_grad_batches", trainer.accumulate_grad_batches != 1),
-                                ("gradient_clip_val", trainer.gradient_clip_val)):  # fmt: skip
-                if value:
-                    raise MisconfigurationError(
-                        f"{flag} is not applied with manual optimization (self.automatic_optimization = False): "
-                        "accumulate or clip in training_step (self.clip_gradients(opt, ...)), and leave the flag unset"
-                    )
-        self._bind_training_step()
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_hyperparams(dict(module.hparams))
-        self.call("on_fit_start")
-        if trainer.num_sanity_val_steps and self.val_loaders:
-            self._sanity_check()
-        if self.resume is not None:
-            _state.set_rng_states(trainer, self.resume.rng_states)
-            trainer.callback_metrics.update(self.resume.callback_metrics)  # the sanity check cleared them
-        trainer._results = Results(trainer, default_on_step=True)
-        trainer.training = True
-        module.train()
-        self.call("on_train_start")
-        try:
-            while trainer.num_training_batches and not self._fit_done():  # limit_train_batches=0: no training
-                self._train_epoch()
-        finally:
-            trainer.training = False
-        self.call("on_train_end")
-        self.call("on_fit_end")
-
-    def _has_step(self, stage: str) -> bool:
-        """The module implements ``<stage>_step`` (a step set to ``None`` on the instance is none)."""
-        name = f"{stage}_step"
-        return getattr(self.module, name, None) is not None and _overrides(self.module, name, Module)
-
-    def _fit_done(self) -> bool:
-        trainer = self.trainer
-        if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
-            return True
-        if trainer.max_epochs != -1 and trainer.current_epoch >= trainer.max_epochs:
-            return True
-        return trainer.should_stop and self._min_reached()
-
-    def _min_reached(self) -> bool:
-        trainer = self.trainer
-        epochs_ok = trainer.min_epochs is None or trainer.current_epoch >= trainer.min_epochs
-        steps_ok = trainer.min_steps is None or trainer.global_step >= trainer.min_steps
-        return epochs_ok and steps_ok
-
-    def _val_check_batch(self) -> int | float:
-        trainer = self.trainer
-        interval, n = trainer.val_check_interval, trainer.num_training_batches
-        if isinstance(interval, float):
-            if n == math.inf:
-                if interval != 1.0:
-                    raise MisconfigurationError(
-                        f"val_check_interval={interval!r}: a fraction needs a training dataloader with a length"
-                    )
-                return math.inf
-            return max(1, int(n * interval))
-        if trainer.check_val_every_n_epoch is not None and n != math.inf and interval > n:
-            raise MisconfigurationError(
-                f"val_check_interval={interval} is longer than the training epoch ({n} batches); use at most {n}, "
-                "a float fraction, or check_val_every_n_epoch=None to count batches across epochs"
-            )
-        return interval
-
-    def _val_due(self, batch_idx: int, is_last: bool) -> bool:
-        """Lightning's schedule: after every ``val_check_batch``-th batch (1.0 means the epoch's last batch) of the
-        epochs ``check_val_every_n_epoch`` selects; with ``check_val_every_n_epoch=None`` counted across epochs."""
-        trainer, every = self.trainer, self.val_check_batch
-        if not self.val_loaders:
-            return False
-        if trainer.check_val_every_n_epoch is None:
-            return every != math.inf and trainer.progress.total_batches % every == 0
-        if (trainer.current_epoch + 1) % trainer.check_val_every_n_epoch:
-            return False
-        return is_last if every == math.inf else (batch_idx + 1) % every == 0
-
-    def _sanity_check(self) -> None:
-        trainer, steps = self.trainer, self.trainer.num_sanity_val_steps
-        trainer.num_sanity_val_batches = [b if steps == -1 else min(steps, b) for b in trainer.num_val_batches]
-        trainer.sanity_checking = True
-        self.call("on_sanity_check_start")
-        try:
-            self.evaluate("validate", self.val_loaders, trainer.num_sanity_val_batches)
-        finally:
-            trainer.sanity_checking = False
-        self.call("on_sanity_check_end")
-        trainer.callback_metrics.clear()
-        trainer.progress_bar_metrics.clear()
-
-    def _train_epoch(self) -> None:
-        """One training epoch, or what a checkpoint left of it (see :class:`Progress`)."""
-        trainer, module, progress = self.trainer, self.module, self.trainer.progress
-        resume, self.resume = self.resume, None
-        batches = _data.with_is_last(self.train_loader, trainer.num_training_batches)
-        if resume is not None and progress.phase == "train" and progress.batches_done:
-            _state.set_rng_states(trainer, progress.epoch_start_rng)  # the interrupted epoch's data order
-            batches = _state.resumed_batches(self, batches, resume)
-        else:
-            progress.batches_done, progress.epoch_start_rng = 0, _state.get_rng_states(trainer)
-        trainer.hook.torchplug_on_train_epoch_start(trainer=trainer, epoch=trainer.current_epoch)
-        self.call("on_train_epoch_start")
-        if progress.phase == "train":
-            self._train_batches(batches)
-            progress.phase = "validated"
-        # Lightning's order: callbacks, then the module (whose epoch-end logs count for this epoch), then the LR
-        # schedulers (ReduceLROnPlateau may monitor those logs), then callbacks that monitor metrics (checkpoints,
-        # early stopping), which so see the whole epoch, and a checkpoint holds the stepped schedulers.
-        results = trainer._results
-        results.dataloader_idx, results.default_on_step = None, False  # self.log in epoch-end hooks is per epoch
-        epoch_logs = results.epoch_end()
-        self.call("on_train_epoch_end", monitors=False)
-        results.default_on_step = True
-        epoch_logs.update(results.epoch_end())
-        if module.automatic_optimization:
-            _optim.step_schedulers(self, "epoch")
-        progress.phase = "complete"
-        self.call("on_train_epoch_end", monitors=True)
-        self._write_logs(epoch_logs)
-        trainer.current_epoch += 1
-        progress.batches_done, progress.phase = 0, "train"
-
-    def _train_batches(self, batches: Any) -> None:
-        trainer, progress, ops = self.trainer, self.trainer.progress, self.ops
-        step, on_batch_end, check_val = self.training_step, ops.on_batch_end, bool(self.val_loaders)
-        prepare = functools.partial(self.prepare, dataloader_idx=0) if self.transfer_hooks else ops.to_device
-        start_hooks, end_hooks = self.overridden("on_train_batch_start"), self.overridden("on_train_batch_end")
-        max_steps, log_every = trainer.max_steps, trainer.log_every_n_steps
-        for batch, is_last in batches:
-            batch_idx = progress.batches_done
-            batch = prepare(batch)
-            if start_hooks and self.call("on_train_batch_start", batch, batch_idx) == -1:
-                break
-            output = step(batch, batch_idx, is_last)
-            on_batch_end("train", batch_idx)
-            progress.batches_done = batch_idx + 1
-            progress.total_batches += 1
-            if end_hooks:
-                self.call("on_train_batch_end", _detached(output), batch, batch_idx)
-            if trainer.global_step % log_every == 0 and trainer.global_step != self.last_logged_step:
-                self._flush_step_logs()
-            if check_val and self._val_due(batch_idx, is_last):
-                self.validate_during_fit()
-            if (max_steps != -1 and trainer.global_step >= max_steps) or (trainer.should_stop and self._min_reached()):
-                break
-
-    def validate_during_fit(self) -> None:
-        trainer = self.trainer
-        trainer.progress.validated_at = trainer.progress.total_batches  # before the hooks: a checkpoint records it
-        train_results = trainer._results
-        self.evaluate("validate", self.val_loaders, trainer.num_val_batches)
-        trainer._results = train_results
-        train_results.dataloader_idx = None
-
-    # ---------------------------------------------------------------------------------------------------- the step
-    def _bind_training_step(self) -> None:
-        trainer, module = self.trainer, self.module
-        self.last_logged_step = trainer.global_step
-        self.step_args = _data.step_arguments(module.training_step, several_loaders=False)
-        self.step_takes_index = len(self.step_args(None, 0, 0)) == 2
-        # the default optimizer_step hook is optimizer.step(closure=optimizer_closure), the default optimizer_zero_grad
-        # hook optimizer.zero_grad(): called as such when not overridden
-        self.module_optimizer_step = self.module_hooks.get("optimizer_step")
-        self.module_zero_grad = self.module_hooks.get("optimizer_zero_grad")
-        self.zero_grad_hooks = self.overridden("on_before_zero_grad")
-        self.backward_hooks = self.overridden("on_before_backward", "on_after_backward")
-        self.pre_step_hooks = self.overridden("on_before_optimizer_step")
-        self.clip = bool(trainer.gradient_clip_val) or "configure_gradient_clipping" in self.module_hooks
-        self.step_schedulers = any(c.interval == "step" for c in trainer.lr_scheduler_configs)
-        self.closure = _Closure(self)
-        self.training_step = self._automatic_step if module.automatic_optimization else self._manual_step
-
-    def _automatic_step(self, batch: Any, batch_idx: int, is_last: bool) -> Any:
-        trainer, closure = self.trainer, self.closure
-        accumulate = trainer.accumulate_grad_batches
-        closure.args = (batch, batch_idx) if self.step_takes_index else (batch,)
-        closure.first_in_window = batch_idx % accumulate == 0
-        closure.batch_idx, closure.calls = batch_idx, 0
-        if accumulate > 1 and not is_last and (batch_idx + 1) % accumulate:
-            with self.ops.no_sync():
-                closure()
-            return closure.output
-        if self.module_optimizer_step is None:
-            self.handles[0].step(closure)
-        else:
-            self.module_optimizer_step(trainer.current_epoch, batch_idx, self.handles[0], closure)
-        if not closure.calls:
-            raise MisconfigurationError(
-                f"{type(self.module).__name__}.optimizer_step did not call optimizer.step(closure=optimizer_closure) "
-                "(or optimizer_closure()): the batch was not trained"
-            )
-        trainer.global_step += 1
-        if self.step_taken and self.step_schedulers:
-            _optim.step_schedulers(self, "step")
-        return closure.output
-
-    def _manual_step(self, batch: Any, batch_idx: int, is_last: bool) -> Any:
-        return self.ops.forward("train", self.step_args(batch, batch_idx, 0))
-
+    # ---------------------------------------------------------------------------------------------------- optimization
     def backward(self, loss: torch.Tensor, optimizer: Any) -> None:
         """``on_before_backward``, the run's backward, ``on_after_backward``: ``self.manual_backward`` (the training
         closure does the same inline)."""
@@ -460,141 +302,43 @@ class Loop:
     # ---------------------------------------------------------------------------------------------------- logging
     def _flush_step_logs(self) -> None:
         trainer = self.trainer
-        self.last_logged_step = trainer.global_step
-        self._write_logs(trainer._results.pop_step_metrics())
+        self.last_logged_step = self._batches_stepped()
+        self.write_logs(trainer._results.pop_step_metrics())
 
-    def _write_logs(self, metrics: dict[str, torch.Tensor]) -> None:
-        """Read logged values to the host at a logging point, with the plugins' metrics, and send them out."""
+    def _batches_stepped(self) -> int:
+        """Lightning's step for the loggers: training batches that ended in an optimizer step (every batch with
+        manual optimization, where one batch may step several optimizers)."""
+        trainer = self.trainer
+        return trainer.global_step if self.module.automatic_optimization else trainer.progress.total_batches
+
+    def write_eval_step_logs(self) -> None:
+        """``self.log(..., on_step=True)`` in evaluation: written each batch, at a running count of those batches."""
+        self.write_logs(self.trainer._results.pop_step_metrics(), step=self.eval_steps_logged)
+        self.eval_steps_logged += 1
+
+    def write_logs(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Read logged values to the host at a logging point, with the plugins' metrics, and send them out as
+        ``logger.log_metrics(metrics=..., step=...)``. Without ``step``: a logged ``"step"`` value, else the index of
+        the last optimizer step (in ``fit``) or the step count (in evaluation stages), with ``"epoch"`` added."""
         trainer = self.trainer
         for answer in trainer.hook.torchplug_metrics(trainer=trainer):
             if answer:
                 metrics.update(answer)
         if not metrics:
             return
-        values = {k: float(v) for k, v in metrics.items()}
-        trainer.logged_metrics.update(values)
-        if trainer.is_global_zero and trainer.loggers:
-            step = max(trainer.global_step - 1, 0)
-            for logger in trainer.loggers:
-                logger.log_metrics({**values, "epoch": float(trainer.current_epoch)}, step)
-
-    # ==================================================================================================== evaluation
-    def evaluate_stage(self, stage: str, given: Any) -> Any:
-        """``validate``/``test``/``predict`` as a stage of their own."""
-        trainer = self.trainer
-        kind = {"validate": "val"}.get(stage, stage)
-        loaders = _data.dataloaders(trainer, kind, given, stage)
-        if not loaders:
-            raise MisconfigurationError(
-                f"{stage}(): no {kind} data; pass dataloaders=, a datamodule, or implement {kind}_dataloader()"
-            )
-        limit = getattr(trainer, f"limit_{kind}_batches")
-        counts = [_data.num_batches(dl, limit, f"limit_{kind}_batches") for dl in loaders]
-        setattr(trainer, f"num_{kind}_batches", counts)
-        trainer.callback_metrics.clear()
-        trainer.progress_bar_metrics.clear()
-        return self.evaluate(stage, loaders, counts)
-
-    def evaluate(self, stage: str, loaders: list[Any], counts: list[int | float]) -> Any:
-        """One pass over evaluation loaders (also the validation inside ``fit``): per-loader metrics, or the
-        predictions of ``predict``."""
-        trainer, module, ops = self.trainer, self.module, self.ops
-        name = _EVAL_NAMES[stage]
-        several = len(loaders) > 1
-        step_args = _data.step_arguments(getattr(module, f"{name}_step"), several)
-        trainer._results = results = Results(trainer, default_on_step=False)
-        modes = {m: m.training for m in module.modules()}  # submodules the user put in eval() stay so
-        module.eval()
-        self.call(f"on_{name}_start")
-        self.call(f"on_{name}_epoch_start")
-        outputs: list[list[Any]] = []
-        per_loader: list[set[str]] = []
-        with torch.no_grad():
-            for dl_idx, (loader, count) in enumerate(zip(loaders, counts)):
-                results.dataloader_idx = dl_idx if several else None
-                before, collected = set(results.metrics), []
-                extra = (dl_idx,) if several else ()
-                for batch_idx, batch in enumerate(_data.limited(loader, count)):
-                    batch = self.prepare(batch, dl_idx)
-                    self.call(f"on_{name}_batch_start", batch, batch_idx, *extra)
-                    output = ops.forward(name, step_args(batch, batch_idx, dl_idx))
-                    ops.on_batch_end(name, batch_idx)
-                    self.call(f"on_{name}_batch_end", output, batch, batch_idx, *extra)
-                    if stage == "predict":
-                        collected.append(output)
-                outputs.append(collected)
-                per_loader.append(set(results.metrics) - before)
-        results.dataloader_idx = None
-        self.call(f"on_{name}_epoch_end")
-        logged = results.epoch_end()
-        if stage != "predict" and not trainer.sanity_checking:
-            self._write_logs(dict(logged))
-        self.call(f"on_{name}_end")
-        for submodule, training in modes.items():
-            submodule.training = training
-        if stage == "predict":
-            return outputs[0] if len(outputs) == 1 else outputs
-        return _per_loader_metrics(trainer, per_loader, logged, several)
-
-
-class _Closure:
-    """One micro-batch: forward, ``zero_grad`` (first of a window), backward. Returns the loss for the optimizer."""
-
-    __slots__ = ("loop", "optimizer", "args", "batch_idx", "first_in_window", "calls", "output")
-
-    def __init__(self, loop: Loop) -> None:
-        self.loop = loop
-        self.optimizer = loop.trainer.optimizers[0] if loop.trainer.optimizers else None
-        self.args: tuple[Any, ...] = ()
-        self.batch_idx, self.first_in_window, self.calls = 0, True, 0
-        self.output: Any = None
-
-    def __call__(self) -> torch.Tensor | None:
-        loop = self.loop
-        self.calls += 1
-        self.output = output = loop.ops.forward("train", self.args)
-        loss = output if type(output) is torch.Tensor else _loss_of(output)
-        optimizer = self.optimizer
-        if self.first_in_window:
-            if loop.zero_grad_hooks:
-                loop.call("on_before_zero_grad", optimizer)
-            if loop.module_zero_grad is None:
-                optimizer.zero_grad()
+        trainer.logged_metrics.update(metrics)
+        if not (trainer.is_global_zero and trainer.loggers):
+            return
+        values = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
+        if step is None:
+            logged_step = values.pop("step", None)
+            if logged_step is not None:
+                step = int(logged_step)
             else:
-                loop.module_zero_grad(loop.trainer.current_epoch, self.batch_idx, optimizer)
-        if loss is None:
-            return None
-        accumulate = loop.trainer.accumulate_grad_batches
-        if loop.backward_hooks:
-            loop.call("on_before_backward", loss)
-        loop.ops.backward(loss / accumulate if accumulate > 1 else loss, optimizer)
-        if loop.backward_hooks:
-            loop.call("on_after_backward")
-        return loss
-
-
-def _loss_of(output: Any) -> torch.Tensor | None:
-    if output is None or isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, dict) and "loss" in output:
-        return output["loss"]
-    raise MisconfigurationError(
-        f"training_step returned {type(output).__name__}; return the loss tensor, a dict with a 'loss' key, or None "
-        "to skip the batch"
-    )
-
-
-def _per_loader_metrics(trainer: Trainer, per_loader: list[set[str]], logged: dict[str, torch.Tensor],
-                        several: bool) -> list[dict[str, float]]:  # fmt: skip
-    out = [{k: float(trainer.callback_metrics[k]) for k in sorted(keys) if k in trainer.callback_metrics}
-           for keys in per_loader]  # fmt: skip
-    if several:  # metrics logged outside the per-loader steps (epoch-end hooks) go to every loader
-        shared = {k: float(v) for k, v in logged.items() if "/dataloader_idx_" not in k}
-        for item in out:
-            item.update({k: v for k, v in shared.items() if k not in item})
-    elif out:
-        out[0].update({k: float(v) for k, v in logged.items()})
-    return out
+                values.setdefault("epoch", trainer.current_epoch)
+                step = max(self._batches_stepped() - 1, 0) if self.stage == "fit" else self._batches_stepped()
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics=values, step=step)
 
 
 def _is_hook_name(name: str) -> bool:
@@ -604,14 +348,30 @@ def _is_hook_name(name: str) -> bool:
     )  # fmt: skip
 
 
-def _overrides(obj: Any, name: str, base: type) -> bool:
-    """Whether ``obj`` has its own ``name``: set on the instance, or defined by a subclass of ``base``."""
-    return name in vars(obj) or getattr(type(obj), name, None) is not getattr(base, name, None)
 
 
-def _detached(output: Any) -> Any:
-    if isinstance(output, torch.Tensor):
-        return {"loss": output.detach()}
-    if isinstance(output, dict) and isinstance(output.get("loss"), torch.Tensor):
-        return {**output, "loss": output["loss"].detach()}
-    return output
+
+def _attach_model_callbacks(trainer: Trainer, module: Module) -> None:
+    """``configure_callbacks``: the module's callbacks replace the trainer's of the same type (or a parent type),
+    the others are added; checkpoints stay last. Lightning asks before ``prepare_data``, at every stage."""
+    returned = module.configure_callbacks()
+    if not returned:
+        return
+    given = list(returned) if isinstance(returned, (list, tuple)) else [returned]
+    for callback in given:
+        if not isinstance(callback, Callback):
+            raise MisconfigurationError(
+                f"{type(module).__name__}.configure_callbacks() returned {callback!r}, which is not a torchplug.Callback"
+            )
+    replaced = {type(c) for c in trainer.callbacks if type(c) is not Callback and any(isinstance(m, type(c)) for m in given)}
+    if replaced:
+        log.info(
+            "The following callbacks returned in `LightningModule.configure_callbacks` will override existing callbacks "
+            "passed to Trainer: %s", ", ".join(sorted(t.__name__ for t in replaced)),
+        )  # fmt: skip
+    from torchplug.callbacks import ModelCheckpoint
+
+    kept = [c for c in trainer.callbacks if type(c) not in replaced] + given
+    trainer.callbacks = [c for c in kept if not isinstance(c, ModelCheckpoint)] + [
+        c for c in kept if isinstance(c, ModelCheckpoint)
+    ]

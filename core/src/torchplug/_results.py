@@ -107,7 +107,7 @@ class Results:
             if metric.logger:
                 self.step_metrics[key] = value
             if metric.prog_bar:
-                trainer.progress_bar_metrics[key] = value
+                trainer._progress_bar_metrics[key] = value
             trainer.callback_metrics[key] = value
             if metric.on_epoch:
                 trainer.callback_metrics[name] = value
@@ -126,7 +126,7 @@ class Results:
             trainer.callback_metrics[metric.name] = value
             trainer.callback_metrics[key] = value
             if metric.prog_bar:
-                trainer.progress_bar_metrics[key] = value
+                trainer._progress_bar_metrics[key] = value
             if metric.logger:
                 logged[key] = value
             metric.values.clear()

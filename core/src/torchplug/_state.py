@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from torchplug import _profiling
 from torchplug._errors import MisconfigurationError
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool) -> dict[str, Any]:
             "epoch_start_rng": progress.epoch_start_rng if mid_epoch else None,
         }]  # fmt: skip
         if trainer.datamodule is not None:
-            checkpoint["datamodule"] = trainer.datamodule.state_dict()
+            checkpoint["datamodule"] = _profiling.call_datamodule(trainer, "state_dict")
     for callback in trainer.callbacks:  # Lightning's order: callbacks, then the module
         callback.on_save_checkpoint(trainer, module, checkpoint)
     module.on_save_checkpoint(checkpoint)
@@ -176,7 +177,7 @@ def restore(loop: Loop, path: str) -> None:
     dropped = [f"callback {key!r}" for key, value in callback_states.items() if value]
     if "datamodule" in checkpoint:
         if trainer.datamodule is not None:
-            trainer.datamodule.load_state_dict(checkpoint["datamodule"])
+            _profiling.call_datamodule(trainer, "load_state_dict", checkpoint["datamodule"])
         elif checkpoint["datamodule"]:
             dropped.append("the datamodule's state (no datamodule in this run)")
     own = _this_rank(trainer, _ranks_of(checkpoint), path)

@@ -12,8 +12,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-
-from torchplug._devices import parse_devices
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
@@ -22,6 +20,10 @@ from torch.utils.data import (
     RandomSampler,
     SequentialSampler,
 )
+
+from torchplug._combined_loader import CombinedLoader
+from torchplug._devices import parse_devices
+from torchplug._optim import LRSchedulerConfig
 
 
 def apply_to_collection(data: Any, dtype: type | tuple[type, ...], function: Callable[..., Any]) -> Any:
@@ -193,6 +195,8 @@ def seed_everything(seed: int | None = None, workers: bool = False) -> int:
 
 
 __all__ = [
+    "CombinedLoader",
+    "LRSchedulerConfig",
     "apply_to_collection",
     "batch_mover",
     "distributed_loader",
