@@ -303,7 +303,7 @@ def test_overridden_optimizer_hooks_are_called_with_lightnings_arguments():
     before = [p.detach().clone() for p in model.parameters()]
     Trainer(**QUIET, accelerator="cpu", max_steps=2, accumulate_grad_batches=2).fit(model, regression_loader(64, 8))
     assert calls == [
-        ("zero_grad", 0, 0, "SGD"), ("step", 0, 1, "OptimizerHandle"),
-        ("zero_grad", 0, 2, "SGD"), ("step", 0, 3, "OptimizerHandle"),
+        ("zero_grad", 0, 0, "SGD"), ("step", 0, 1, "LightningSGD"),
+        ("zero_grad", 0, 2, "SGD"), ("step", 0, 3, "LightningSGD"),
     ]  # fmt: skip
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

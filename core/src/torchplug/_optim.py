@@ -350,6 +350,16 @@ def loss_of(output: Any, loop: Loop) -> torch.Tensor | None:
     )
 
 
+def manual_output(output: Any) -> Any:
+    """What ``training_step`` returned with manual optimization: None, a tensor or a mapping (Lightning's rule)."""
+    if output is not None and not isinstance(output, (torch.Tensor, Mapping)):
+        raise MisconfigurationError(
+            "In manual optimization, `training_step` must either return a Tensor or have no return (or a dict); "
+            f"it returned {type(output).__name__}"
+        )
+    return output
+
+
 class NoOptimizer(torch.optim.Optimizer):
     """What automatic optimization steps when ``configure_optimizers`` returned None: ``step`` runs the closure
     (``training_step`` and backward still run, as in Lightning) and changes nothing."""

@@ -1,14 +1,9 @@
-"""The training loop of ``fit``: epochs, batches, the automatic optimization step and its closure.
-
-Per batch the loop calls only the run's :class:`~torchplug.StepOps` and the user's own hooks; backends were asked
-once, at setup. The training step reads like a hand-written one::
+"""The training loop of ``fit`` (part of :class:`torchplug._loop.Loop`; when to load data, validate and stop is in
+:mod:`torchplug._schedule`). Per batch it calls only the run's :class:`~torchplug.StepOps` and the user's hooks::
 
     batch = to_device(batch)
     module.optimizer_step(epoch, batch_idx, optimizer, closure)   # -> optimizer.step(closure=closure)
     closure: output = forward("train", (batch, batch_idx)); zero_grad; backward(loss)
-
-Part of :class:`torchplug._loop.Loop`, whose attributes it uses; when to load data, validate and stop is in
-:mod:`torchplug._schedule`.
 """
 
 from __future__ import annotations
@@ -16,7 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -200,13 +194,7 @@ class Training:
         return closure.output
 
     def _manual_step(self, batch: Any, batch_idx: int, is_last: bool) -> Any:
-        output = self.ops.forward("train", self.step_args(batch, batch_idx, 0))
-        if output is not None and not isinstance(output, (torch.Tensor, Mapping)):
-            raise MisconfigurationError(
-                "In manual optimization, `training_step` must either return a Tensor or have no return (or a dict); "
-                f"it returned {type(output).__name__}"
-            )
-        return output
+        return _optim.manual_output(self.ops.forward("train", self.step_args(batch, batch_idx, 0)))
 
 
 class _Closure:
