@@ -203,8 +203,12 @@ class Evaluation:
         return collected
 
     def evaluation_context(self) -> Any:
+        """``torch.inference_mode()``, unless turned off, unsupported by the strategy, or the process group is gloo's
+        (whose collectives refuse inference tensors; Lightning's rule): then ``torch.no_grad()``."""
         trainer = self.trainer
-        if trainer.inference_mode and getattr(trainer.strategy, "supports_inference_mode", True):
+        gloo = torch.distributed.is_available() and torch.distributed.is_initialized() and (
+            torch.distributed.get_backend() == "gloo")  # fmt: skip
+        if trainer.inference_mode and getattr(trainer.strategy, "supports_inference_mode", True) and not gloo:
             return torch.inference_mode()
         return torch.no_grad()
 
