@@ -103,23 +103,23 @@ class Training:
     def _train_batches(self, batches: Any) -> None:
         trainer, progress, ops = self.trainer, self.trainer.progress, self.ops
         step, on_batch_end, check_val = self.training_step, ops.on_batch_end, self.val_enabled
-        if self.train_takes_iterator:  # the step reads (and prepares) the batches itself
+        reads_iterator, automatic = self.train_takes_iterator, self.module.automatic_optimization
+        if reads_iterator:  # the step reads (and prepares) the batches itself; the hooks get what it read last
             prepare: Any = lambda batch: batch  # noqa: E731
         else:
             prepare = functools.partial(self.prepare, dataloader_idx=0) if self.transfer_hooks else ops.to_device
         start_hooks, end_hooks = self.overridden("on_train_batch_start"), self.overridden("on_train_batch_end")
-        max_steps, log_every = trainer.max_steps, trainer.log_every_n_steps
+        max_steps, log_every, log_each = trainer.max_steps, trainer.log_every_n_steps, bool(trainer.fast_dev_run)
         time_limit = trainer._max_time_s
-        schedulers = self.module.automatic_optimization and bool(trainer.lr_scheduler_configs)
+        schedulers = automatic and bool(trainer.lr_scheduler_configs)
         plateau_each_step = schedulers and any(c.interval == "step" and c.reduce_on_plateau
                                                for c in trainer.lr_scheduler_configs)  # fmt: skip
         for batch, is_last in batches:
             batch_idx = progress.batches_done
             trainer._is_last_batch = is_last
             batch = prepare(batch)
-            # a step reading the iterator itself: the hooks get what it read last
-            hook_batch, hook_idx = batch.last[:2] if self.train_takes_iterator else (batch, batch_idx)
-            if start_hooks and self.call("on_train_batch_start", hook_batch, hook_idx) == -1:
+            if start_hooks and self.call("on_train_batch_start", *(batch.last[:2] if reads_iterator else
+                                                                    (batch, batch_idx))) == -1:  # fmt: skip
                 trainer._is_last_batch = True  # the rest of the epoch is skipped: the epoch ends here
                 if schedulers:
                     _optim.step_schedulers(self, "epoch", plateau=False)
@@ -132,10 +132,10 @@ class Training:
             if schedulers and self._epoch_complete():
                 _optim.step_schedulers(self, "epoch", plateau=False)
             if end_hooks:
-                hook_batch, hook_idx = batch.last[:2] if self.train_takes_iterator else (batch, batch_idx)
-                self.call("on_train_batch_end", _detached(output), hook_batch, hook_idx)
-            stepped = self._batches_stepped()
-            if stepped != self.last_logged_step and ((log_every and stepped % log_every == 0) or trainer.fast_dev_run):
+                self.call("on_train_batch_end", _detached(output), *(batch.last[:2] if reads_iterator else
+                                                                      (batch, batch_idx)))  # fmt: skip
+            stepped = trainer.global_step if automatic else progress.total_batches  # Loop._batches_stepped
+            if stepped != self.last_logged_step and ((log_every and stepped % log_every == 0) or log_each):
                 self._flush_step_logs()
             if check_val and self._val_due(batch_idx, is_last):
                 self.validate_during_fit()
@@ -146,7 +146,7 @@ class Training:
                 trainer.should_stop = True
             if (max_steps != -1 and trainer.global_step >= max_steps) or (trainer.should_stop and self._min_reached()):
                 break
-        if self.train_takes_iterator and progress.batches_done and self._val_due(0, True):
+        if reads_iterator and progress.batches_done and self._val_due(0, True):
             self.validate_during_fit()  # a step that reads the iterator itself: validation ends the epoch
 
     # ---------------------------------------------------------------------------------------------------- the step
