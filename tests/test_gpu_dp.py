@@ -24,6 +24,7 @@ pytest.importorskip("torchplug_cuda")
 pytest.importorskip("torchplug_dp")
 pytestmark = [
     pytest.mark.gpu,
+    pytest.mark.xdist_group("gpu"),  # one worker runs every GPU test, one after the other
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
     pytest.mark.filterwarnings("ignore:strategy='dp'"),
 ]

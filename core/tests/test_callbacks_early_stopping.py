@@ -45,7 +45,7 @@ def _fit(tmp_path: Path, callbacks: list[Any], scores: list[float], n_train: int
         enable_checkpointing=False, num_sanity_val_steps=0, max_epochs=20,
     )  # fmt: skip
     options.update(kwargs)
-    trainer = torchplug.Trainer(callbacks=callbacks, **options)
+    trainer = torchplug.Trainer(accelerator="cpu", callbacks=callbacks, **options)
     model = Scripted(scores)
     loader = DataLoader(TensorDataset(torch.randn(n_train, 2)), batch_size=4)
     trainer.fit(model, loader, DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=4))
@@ -137,7 +137,7 @@ def test_state_survives_a_resume(tmp_path: Path) -> None:
     # Resumed, the third check without improvement (epoch 3) stops the run; a fresh count would need three more.
     resumed = EarlyStopping(monitor="score", patience=3)
     trainer = torchplug.Trainer(
-        default_root_dir=tmp_path, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu", default_root_dir=tmp_path, logger=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, max_epochs=20,
         callbacks=[resumed, ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
     )  # fmt: skip

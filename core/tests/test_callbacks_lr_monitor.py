@@ -52,7 +52,7 @@ class Net(torchplug.Module):
 def _fit(tmp_path: Path, monitor: LearningRateMonitor, scheduler: str, **kwargs: Any) -> Recorder:
     recorder = Recorder()
     trainer = torchplug.Trainer(
-        default_root_dir=tmp_path, logger=recorder, callbacks=[monitor], max_epochs=3, log_every_n_steps=2,
+        accelerator="cpu", default_root_dir=tmp_path, logger=recorder, callbacks=[monitor], max_epochs=3, log_every_n_steps=2,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, **kwargs,
     )  # fmt: skip
     trainer.fit(Net(scheduler), DataLoader(TensorDataset(torch.randn(16, 2)), batch_size=4))  # 4 steps per epoch
@@ -106,7 +106,7 @@ def test_names_of_several_optimizers() -> None:
 
 
 def test_needs_a_logger(tmp_path: Path) -> None:
-    trainer = torchplug.Trainer(default_root_dir=tmp_path, logger=False, callbacks=[LearningRateMonitor()],
+    trainer = torchplug.Trainer(accelerator="cpu", default_root_dir=tmp_path, logger=False, callbacks=[LearningRateMonitor()],
                                 max_epochs=1, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     with pytest.raises(MisconfigurationError, match="Cannot use `LearningRateMonitor` callback with `Trainer` that has no logger"):
         trainer.fit(Net("none"), DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=4))

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import collections
+import errno
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from torchplug import MisconfigurationError
-from torchplug._checkpoint import atomic_save, load_checkpoint
+from torchplug._checkpoint import atomic_save, load_checkpoint, remove_stale_temporaries, temporary_prefix
+from torchplug._errors import CheckpointWriteError
+from torchplug.testing import subprocess_env
 
 # The child writes a first checkpoint, says so, then overwrites it with a big one. ``mode`` picks where the kill
 # lands: "write" lets torch.save stream 64 MiB to the temporary file; "rename" holds the fully written temporary
@@ -47,7 +54,8 @@ _CHILD = textwrap.dedent(
 def _run_child_and_kill(tmp_path: Path, mode: str) -> tuple[Path, int]:
     path = tmp_path / "last.ckpt"
     child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(path), mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", _CHILD, str(path), mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=subprocess_env(),
     )
     try:
         assert child.stdout is not None
@@ -208,7 +216,181 @@ def test_files_that_are_not_checkpoints(tmp_path: Path) -> None:
         load_checkpoint(bare)
 
 
+# ------------------------------------------------------------------------------------------------ write errors
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 512 KiB filesystem (tmpfs), so that writes fail with ENOSPC as on a full disk."""
+    if os.name != "posix" or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mountpoint = tmp_path / "disk"
+    mountpoint.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mountpoint)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_full_disk_names_the_file_and_keeps_the_previous_checkpoint(small_disk: Path) -> None:
+    path = small_disk / "last.ckpt"
+    atomic_save({"state_dict": {"w": torch.ones(1000)}}, path)
+    with pytest.raises(CheckpointWriteError) as error:
+        atomic_save({"state_dict": {"w": torch.zeros(200_000)}}, path)  # 800 KB on a 512 KiB disk
+    assert isinstance(error.value, OSError) and error.value.errno == errno.ENOSPC
+    message = str(error.value)
+    assert f"could not write the checkpoint {str(path)!r}: the disk is full (ENOSPC" in message
+    assert "were written, 0 bytes were free" in message
+    assert "enforce fail" not in message  # torch's own wording is only the chained cause
+    # the previous checkpoint is intact, the temporary file is gone, and the space it took is free again
+    assert torch.equal(load_checkpoint(path)["state_dict"]["w"], torch.ones(1000))
+    assert sorted(p.name for p in small_disk.iterdir()) == ["last.ckpt"]
+    assert shutil.disk_usage(small_disk).free > 400_000
+
+
+def test_full_disk_during_fit_stops_with_the_file_and_keeps_earlier_checkpoints(small_disk: Path, tmp_path: Path) -> None:
+    from torchplug import Trainer
+    from torchplug.callbacks import ModelCheckpoint
+    from torchplug.testing import BoringModel, regression_loader
+
+    class Wide(BoringModel):  # about 260 KB per checkpoint: one fits on the disk, two do not
+        def __init__(self) -> None:
+            super().__init__()
+            self.big = torch.nn.Linear(256, 256)
+
+    checkpoint = ModelCheckpoint(dirpath=small_disk, filename="{epoch}")
+    trainer = Trainer(default_root_dir=tmp_path, logger=False, max_epochs=3, callbacks=[checkpoint],
+                      enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    with pytest.raises(CheckpointWriteError, match=re.escape(f"{str(small_disk / 'epoch=1.ckpt')!r}: the disk is full")):
+        trainer.fit(Wide(), regression_loader(16))
+    assert trainer.current_epoch == 1
+    assert sorted(p.name for p in small_disk.iterdir()) == ["epoch=0.ckpt"]
+    assert load_checkpoint(small_disk / "epoch=0.ckpt")["epoch"] == 0
+
+
+_NO_PERMISSION = textwrap.dedent(
+    """
+    import os, sys, torch
+    from torchplug._checkpoint import atomic_save, load_checkpoint
+    from torchplug._errors import CheckpointWriteError, MisconfigurationError
+
+    warm_up, target = sys.argv[1], sys.argv[2]
+    atomic_save({"state_dict": {"w": torch.ones(2)}}, warm_up)  # every module the write needs is imported now
+    if os.geteuid() == 0:
+        os.seteuid(65534)  # root may write anywhere: act as 'nobody' for the write that matters
+    try:
+        atomic_save({"state_dict": {"w": torch.ones(2)}}, target)
+    except CheckpointWriteError as err:
+        print(err.errno, err, sep="|")
+    try:
+        load_checkpoint(sys.argv[3])
+    except MisconfigurationError as err:
+        print(err)
+    """
+)
+
+
+@pytest.fixture
+def open_folder() -> Iterator[Path]:
+    """A folder every user can reach (pytest's own are private to their owner), removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="torchplug-test-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_no_permission_names_the_folder(open_folder: Path) -> None:
+    tmp_path = open_folder
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "old.ckpt").write_bytes(b"previous")
+    secret = tmp_path / "secret.ckpt"
+    atomic_save({"state_dict": {}}, secret)
+    secret.chmod(0o600)
+    locked.chmod(0o555)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _NO_PERMISSION, str(tmp_path / "warm.ckpt"), str(locked / "new.ckpt"), str(secret)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        locked.chmod(0o755)
+    written, read = done.stdout.strip().splitlines()[-2:]
+    assert read == f"could not read the checkpoint {str(secret)!r}: Permission denied (EACCES)", done.stdout
+    code, _, message = written.partition("|")
+    assert code == str(errno.EACCES), done.stdout + done.stderr
+    assert message == (
+        f"could not write the checkpoint {str(locked / 'new.ckpt')!r}: permission denied (EACCES): this user may not "
+        f"create files in {str(locked)!r}. Nothing was replaced: the checkpoints already there are kept, and the "
+        "partly written temporary file was removed"
+    )
+    assert sorted(p.name for p in locked.iterdir()) == ["old.ckpt"]
+
+
+_CANNOT_DELETE = textwrap.dedent(
+    """
+    import os, sys, warnings
+    import torchplug
+    from torchplug.callbacks import ModelCheckpoint
+    from torchplug.testing import BoringModel, regression_loader
+
+    class BecomeNobody(torchplug.Callback):
+        # epoch=0.ckpt was written as root; in a sticky folder 'nobody' may add files but not delete root's
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                os.seteuid(65534)
+
+    folder = sys.argv[1]
+    trainer = torchplug.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                                default_root_dir=folder,
+                                callbacks=[BecomeNobody(), ModelCheckpoint(dirpath=folder, filename="{epoch}")])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(BoringModel(), regression_loader(16))
+    print(trainer.global_step, sorted(os.listdir(folder)))
+    print([str(w.message) for w in caught if "could not delete" in str(w.message)])
+    """
+)
+
+
+def test_a_checkpoint_that_cannot_be_deleted_is_named_and_training_goes_on(open_folder: Path) -> None:
+    if os.name != "posix" or os.geteuid() != 0:
+        pytest.skip("needs root, to act as another user in a sticky folder")
+    folder = open_folder / "shared"
+    folder.mkdir()
+    folder.chmod(0o1777)
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", _CANNOT_DELETE, str(folder)], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    listing, warned = done.stdout.strip().splitlines()[-2:]
+    assert listing == "4 ['epoch=0.ckpt', 'epoch=1.ckpt']"
+    assert f"ModelCheckpoint could not delete {str(folder / 'epoch=0.ckpt')!r}" in warned
+    assert "Operation not permitted (EPERM); delete it yourself" in warned
+
+
+def test_a_directory_in_the_way_is_named(tmp_path: Path) -> None:
+    (tmp_path / "x.ckpt").mkdir()
+    with pytest.raises(CheckpointWriteError, match="x.ckpt': a directory of that name is in the way"):
+        atomic_save({"state_dict": {}}, tmp_path / "x.ckpt")
+
+
+def test_stale_temporaries_of_killed_processes_are_removed_folder_wide(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    prefix = temporary_prefix(tmp_path / "epoch=3.ckpt")
+    left = [tmp_path / f"{prefix}{pid}.0a1b2c3d", tmp_path / f"{prefix}{os.getpid()}.0a1b2c3d"]
+    for path in left:
+        path.write_bytes(b"partial")
+    (tmp_path / f"{temporary_prefix(tmp_path / 'sharded.ckpt')}{pid}.deadbeef").mkdir()  # a sharded save's
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted([left[0].name, f"{temporary_prefix(tmp_path / 'sharded.ckpt')}{pid}.deadbeef"])
+    assert [p.name for p in tmp_path.iterdir()] == [left[1].name]  # a live process's file is left alone
+
+
 @pytest.mark.gpu
+@pytest.mark.xdist_group("gpu")
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_tensors_are_written_as_cpu_tensors(tmp_path: Path) -> None:
     path = tmp_path / "gpu.ckpt"

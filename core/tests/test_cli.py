@@ -1,11 +1,16 @@
 import subprocess
 import sys
+from pathlib import Path
+from shutil import which
 
 import torch
 
+from torchplug.testing import subprocess_env
+
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "torchplug.cli", *args], capture_output=True, text=True, check=True).stdout
+    return subprocess.run([sys.executable, "-m", "torchplug.cli", *args], env=subprocess_env(), capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
 
 
 def test_plugins_lists_every_group_with_aliases_and_distribution():
@@ -24,9 +29,9 @@ def test_env_reports_torch_accelerators_and_environment(monkeypatch):
 
 
 def test_console_script_is_installed():
-    from shutil import which
-
-    exe = which("torchplug", path=str(__import__("pathlib").Path(sys.executable).parent))
+    # next to the interpreter, or in the bin/ of a `pip install --target DIR` folder on the import path
+    folders = [Path(sys.executable).parent, *(Path(p) / "bin" for p in sys.path if p)]
+    exe = which("torchplug", path=":".join(map(str, folders)))
     assert exe is not None
-    out = subprocess.run([exe, "plugins"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([exe, "plugins"], env=subprocess_env(), capture_output=True, text=True, check=True).stdout
     assert "single_device" in out

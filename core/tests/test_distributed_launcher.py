@@ -6,7 +6,7 @@ import os
 import sys
 
 import pytest
-from distributed_test_support import PYTHON, processes_mentioning, run, write_script
+from distributed_test_support import PYTHON, clean_environment, processes_mentioning, run, write_script
 
 CHILD = """
 import os, signal, sys, threading, time
@@ -148,7 +148,7 @@ def test_children_die_with_a_sigkilled_rank_0(tmp_path, child):
     import subprocess
     import time
 
-    proc = subprocess.Popen([PYTHON, str(child), "hold", str(tmp_path)], cwd=tmp_path)
+    proc = subprocess.Popen([PYTHON, str(child), "hold", str(tmp_path)], cwd=tmp_path, env=clean_environment())
     try:
         deadline = time.monotonic() + 30
         while not all((tmp_path / f"rank{r}.txt").exists() for r in range(2)) and time.monotonic() < deadline:

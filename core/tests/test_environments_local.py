@@ -86,7 +86,7 @@ def test_the_built_in_environments_are_the_cores_own():
     """Registered by the core's entry points and importable from ``torchplug.environments``, lazily."""
     import subprocess
 
-    from distributed_test_support import PYTHON
+    from distributed_test_support import PYTHON, clean_environment
 
     from torchplug import registry
 
@@ -95,7 +95,7 @@ def test_the_built_in_environments_are_the_cores_own():
         "import sys; from torchplug.environments import LocalEnvironment, SLURMEnvironment, TorchElasticEnvironment, "
         "expand_nodelist, first_host; print(first_host('n[3-4]'), LocalEnvironment.__module__)"
     )
-    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([PYTHON, "-c", code], env=clean_environment(), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.split() == ["n3", "torchplug.environments.local"], out.stderr[-2000:]
     from torchplug.environments import LocalEnvironment, SLURMEnvironment, TorchElasticEnvironment
 

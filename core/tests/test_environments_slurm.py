@@ -8,17 +8,26 @@ core's ``ProcessGroupStrategy`` and, when torchplug-ddp is installed, with ``ddp
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from distributed_test_support import PYTHON, clear_distributed_variables, processes_mentioning, run
+from distributed_test_support import (
+    PYTHON,
+    clean_environment,
+    clear_distributed_variables,
+    processes_mentioning,
+    run,
+    write_script,
+)
 
 from torchplug import MisconfigurationError, Trainer
 from torchplug.distributed import ProcessGroupStrategy, find_free_port
-from torchplug.testing import QUIET
+from torchplug.testing import QUIET, subprocess_env
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "tests" / "slurm"
 TRAIN_SCRIPT = Path(__file__).with_name("distributed_train_script.py")
@@ -100,7 +109,7 @@ def slurm_cluster(tmp_path_factory):
         pytest.skip(f"no SLURM cluster: {reason}")
     directory = tmp_path_factory.mktemp("slurm")
     env = {
-        **os.environ,
+        **subprocess_env(),
         "TORCHPLUG_SLURM_DIR": str(directory),
         "SLURM_CTLD_PORT": str(find_free_port()),
         "SLURM_NODE_PORT0": str(find_free_port() - 1),
@@ -133,7 +142,8 @@ def _ddp_cpu():
     return "ddp_cpu"
 
 
-# One xdist worker runs every SLURM test (the cluster is one per machine); see the Makefile's --dist loadgroup.
+# One xdist worker runs every SLURM test (the cluster is one per machine): the Makefile's --dist loadscope keeps a
+# module on one worker (the mark says so too, for --dist loadgroup where xdist's grouping works).
 @pytest.mark.xdist_group("slurm")
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("strategy", ["process_group", "ddp_cpu"])
@@ -159,3 +169,93 @@ def test_srun_two_tasks_train_together(tmp_path, slurm_cluster, strategy):
     assert reports["rank0"]["weights"] == reports["rank1"]["weights"]
     reference = torch.tensor(_single_device_weights(tmp_path))
     assert torch.allclose(torch.tensor(reports["rank0"]["weights"]), reference, rtol=0, atol=1e-6)
+
+
+REQUEUE_SCRIPT = """
+import json, os, sys, time
+from torch.utils.data import DataLoader
+import torchplug
+from torchplug import Trainer
+from torchplug.distributed import ProcessGroupStrategy
+from torchplug.testing import QUIET, BoringModel, regression_data
+
+OUT = sys.argv[1]
+
+class Model(BoringModel):
+    def training_step(self, batch, batch_idx):
+        if self.global_step == 8 and self.global_rank == 0:
+            open(os.path.join(OUT, "progress-" + os.environ.get("SLURM_RESTART_COUNT", "0")), "w").close()
+        time.sleep(0.05)  # long enough for the signal to land mid-run
+        return super().training_step(batch, batch_idx)
+
+if __name__ == "__main__":
+    torchplug.seed_everything(0)
+    model = Model(lr=0.01)  # far from converged after 40 steps: a lost or repeated step changes every weight
+    trainer = Trainer(strategy=ProcessGroupStrategy(), accelerator="cpu", devices=2, max_steps=40, default_root_dir=OUT,
+                      **QUIET)
+    trainer.fit(model, DataLoader(regression_data(256), batch_size=4, shuffle=True))
+    if trainer.is_global_zero:
+        with open(os.path.join(OUT, "result.json"), "w") as fh:
+            json.dump({"weights": [float(v) for p in model.parameters() for v in p.detach().double().flatten()],
+                       "step": trainer.global_step, "restarts": os.environ.get("SLURM_RESTART_COUNT")}, fh)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("slurm")
+@pytest.mark.timeout(400)
+def test_usr1_saves_requeues_and_the_job_resumes_to_the_uninterrupted_result(tmp_path, slurm_cluster):
+    """``--signal=USR1@N`` for real, sent at once with ``scancel -s USR1`` (SLURM's delivery of that signal to every
+    task of the step): the ranks stop after one step, save, rank 0 runs ``scontrol requeue``, SLURM starts the job
+    again with the same id, and it resumes and ends with the weights of a run that was never interrupted (bitwise)."""
+    script = write_script(tmp_path, REQUEUE_SCRIPT, "train.py")
+    job_dir, plain_dir = tmp_path / "job", tmp_path / "plain"
+    job_dir.mkdir(), plain_dir.mkdir()
+    env = {**clean_environment(), **slurm_cluster, "PYTHONWARNINGS": "ignore"}
+    out = tmp_path / "slurm.out"
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", "--ntasks=2", "--open-mode=append", f"--output={out}", "--time=5",
+         f"--wrap=srun --kill-on-bad-exit=1 {PYTHON} -u {script} {job_dir}"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip().split(";")[0]
+    # the same training, never interrupted, started by our own launcher, meanwhile
+    plain = subprocess.Popen([PYTHON, str(script), str(plain_dir)], env={k: v for k, v in env.items() if k != "SLURM_CONF"},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    started = time.monotonic()
+    try:
+        while not (job_dir / "progress-0").exists():
+            assert time.monotonic() - started < 200, f"the job never reached step 8:\n{_read(out)}"
+            time.sleep(0.1)
+        subprocess.run(["scancel", "-s", "USR1", job], env=env, check=True, timeout=60)
+        signalled = time.monotonic()
+        while True:
+            state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], env=env, capture_output=True,
+                                   text=True, timeout=60).stdout.strip()  # fmt: skip
+            if state == "PENDING BeginTime":  # a requeued job is held ~2 min by default; start it now
+                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, timeout=60)
+            if not state:
+                break
+            assert time.monotonic() - signalled < 200, f"the job did not finish after the requeue:\n{_read(out)}"
+            time.sleep(0.2)
+        plain_output, _ = plain.communicate(timeout=200)
+    finally:
+        subprocess.run(["scancel", job], env=env, timeout=60)
+        plain.kill()
+    log = _read(out)
+    assert plain.returncode == 0, plain_output
+    result = json.loads((job_dir / "result.json").read_text())
+    reference = json.loads((plain_dir / "result.json").read_text())
+    assert result["restarts"] == "1", log
+    assert result["step"] == reference["step"] == 40
+    assert result["weights"] == reference["weights"], log  # bitwise: no step lost or repeated
+    stop = re.search(r"torchplug: stopped by SIGUSR1 after step (\d+) \(epoch 0\); saved (\S+); .*SLURM job (\d+) requeued", log)
+    assert stop and stop.group(3) == job, log
+    assert f"SLURM job {job} restart 1: resuming from {stop.group(2)} (step {stop.group(1)})" in log, log
+    assert list((job_dir / "restart").iterdir()) == []  # the finished job removed its restart files
+    print(f"requeue test: signal at {signalled - started:.1f} s, done {time.monotonic() - started:.1f} s after submit")
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else "(no output yet)"

@@ -18,13 +18,13 @@ def test_gpus_zero_is_the_cpu():
 
 def test_nb_gpu_nodes_maps_to_num_nodes():
     with pytest.warns(DeprecationWarning, match="num_nodes=1"):
-        trainer = Trainer(nb_gpu_nodes=1, **QUIET)
+        trainer = Trainer(accelerator="cpu", nb_gpu_nodes=1, **QUIET)
     assert trainer.num_nodes == 1
 
 
 def test_distributed_backend_maps_to_strategy():
     with pytest.warns(DeprecationWarning, match="strategy='single_device'"):
-        trainer = Trainer(distributed_backend="single_device", **QUIET)
+        trainer = Trainer(accelerator="cpu", distributed_backend="single_device", **QUIET)
     assert trainer.strategy_name == "single_device"
 
 

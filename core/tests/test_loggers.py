@@ -165,7 +165,7 @@ def test_fit_writes_csv_and_tensorboard(tmp_path: Path) -> None:
     data = TensorDataset(torch.randn(32, 4), torch.randn(32, 1))
     csv_logger, tb_logger = CSVLogger(tmp_path), TensorBoardLogger(tmp_path, name="tb")
     trainer = torchplug.Trainer(
-        default_root_dir=tmp_path, logger=[csv_logger, tb_logger], max_epochs=2, log_every_n_steps=3,
+        accelerator="cpu", default_root_dir=tmp_path, logger=[csv_logger, tb_logger], max_epochs=2, log_every_n_steps=3,
         enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     trainer.fit(Regression(), DataLoader(data, batch_size=4), DataLoader(data, batch_size=16))  # 8 steps per epoch

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import torchplug
 from torchplug.callbacks import ProgressBar
+from torchplug.testing import subprocess_env
 
 
 class Net(torchplug.Module):
@@ -55,7 +56,7 @@ def _trainer(tmp_path: Path, bar: ProgressBar | None = None, **kwargs: Any) -> t
         num_sanity_val_steps=2,
     )  # fmt: skip
     options.update(kwargs)
-    return torchplug.Trainer(callbacks=[bar] if bar is not None else None, **options)
+    return torchplug.Trainer(accelerator="cpu", callbacks=[bar] if bar is not None else None, **options)
 
 
 _LINE = re.compile(
@@ -160,7 +161,7 @@ _TTY_CHILD = textwrap.dedent(
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
-    trainer = torchplug.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer = torchplug.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False)
     trainer.fit(Net(), DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=2))
     """
 )
@@ -171,7 +172,8 @@ def test_a_real_terminal_gets_a_bar(tmp_path: Path) -> None:
     import pty
 
     main_fd, child_fd = pty.openpty()  # reports a 0x0 size, as some CI runners' terminals do
-    child = subprocess.Popen([sys.executable, "-c", _TTY_CHILD], stdout=child_fd, stderr=child_fd, cwd=tmp_path)
+    child = subprocess.Popen([sys.executable, "-c", _TTY_CHILD], stdout=child_fd, stderr=child_fd, cwd=tmp_path,
+                             env=subprocess_env())  # fmt: skip
     os.close(child_fd)
     chunks = []
     while True:

@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from torchplug import MisconfigurationError, Trainer, registry
-from torchplug.testing import QUIET
+from torchplug.testing import QUIET, subprocess_env
 
 
 def test_builtin_backends_come_from_the_core_entry_points():
@@ -48,7 +48,8 @@ def test_selecting_a_backend_does_not_import_the_others():
         "torchplug.Trainer(accelerator='cpu', **QUIET);"
         "print(sorted(m for m in sys.modules if m.startswith('torchplug_')))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
     assert out.strip() == "[]", out
 
 

@@ -50,7 +50,7 @@ def loader():
 def run(scheduler, max_epochs, accumulate, callbacks=(), ckpt_path=None, max_steps=-1, seed=0, **kwargs):
     seed_everything(seed)
     model = Noisy(scheduler)
-    trainer = Trainer(**{**QUIET, **kwargs}, max_epochs=max_epochs, max_steps=max_steps, accumulate_grad_batches=accumulate,
+    trainer = Trainer(accelerator="cpu", **{**QUIET, **kwargs}, max_epochs=max_epochs, max_steps=max_steps, accumulate_grad_batches=accumulate,
                       callbacks=list(callbacks), num_sanity_val_steps=2)  # fmt: skip
     trainer.fit(model, loader(), DataLoader(regression_data(16), batch_size=8), ckpt_path=ckpt_path)
     return trainer, model
@@ -95,7 +95,7 @@ def test_resume_from_last(tmp_path):
     run(None, 2, 1, callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)], enable_checkpointing=True)
     seed_everything(9)
     model = Noisy()
-    trainer = Trainer(**{**QUIET, "enable_checkpointing": True}, max_epochs=3, default_root_dir=tmp_path,
+    trainer = Trainer(accelerator="cpu", **{**QUIET, "enable_checkpointing": True}, max_epochs=3, default_root_dir=tmp_path,
                       callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)])  # fmt: skip
     trainer.fit(model, loader(), DataLoader(regression_data(16), batch_size=8), ckpt_path="last")
     assert_bitwise_equal(full, model)
@@ -104,14 +104,14 @@ def test_resume_from_last(tmp_path):
 def test_missing_path_is_named(tmp_path):
     missing = tmp_path / "nope.ckpt"
     with pytest.raises(MisconfigurationError, match=f"ckpt_path='{missing}'"):
-        Trainer(**QUIET, max_epochs=1).fit(BoringModel(), loader(), ckpt_path=missing)
+        Trainer(accelerator="cpu", **QUIET, max_epochs=1).fit(BoringModel(), loader(), ckpt_path=missing)
 
 
 def test_checkpoint_that_does_not_fit_lists_the_keys(tmp_path):
     path = tmp_path / "a.ckpt"
     run(None, 1, 1, callbacks=[SaveAt(path, epoch=0)])
     with pytest.raises(MisconfigurationError) as err:
-        Trainer(**QUIET, max_epochs=2).fit(BoringModel(), loader(), ckpt_path=path)
+        Trainer(accelerator="cpu", **QUIET, max_epochs=2).fit(BoringModel(), loader(), ckpt_path=path)
     message = str(err.value)
     assert "missing keys ['layer.bias', 'layer.weight']" in message
     assert "unexpected keys ['layer.0.bias', 'layer.0.weight', 'layer.2.bias', 'layer.2.weight']" in message
@@ -173,7 +173,7 @@ def test_resume_with_a_plateau_scheduler_from_a_mid_epoch_last_checkpoint(tmp_pa
     def go(max_epochs, ckpt_path=None, seed=0, max_steps=-1, callbacks=()):
         seed_everything(seed)
         model = Plateau()
-        trainer = Trainer(**{**QUIET, "enable_checkpointing": True}, max_epochs=max_epochs, max_steps=max_steps,
+        trainer = Trainer(accelerator="cpu", **{**QUIET, "enable_checkpointing": True}, max_epochs=max_epochs, max_steps=max_steps,
                           val_check_interval=0.5, callbacks=list(callbacks), default_root_dir=tmp_path)  # fmt: skip
         trainer.fit(model, loader(), DataLoader(regression_data(16), batch_size=8), ckpt_path=ckpt_path)
         return model

@@ -90,14 +90,14 @@ def test_printed_at_fit_start_and_can_be_turned_off(tmp_path: Path, capsys: pyte
     loader = DataLoader(TensorDataset(torch.randn(8, 10)), batch_size=4)
     options: dict[str, Any] = dict(default_root_dir=tmp_path, max_epochs=1, logger=False, enable_checkpointing=False,
                                    enable_progress_bar=False)  # fmt: skip
-    torchplug.Trainer(**options).fit(Net(), loader)
+    torchplug.Trainer(accelerator="cpu", **options).fit(Net(), loader)
     out = capsys.readouterr().out
     assert out.startswith("  | Name") and "3.2 K" in out and "Total params" in out
 
-    torchplug.Trainer(callbacks=[ModelSummary(max_depth=-1)], **options).fit(Net(), loader)
+    torchplug.Trainer(accelerator="cpu", callbacks=[ModelSummary(max_depth=-1)], **options).fit(Net(), loader)
     assert "encoder.0" in capsys.readouterr().out
 
-    torchplug.Trainer(enable_model_summary=False, **options).fit(Net(), loader)
+    torchplug.Trainer(accelerator="cpu", enable_model_summary=False, **options).fit(Net(), loader)
     assert capsys.readouterr().out == ""
 
 

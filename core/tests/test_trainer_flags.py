@@ -39,7 +39,7 @@ class Recorder(BoringModel):
 
 def fit(model=None, n=64, batch_size=8, val=True, **kwargs):
     model = model or Recorder()
-    trainer = Trainer(**{**QUIET, "num_sanity_val_steps": 0, **kwargs})
+    trainer = Trainer(**{**QUIET, "accelerator": "cpu", "num_sanity_val_steps": 0, **kwargs})
     trainer.fit(model, regression_loader(n, batch_size), regression_loader(32, 8) if val else None)
     return trainer, model
 
@@ -97,18 +97,18 @@ def test_val_check_interval_longer_than_the_epoch_fails():
 
 def test_num_sanity_val_steps():
     model = Recorder()
-    Trainer(**{**QUIET, "max_steps": 1, "num_sanity_val_steps": 2}).fit(
+    Trainer(accelerator="cpu", **{**QUIET, "max_steps": 1, "num_sanity_val_steps": 2}).fit(
         model, regression_loader(64, 8), regression_loader(32, 8)
     )
     sanity = [b for b in model.val_batches if b[1] == 0]
     assert len(sanity) == 2
     model = Recorder()
-    Trainer(**{**QUIET, "max_steps": 1, "num_sanity_val_steps": -1}).fit(
+    Trainer(accelerator="cpu", **{**QUIET, "max_steps": 1, "num_sanity_val_steps": -1}).fit(
         model, regression_loader(64, 8), regression_loader(32, 8)
     )
     assert len([b for b in model.val_batches if b[1] == 0]) == 4
     model = Recorder()
-    Trainer(**{**QUIET, "max_steps": 1, "num_sanity_val_steps": 0, "limit_val_batches": 0}).fit(
+    Trainer(accelerator="cpu", **{**QUIET, "max_steps": 1, "num_sanity_val_steps": 0, "limit_val_batches": 0}).fit(
         model, regression_loader(64, 8), regression_loader(32, 8)
     )
     assert model.val_batches == []
@@ -123,7 +123,7 @@ def test_limit_train_batches(limit, expected):
 def test_limit_val_test_predict_batches():
     _, model = fit(max_epochs=1, limit_val_batches=2)
     assert len(model.val_batches) == 2
-    trainer = Trainer(**QUIET, limit_test_batches=0.5, limit_predict_batches=1)
+    trainer = Trainer(accelerator="cpu", **QUIET, limit_test_batches=0.5, limit_predict_batches=1)
     assert trainer.test(BoringModel(), regression_loader(32, 8)) and trainer.num_test_batches == [2]
     assert len(trainer.predict(BoringModel(), regression_loader(32, 8))) == 1
 
@@ -172,8 +172,8 @@ def test_accumulate_grad_batches_matches_a_bigger_batch():
     a = BoringModel()
     b = BoringModel()
     b.load_state_dict(a.state_dict())
-    Trainer(**QUIET, max_epochs=1, accumulate_grad_batches=4).fit(a, regression_loader(64, 4))
-    Trainer(**QUIET, max_epochs=1).fit(b, regression_loader(64, 16))
+    Trainer(accelerator="cpu", **QUIET, max_epochs=1, accumulate_grad_batches=4).fit(a, regression_loader(64, 4))
+    Trainer(accelerator="cpu", **QUIET, max_epochs=1).fit(b, regression_loader(64, 16))
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
 
@@ -197,7 +197,7 @@ def test_log_every_n_steps_writes_at_the_interval():
             self.rows.append((step, dict(metrics)))
 
     logger = ListLogger()
-    Trainer(**{**QUIET, "logger": logger}, max_epochs=1, log_every_n_steps=3).fit(
+    Trainer(accelerator="cpu", **{**QUIET, "logger": logger}, max_epochs=1, log_every_n_steps=3).fit(
         BoringModel(), regression_loader(64, 8)
     )
     steps = [step for step, row in logger.rows if "train_loss" in row]
@@ -235,7 +235,7 @@ def test_benchmark_is_left_to_the_accelerator():
 
 
 def test_default_root_dir_receives_logs_and_checkpoints(tmp_path):
-    trainer = Trainer(max_epochs=1, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False,
+    trainer = Trainer(accelerator="cpu", max_epochs=1, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False,
                       log_every_n_steps=1)  # fmt: skip
     trainer.fit(BoringModel(), regression_loader(32, 8))
     # the default logger is Lightning's: TensorBoard's event files (tensorboard is installed here)
@@ -244,23 +244,23 @@ def test_default_root_dir_receives_logs_and_checkpoints(tmp_path):
 
 
 def test_enable_checkpointing_false_writes_no_checkpoint(tmp_path):
-    Trainer(max_epochs=1, default_root_dir=tmp_path, enable_checkpointing=False, enable_progress_bar=False,
+    Trainer(accelerator="cpu", max_epochs=1, default_root_dir=tmp_path, enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False).fit(BoringModel(), regression_loader(32, 8))  # fmt: skip
     assert not list(tmp_path.glob("**/*.ckpt"))
 
 
 def test_enable_progress_bar_false_prints_nothing(tmp_path, capsys):
-    Trainer(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
+    Trainer(accelerator="cpu", max_epochs=1, default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
             enable_model_summary=False, enable_progress_bar=False).fit(BoringModel(), regression_loader(32, 8))  # fmt: skip
     captured = capsys.readouterr()
     assert captured.out == "" and "batch" not in captured.err
 
 
 def test_devices_and_num_nodes_on_one_process():
-    trainer = Trainer(**QUIET, devices=1, num_nodes=1)
+    trainer = Trainer(accelerator="cpu", **QUIET, devices=1, num_nodes=1)
     assert trainer.device_ids == [0] and trainer.world_size == 1 and trainer.strategy_name == "single_device"
     with pytest.raises(MisconfigurationError, match="single_device"):
-        Trainer(**QUIET, strategy="single_device", devices=2)
+        Trainer(accelerator="cpu", **QUIET, strategy="single_device", devices=2)
 
 
 class Endless(IterableDataset):
@@ -272,11 +272,13 @@ class Endless(IterableDataset):
 
 
 def test_iterable_dataset_without_length():
-    trainer = Trainer(**QUIET, max_steps=5)
+    trainer = Trainer(accelerator="cpu", **QUIET, max_steps=5)
     trainer.fit(BoringModel(), DataLoader(Endless(), batch_size=None))
     assert trainer.global_step == 5 and trainer.num_training_batches == math.inf
     with pytest.raises(MisconfigurationError, match="limit_train_batches=0.5: the dataloader has no length"):
-        Trainer(**QUIET, max_steps=5, limit_train_batches=0.5).fit(BoringModel(), DataLoader(Endless(), batch_size=None))
+        Trainer(accelerator="cpu", **QUIET, max_steps=5, limit_train_batches=0.5).fit(
+            BoringModel(), DataLoader(Endless(), batch_size=None)
+        )
 
 
 def test_deterministic_warn_only():
@@ -314,7 +316,7 @@ def test_epoch_end_order_lets_monitors_see_metrics_logged_in_on_train_epoch_end(
             order.append("monitor")
             super().on_train_epoch_end(trainer, pl_module)
 
-    trainer = Trainer(**QUIET, max_epochs=10, callbacks=[Watching(monitor="train_metric", patience=1), Plain()])
+    trainer = Trainer(accelerator="cpu", **QUIET, max_epochs=10, callbacks=[Watching(monitor="train_metric", patience=1), Plain()])
     trainer.fit(LogsAtEpochEnd(), regression_loader(16, 8))
     assert order[:3] == ["callback", "module", "monitor"]
     assert trainer.current_epoch == 2  # epoch 0 is the best; epoch 1 is one check without improvement
@@ -343,7 +345,7 @@ def test_sync_dist_reduces_the_epoch_aggregate_once():
             return super().training_step(batch, batch_idx)
 
     ranks = _TwoRanksAlike()
-    trainer = Trainer(**QUIET, max_epochs=1, plugins=[ranks])
+    trainer = Trainer(accelerator="cpu", **QUIET, max_epochs=1, plugins=[ranks])
     trainer.fit(Logs(), regression_loader(32, 8))  # 4 batches
     assert float(trainer.callback_metrics["one_step"]) == 2.0
     assert float(trainer.callback_metrics["one_epoch"]) == 8.0  # 4 local ones, summed over 2 "ranks"
@@ -355,7 +357,7 @@ def test_val_check_interval_across_epochs_on_a_loader_without_length():
         pass
 
     model = Counting()
-    Trainer(**QUIET, max_steps=10, val_check_interval=3, check_val_every_n_epoch=None, num_sanity_val_steps=0).fit(
+    Trainer(accelerator="cpu", **QUIET, max_steps=10, val_check_interval=3, check_val_every_n_epoch=None, num_sanity_val_steps=0).fit(
         model, DataLoader(Endless(), batch_size=None), regression_loader(16, 8)
     )
     assert sorted({step for _, step, _ in model.val_batches}) == [3, 6, 9]
@@ -386,7 +388,7 @@ def test_manual_optimization_refuses_flags_it_would_ignore(flag, value):
             opt.zero_grad()
 
     with pytest.raises(MisconfigurationError, match=f"{flag} is not applied with manual optimization"):
-        Trainer(**QUIET, max_steps=1, **{flag: value}).fit(Manual(), regression_loader(16, 8))
+        Trainer(accelerator="cpu", **QUIET, max_steps=1, **{flag: value}).fit(Manual(), regression_loader(16, 8))
 
 
 # ---------------------------------------------------------------------------------------------------- Lightning's flags
@@ -506,3 +508,13 @@ def test_init_module_makes_the_model_in_the_precisions_dtype():
     with Trainer(**QUIET, precision="64-true").init_module():
         model = BoringModel()
     assert model.layer.weight.dtype == torch.float64 and torch.get_default_dtype() == torch.float32
+
+
+def test_default_root_dir_that_is_a_file_is_refused(tmp_path):
+    file = tmp_path / "notes.txt"
+    file.write_text("x")
+    with pytest.raises(MisconfigurationError, match=rf"default_root_dir='{file}' is a file: it must be a folder"):
+        Trainer(**QUIET, default_root_dir=file)
+    with pytest.raises(MisconfigurationError, match=rf"default_root_dir='{file}/runs' is inside '{file}', which is a file"):
+        Trainer(**QUIET, default_root_dir=file / "runs")
+    Trainer(**QUIET, default_root_dir=tmp_path / "new" / "folder")  # a folder that does not exist yet is fine

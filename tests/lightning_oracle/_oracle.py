@@ -100,7 +100,8 @@ def run(snippet: str, framework: str, cwd: str | os.PathLike[str], timeout: floa
     source = _PRELUDE.format(framework=framework, marker=_MARKER) + textwrap.dedent(snippet)
     script = Path(cwd) / f"snippet_{framework}.py"
     script.write_text(source)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "TORCHPLUG_ORACLE"))}
+    # Nothing from this process's runs (seeds, ranks) reaches the snippet: both frameworks start from the same state.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "TORCHPLUG_", "PL_", "LOCAL_RANK", "RANK"))}
     env.update(PYTHONHASHSEED="0", PYTHONWARNINGS="ignore", CUDA_VISIBLE_DEVICES="")
     done = subprocess.run(
         [str(python), str(script)], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env

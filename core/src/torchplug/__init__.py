@@ -2,13 +2,19 @@
 
 import logging as _logging
 
-from torchplug._checkpoint import load_checkpoint
-from torchplug._errors import MisconfigurationError, PluginError, PluginLoadError, ProcessFailedError
+from torchplug._checkpoint import atomic_save, load_checkpoint
+from torchplug._errors import (
+    MisconfigurationError,
+    PluginError,
+    PluginLoadError,
+    ProcessFailedError,
+    SIGTERMException,
+)
 from torchplug._hooks import hookimpl
 from torchplug._optim import LightningOptimizer
 from torchplug._states import RunningStage, TrainerFn, TrainerState, TrainerStatus
 from torchplug._step import StepOps
-from torchplug._types import ClusterInfo, RunSpec, World
+from torchplug._types import ClusterInfo, Restart, RunSpec, World
 from torchplug.callbacks._base import Callback
 from torchplug.module import DataModule, LightningDataModule, LightningModule, Module
 from torchplug.strategies import StepModule
@@ -36,8 +42,10 @@ __all__ = [
     "PluginError",
     "PluginLoadError",
     "ProcessFailedError",
+    "Restart",
     "RunSpec",
     "RunningStage",
+    "SIGTERMException",
     "StepModule",
     "StepOps",
     "Trainer",
@@ -45,6 +53,7 @@ __all__ = [
     "TrainerState",
     "TrainerStatus",
     "World",
+    "atomic_save",
     "hookimpl",
     "load_checkpoint",
     "seed_everything",

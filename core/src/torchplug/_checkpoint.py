@@ -6,6 +6,9 @@ synced. A process killed at any moment therefore leaves either the previous file
 destination, never a truncated one. The temporary file is named ``.<name>.tmp.<host>.<pid>.<random>`` so that no
 glob for ``*.ckpt`` ever picks it up; a save removes it on error, and the next save to the same destination
 removes ones left by processes of this host that no longer exist (a SIGKILL leaves no chance to clean up).
+A write that fails (the disk is full, no permission, a read-only filesystem) raises :class:`CheckpointWriteError`,
+an ``OSError`` with the cause's ``errno`` whose message names the file and the cause, after removing the temporary
+file; the destination keeps what it held.
 
 Checkpoints are read with ``torch.load(..., weights_only=True)``: unpickling runs no code from the file. Saving
 checks up front that the dictionary holds only what that loader accepts, so a run cannot write a checkpoint that it
@@ -15,16 +18,19 @@ will refuse to resume from hours later.
 from __future__ import annotations
 
 import collections
+import errno
 import os
 import pickle
+import re
 import secrets
+import shutil
 import socket
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
-from torchplug._errors import MisconfigurationError
+from torchplug._errors import CheckpointWriteError, MisconfigurationError
 
 # Types ``torch.load(weights_only=True)`` rebuilds without any registered safe globals (checked on torch 2.4-2.13).
 _PLAIN_TYPES: tuple[type, ...] = (
@@ -43,13 +49,22 @@ def atomic_save(checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> Non
     path = Path(path)
     if not isinstance(checkpoint, dict):
         raise TypeError(f"atomic_save expects a dict, got {type(checkpoint).__name__}")
-    _check_weights_only_safe(checkpoint, "checkpoint")
+    check_weights_only_safe(checkpoint, "checkpoint")
     checkpoint = _to_cpu(checkpoint)
 
     directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(path, err) from err
+    if path.is_dir() and not path.is_symlink():
+        raise CheckpointWriteError(
+            errno.EISDIR,
+            f"could not write the checkpoint {str(path)!r}: a directory of that name is in the way; remove it or save "
+            "under another name",
+        )
     _remove_stale_temporaries(path)
-    temporary = directory / f"{_temporary_prefix(path)}{os.getpid()}.{secrets.token_hex(4)}"
+    temporary = directory / f"{temporary_prefix(path)}{os.getpid()}.{secrets.token_hex(4)}"
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), _file_mode())
         with os.fdopen(fd, "wb") as f:
@@ -57,25 +72,105 @@ def atomic_save(checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> Non
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as err:
+        # Described before the cleanup, while the disk is still as full as the write found it.
+        translated = write_error(path, err, _size(temporary)) if isinstance(err, Exception) else None
         # KeyboardInterrupt included: never leave a half-written temporary file behind when we can help it.
         try:
             temporary.unlink()
-        except FileNotFoundError:
+        except OSError:
             pass
+        if translated is not None:
+            raise translated from err
         raise
     _fsync_directory(directory)
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`atomic_save` onto the CPU, without running code from the file."""
-    path = Path(path)
-    if not path.exists():
-        raise MisconfigurationError(f"checkpoint not found: {str(path)!r} does not exist")
-    if path.is_dir():
-        raise MisconfigurationError(f"checkpoint path {str(path)!r} is a directory; give the path of a .ckpt file")
+def write_error(path: str | os.PathLike[str], err: BaseException, written: int = 0) -> CheckpointWriteError | None:
+    """What a failed checkpoint write means for the user: the file and the cause, as an ``OSError``.
+
+    torch reports a full disk as ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos``, with the
+    ``OSError`` from the file object chained as its context; the cause is taken from there, or, when nothing in the
+    chain has an ``errno``, from the free space left on the filesystem. ``None`` for an error that is not about
+    writing (a bug in a plugin's state, for example): it propagates unchanged.
+    """
+    path = os.fspath(path)
+    cause = _os_error_in(err)
+    code = cause.errno if cause is not None else None
+    if code is None and isinstance(err, RuntimeError) and "inline_container" in str(err):
+        code = errno.ENOSPC if _free_bytes(os.path.dirname(path) or ".") < 1 << 20 else errno.EIO
+    if code is None:
+        return None
+    directory = os.path.dirname(path) or "."
+    what = {
+        errno.ENOSPC: f"the disk is full (ENOSPC: no space left on the filesystem of {directory!r}; "
+                      f"{_format_bytes(written)} of the checkpoint were written, "
+                      f"{_format_bytes(_free_bytes(directory))} were free)",
+        errno.EDQUOT: f"the disk quota is exhausted (EDQUOT) on the filesystem of {directory!r}",
+        errno.EACCES: f"permission denied (EACCES): this user may not create files in {directory!r}",
+        errno.EPERM: f"operation not permitted (EPERM) in {directory!r}",
+        errno.EROFS: f"the filesystem of {directory!r} is read-only (EROFS)",
+        errno.ENOTDIR: f"a part of {directory!r} is a file, not a folder (ENOTDIR)",
+        errno.EISDIR: "a directory of that name is in the way (EISDIR)",
+    }.get(code, f"{os.strerror(code)} ({errno.errorcode.get(code, code)})")
+    return CheckpointWriteError(
+        code,
+        f"could not write the checkpoint {path!r}: {what}. Nothing was replaced: the checkpoints already there are "
+        "kept, and the partly written temporary file was removed",
+    )  # fmt: skip
+
+
+def _os_error_in(err: BaseException) -> OSError | None:
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno is not None:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _size(path: Path) -> int:
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _free_bytes(directory: str) -> int:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return 1 << 62  # cannot tell: not known to be full
+
+
+def _format_bytes(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} bytes"
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str] | IO[bytes], map_location: Any = None, weights_only: bool | None = None
+) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`atomic_save`, without running code from the file.
+
+    Tensors land on the CPU unless ``map_location`` (as for ``torch.load``) says otherwise. ``weights_only=False``
+    unpickles arbitrary objects: only for a file you trust.
+    """
+    if isinstance(path, (str, os.PathLike)):
+        path = Path(path)
+        if not path.exists():
+            raise MisconfigurationError(f"checkpoint not found: {str(path)!r} does not exist")
+        if path.is_dir():
+            raise MisconfigurationError(describe_directory(path))
+    try:
+        checkpoint = torch.load(
+            path, map_location="cpu" if map_location is None else map_location, weights_only=weights_only is not False
+        )
     except pickle.UnpicklingError as err:
         if "weights only" in str(err).lower():
             raise MisconfigurationError(
@@ -85,6 +180,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
                 f"torch said: {_first_line(err)}"
             ) from err
         raise _not_a_checkpoint(path, err) from err
+    except OSError as err:  # the file is there but cannot be read: say why, it is not the file's content
+        if err.errno is None:
+            raise _not_a_checkpoint(path, err) from err
+        raise MisconfigurationError(
+            f"could not read the checkpoint {str(path)!r}: {err.strerror} ({errno.errorcode.get(err.errno, err.errno)})"
+        ) from err
     except Exception as err:  # a garbage file fails anywhere inside the unpickler (IndexError, KeyError, ...)
         raise _not_a_checkpoint(path, err) from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
@@ -99,7 +200,53 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return checkpoint
 
 
-def _not_a_checkpoint(path: Path, err: BaseException) -> MisconfigurationError:
+#: A checkpoint that is a directory (a sharded strategy's) keeps its dictionary, all but the shards, in this file.
+DIRECTORY_META = "meta.ckpt"
+
+
+def read_header(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A checkpoint's dictionary with its tensors memory-mapped rather than read (cheap even for a big file), or
+    ``None`` when ``path`` is not a readable torchplug checkpoint. A directory checkpoint is read through its
+    :data:`DIRECTORY_META` file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        meta = path / DIRECTORY_META
+        return read_header(meta) if meta.is_file() else None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    return checkpoint if isinstance(checkpoint, dict) and "state_dict" in checkpoint else None
+
+
+def describe_directory(path: str | os.PathLike[str]) -> str:
+    """Why a directory given as a checkpoint could not be read, and what it holds, for an error message."""
+    path = Path(path)
+    header = read_header(path)
+    if header is not None:
+        strategy = header.get("backends", {}).get("strategy", "?")
+        return (
+            f"{str(path)!r} is a directory checkpoint written by the strategy {strategy!r} (a sharded strategy saves "
+            f"each rank's shard in a folder); the strategy of this run cannot read it. Load it with "
+            f"Trainer(strategy={strategy!r}), which can also consolidate it into one file"
+        )
+    try:
+        entries = sorted(os.listdir(path))
+    except OSError as err:
+        return f"{str(path)!r} is a directory that cannot be listed ({err.strerror}), not a checkpoint"
+    checkpoints = [name for name in entries if name.endswith(".ckpt")]
+    shown = ", ".join(entries[:8]) + (f", ... ({len(entries)} entries)" if len(entries) > 8 else "")
+    advice = (
+        f"; the checkpoints in it are {', '.join(checkpoints[:8])}: pass one of them, e.g. "
+        f"ckpt_path={str(path / checkpoints[-1])!r}"
+        if checkpoints
+        else "; give the path of a .ckpt file"
+    )
+    return f"{str(path)!r} is a directory, not a checkpoint: it holds {shown or 'nothing'}{advice}"
+
+
+def _not_a_checkpoint(path: Any, err: BaseException) -> MisconfigurationError:
     return MisconfigurationError(
         f"{str(path)!r} is not a torchplug checkpoint: torch.load could not read it ({type(err).__name__}: "
         f"{_first_line(err)}). It may be truncated, or not a file written by torch.save."
@@ -111,17 +258,17 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _check_weights_only_safe(obj: Any, where: str) -> None:
+def check_weights_only_safe(obj: Any, where: str) -> None:
     if isinstance(obj, torch.Tensor):
         return
     if isinstance(obj, _CONTAINERS) and type(obj) in _CONTAINERS:
         if isinstance(obj, dict):
             for key, value in obj.items():
-                _check_weights_only_safe(key, f"{where} key {key!r}")
-                _check_weights_only_safe(value, f"{where}[{key!r}]")
+                check_weights_only_safe(key, f"{where} key {key!r}")
+                check_weights_only_safe(value, f"{where}[{key!r}]")
         else:
             for i, value in enumerate(obj):
-                _check_weights_only_safe(value, f"{where}[{i}]")
+                check_weights_only_safe(value, f"{where}[{i}]")
         return
     if type(obj) in _PLAIN_TYPES or isinstance(obj, torch.dtype):
         return
@@ -151,14 +298,14 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
-def _temporary_prefix(path: Path) -> str:
+def temporary_prefix(path: Path) -> str:
     host = socket.gethostname().replace(".", "_") or "host"
     return f".{path.name}.tmp.{host}."
 
 
 def _remove_stale_temporaries(path: Path) -> None:
     """Remove temporary files of ``path`` left by processes of this host that were killed while saving."""
-    prefix = _temporary_prefix(path)
+    prefix = temporary_prefix(path)
     try:
         names = os.listdir(path.parent)
     except OSError:
@@ -173,6 +320,32 @@ def _remove_stale_temporaries(path: Path) -> None:
             os.unlink(path.parent / name)
         except OSError:
             pass
+
+
+def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[str]:
+    """Remove every temporary file (or a sharded strategy's temporary directory) in ``directory`` that a process
+    of this host left when it was killed while saving; returns their names."""
+    host = re.escape(socket.gethostname().replace(".", "_") or "host")
+    pattern = re.compile(rf"^\..+\.tmp\.{host}\.(\d+)\.[0-9a-f]+(\.old)?$")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        match = pattern.match(name)
+        if match is None or _process_alive(int(match.group(1))):
+            continue
+        target = os.path.join(directory, name)
+        try:
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+            else:
+                os.unlink(target)
+        except OSError:
+            continue
+        removed.append(name)
+    return removed
 
 
 def _process_alive(pid: int) -> bool:

@@ -140,6 +140,13 @@ def recording_indices(loader: Any) -> tuple[Any, _IndexRecorder | None]:
 def num_batches(loader: Any, limit: int | float, flag: str) -> int | float:
     """How many batches ``limit`` (an int count or a float fraction) selects; ``inf`` for a loader with no length."""
     count = length(loader)
+    if count == 0:
+        warnings.warn(
+            f"the {_LOADER_NAMES.get(flag, 'a')} dataloader is empty (its length is 0): there is nothing to "
+            f"{'train on' if flag == 'limit_train_batches' else 'run'}; make sure this was your intention",
+            UserWarning,
+            stacklevel=3,
+        )
     if isinstance(limit, int):
         return min(count, limit)
     if count == math.inf:
@@ -149,7 +156,20 @@ def num_batches(loader: Any, limit: int | float, flag: str) -> int | float:
                 f"fraction of it cannot be taken; `Trainer({flag})` must be `0.0`, `1.0` or an int"
             )
         return 0 if limit == 0.0 else math.inf
-    return int(count * limit)
+    selected = int(count * limit)
+    if selected == 0 and limit > 0.0 and count > 0:
+        raise MisconfigurationError(
+            f"{flag}={limit!r} selects no batch of the {count} of the {_LOADER_NAMES.get(flag, '')} dataloader "
+            f"({limit} * {count} < 1). Use at least {flag}={math.ceil(1e4 / count) / 1e4:g}, an int number of "
+            "batches, or 0 to skip it on purpose"
+        )
+    return selected
+
+
+_LOADER_NAMES = {
+    "limit_train_batches": "training", "limit_val_batches": "validation", "limit_test_batches": "test",
+    "limit_predict_batches": "predict",
+}  # fmt: skip
 
 
 def set_epoch(loaders: Iterable[Any], epoch: int) -> None:

@@ -23,3 +23,28 @@ class ArgumentTypeError(MisconfigurationError, TypeError):
 
 class ConflictError(MisconfigurationError, RuntimeError):
     """Parts of a configuration that cannot go together. Also a ``RuntimeError``, which is what Lightning raises."""
+class SIGTERMException(SystemExit):
+    """Raised at a step boundary when the run stops on SIGTERM (or the job's requeue signal), after the step.
+
+    What ``on_exception`` receives (Ctrl-C gives a ``KeyboardInterrupt`` there, as in Lightning). ``signum`` is the
+    signal; the exit status is ``128 + signum``.
+    """
+
+    def __init__(self, signum: int = 15) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written: the message names the file and the cause (``errno`` is the cause's)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class CheckpointNotFoundError(MisconfigurationError, FileNotFoundError):
+    """``ckpt_path`` names no file: a ``MisconfigurationError`` that is also a ``FileNotFoundError`` (as Lightning)."""

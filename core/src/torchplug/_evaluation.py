@@ -43,6 +43,10 @@ class Evaluation:
         """``validate``/``test``/``predict`` as a stage of their own."""
         trainer = self.trainer
         kind = _KINDS[stage]
+        if self.heartbeat is not None:
+            self.heartbeat.begin({"validate": "validating", "test": "testing", "predict": "predicting"}[stage])
+        trainer.logged_metrics.clear()
+        self._log_hyperparams()
         data = _data.source(trainer, kind, given, stage)
         if data is None:
             raise _data.missing(kind, stage)
@@ -83,7 +87,7 @@ class Evaluation:
             return [] if stage != "predict" else None
         if not _data.takes_iterator(getattr(self.module, f"{EVAL_NAMES[stage]}_step")):
             self._check_dataloader_idx(stage, several)
-        trainer._results = Results(trainer, default_on_step=False)
+        trainer._results = Results(trainer, training=False)
         outer_stage = trainer.state.stage
         if not trainer.sanity_checking:
             trainer.state.stage = _STAGES[stage]
@@ -98,12 +102,14 @@ class Evaluation:
             trainer.state.stage = outer_stage
         if stage == "predict":
             return (outputs[0] if len(outputs) == 1 else outputs) if return_predictions else None
-        return _per_loader_metrics(trainer, per_loader, logged, several)
+        count = len(per_loader)
+        return [{k: float(v) for k, v in values.items()} for values in trainer._results.per_dataloader(logged, count)]
 
     def _run_evaluation(self, stage: str, plan: Plan, several: bool, keep: bool) -> Any:
         trainer, module, ops, results = self.trainer, self.module, self.ops, self.trainer._results
         name, sanity = EVAL_NAMES[stage], trainer.sanity_checking
-        method = getattr(module, f"{name}_step")
+        step_name = f"{name}_step"
+        method = getattr(module, step_name)
         takes_iterator = _data.takes_iterator(method)
         step_args = _data.step_arguments(method, several)
         modes = {m: m.training for m in trainer.model.modules()}
@@ -114,6 +120,12 @@ class Evaluation:
         per_loader: list[set[str]] = []
         self.current_batch_indices, self.epoch_batch_indices = None, []
         recorders = getattr(self, "index_recorders", {}) if stage == "predict" else {}
+        beat = self.heartbeat
+        # A stage of its own may stop between batches; with several processes (whose loaders may differ in length)
+        # and inside fit (whose checkpoint would skip the rest of the validation) it runs to its end.
+        stop_check = self.stop_check if self.stage != "fit" and trainer.world_size == 1 else None
+        stop_due = stop_check.due if stop_check is not None else None
+        logged: dict[str, torch.Tensor] = {}
         if takes_iterator:
             outputs = [self._iterator_steps(name, plan, several)]
             per_loader = [set(results.metrics)]
@@ -130,20 +142,32 @@ class Evaluation:
                     self.current_batch_indices = recorder.seen[batch_idx]
                     if keep:
                         indices.append(self.current_batch_indices)
+                results.new_batch(batch)
                 self.call(f"on_{name}_batch_start", batch, batch_idx, *extra)
+                self.current_hook = step_name
                 output = ops.forward(name, step_args(batch, batch_idx, dl_idx))
+                self.current_hook = None
                 ops.on_batch_end(name, batch_idx)
                 self.call(f"on_{name}_batch_end", output, batch, batch_idx, *extra)
-                if results.step_metrics and not sanity:
-                    self.write_eval_step_logs()
+                if results.step_metrics and not sanity:  # at the loader's own count of logged steps
+                    self.write_eval_step_logs(dl_idx)
                 if keep:
                     collected.append(move_data_to_device(output, "cpu"))
+                if beat is not None:
+                    beat()
+                if stop_due is not None and stop_due():
+                    raise stop_check.stop()
             outputs.append(collected)
             per_loader.append(set(results.metrics) - before)
+            if several:  # each loader's epoch values when it is done, as Lightning computes them
+                logged.update(results.epoch_end(dataloader_idx=dl_idx))
         results.dataloader_idx = None
+        results.new_batch(None)
         self.predictions = outputs[0] if len(outputs) == 1 else outputs
+        logged.update(results.epoch_end())  # the steps' epoch values, for the epoch-end hooks to read
         self.call(f"on_{name}_epoch_end")
-        logged = results.epoch_end()
+        logged.update(results.epoch_end())
+        results.reset_metric_states()
         if stage != "predict" and not sanity:
             self.write_logs(dict(logged), step=None)
         self.call(f"on_{name}_end")
@@ -194,7 +218,9 @@ class Evaluation:
         while data.has_next():
             batch, batch_idx, dl_idx = data.last
             self.call(f"on_{name}_batch_start", batch, batch_idx, *((dl_idx,) if several else ()))
+            self.current_hook = f"{name}_step"
             output = self.ops.forward(name, (data,))
+            self.current_hook = None
             batch, batch_idx, dl_idx = data.last
             results.dataloader_idx = dl_idx if several else None
             self.ops.on_batch_end(name, batch_idx)
@@ -211,19 +237,6 @@ class Evaluation:
         if trainer.inference_mode and getattr(trainer.strategy, "supports_inference_mode", True) and not gloo:
             return torch.inference_mode()
         return torch.no_grad()
-
-
-def _per_loader_metrics(trainer: Trainer, per_loader: list[set[str]], logged: dict[str, torch.Tensor],
-                        several: bool) -> list[dict[str, float]]:  # fmt: skip
-    out = [{k: float(trainer.callback_metrics[k]) for k in sorted(keys) if k in trainer.callback_metrics}
-           for keys in per_loader]  # fmt: skip
-    if several:  # metrics logged outside the per-loader steps (epoch-end hooks) go to every loader
-        shared = {k: float(v) for k, v in logged.items() if "/dataloader_idx_" not in k}
-        for item in out:
-            item.update({k: v for k, v in shared.items() if k not in item})
-    elif out:
-        out[0].update({k: float(v) for k, v in logged.items()})
-    return out
 
 
 def _print_results(results: list[dict[str, float]], stage: str) -> None:

@@ -222,6 +222,7 @@ def apply(trainer: Trainer, flags: dict[str, Any]) -> dict[str, Any]:
     trainer.profiler = make_profiler(f["profiler"])
     root = f["default_root_dir"]
     trainer.default_root_dir = os.path.expanduser(os.fspath(root)) if root is not None else os.getcwd()
+    _check_root_dir(trainer.default_root_dir)
     return {
         "logger": True if f["logger"] is None else f["logger"],
         "enable_checkpointing": f["enable_checkpointing"] is not False,
@@ -229,6 +230,19 @@ def apply(trainer: Trainer, flags: dict[str, Any]) -> dict[str, Any]:
         "enable_model_summary": f["enable_model_summary"] is not False and not fast_dev_batches,
         "fast_dev_batches": fast_dev_batches,
     }
+
+
+def _check_root_dir(path: str) -> None:
+    """``default_root_dir`` must be a folder or creatable as one: no part of it may be a file."""
+    current = os.path.abspath(path)
+    while not os.path.exists(current) and os.path.dirname(current) != current:
+        current = os.path.dirname(current)
+    if os.path.exists(current) and not os.path.isdir(current):
+        where = "is a file" if current == os.path.abspath(path) else f"is inside {current!r}, which is a file"
+        raise MisconfigurationError(
+            f"default_root_dir={path!r} {where}: it must be a folder (one that does not exist yet is created); "
+            "pass the folder logs and checkpoints should go to"
+        )
 
 
 def with_env_defaults(init: Any) -> Any:

@@ -10,23 +10,26 @@ once, at setup. The training step reads like a hand-written one::
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchplug import _config, _optim, _plugins, _profiling, _state
+from torchplug import _config, _heartbeat, _hparams, _optim, _plugins, _profiling, _state, _stopping
 from torchplug._errors import MisconfigurationError
 from torchplug._evaluation import Evaluation
 from torchplug._schedule import Schedule, overrides
 from torchplug._states import RunningStage, TrainerFn, TrainerStatus
-from torchplug._training import Training
+from torchplug._training import Training, _describe_output, _raise_if_unusable
 from torchplug.callbacks._base import Callback
 from torchplug.module import Module
 from torchplug.strategies import StepModule
+from torchplug.utilities import rank_zero_only
 
 if TYPE_CHECKING:
     from torchplug._step import StepOps
@@ -57,33 +60,58 @@ class Progress:
 
 def run_stage(trainer: Trainer, stage: str, model: Module, loaders: dict[str, Any], datamodule: DataModule | None,
               ckpt_path: Any, options: dict[str, Any] | None = None) -> Any:  # fmt: skip
-    """Run one stage in this process: set up, restore, run, and always tear down."""
+    """Run one stage in this process: set up, restore, run, and always tear down.
+
+    SIGINT/SIGTERM (and the job's requeue signal) stop it after an optimizer step (:mod:`torchplug._stopping`):
+    ``on_exception`` runs, the loggers are finalized, one line says what was saved, and the process exits with
+    :class:`~torchplug._stopping.Stopped` (1 for Ctrl-C, ``128 + signal`` otherwise), without a traceback.
+    """
     loop = trainer._loop = Loop(trainer, stage, model, datamodule, loaders)
-    status = "failed"
     anomaly = torch.autograd.set_detect_anomaly(True) if trainer.detect_anomaly else contextlib.nullcontext()
-    try:
-        with anomaly:
-            loop.setup()  # inside: a half-made process group is still torn down
-            path = _state.resolve_ckpt_path(trainer, ckpt_path) if ckpt_path is not None else None
-            if path is not None:
-                _state.restore(loop, path)
-            result = loop.fit(loaders) if stage == "fit" else loop.evaluate_stage(stage, loaders[stage], **options or {})
-        status = "success"
-        return result
-    except BaseException as exc:
-        trainer.state.status = TrainerStatus.INTERRUPTED
-        if isinstance(exc, KeyboardInterrupt):
-            status = "interrupted"
-        loop.call("on_exception", exc)
-        if trainer.datamodule is not None:
-            trainer.datamodule.on_exception(exc)
-        raise
-    finally:
-        loop.teardown(status)
-        if status == "success":
+    with _stopping.handling(_stopping.stop_signals(trainer)):
+        try:
+            try:
+                with anomaly:
+                    loop.setup()  # inside: a half-made process group is still torn down
+                    if stage == "fit":
+                        ckpt_path = _stopping.restart_checkpoint(trainer, ckpt_path)
+                    path = _state.resolve_ckpt_path(trainer, ckpt_path) if ckpt_path is not None else None
+                    if path is not None:
+                        _state.restore(loop, path)
+                    if stage == "fit":
+                        result = loop.fit(loaders)
+                        _stopping.forget_restart(trainer)
+                    else:
+                        result = loop.evaluate_stage(stage, loaders[stage], **options or {})
+            except BaseException as exc:
+                signum = _stopping.interruption(exc)
+                # With several processes only a stop every rank agreed on may save (saving is collective).
+                agreed = bool(signum) and (trainer.world_size == 1 or _stopping.is_agreed_stop(exc))
+                trainer.interrupted = True  # Lightning's: any exception interrupts the stage
+                saves = trainer._checkpoints_saved
+                try:
+                    loop.call("on_exception", exc)
+                    if trainer.datamodule is not None:
+                        trainer.datamodule.on_exception(exc)
+                    if agreed:
+                        _stopping.save_for_restart(trainer)
+                finally:
+                    loop.teardown("interrupted" if signum else "failed")
+                    trainer.state.stage = None
+                if not agreed:
+                    raise
+                requeued = _stopping.requeue(trainer, signum)
+                if trainer.is_global_zero:
+                    loop.report_stop(signum, trainer._checkpoints_saved > saves, requeued)
+                raise _stopping.Stopped(signum) from None
+            loop.teardown("success")
             trainer.state.status = TrainerStatus.FINISHED
-            trainer._fitted = model if stage == "fit" else trainer._fitted
-        trainer.state.stage = None
+            if stage == "fit":
+                trainer._fitted = model
+            trainer.state.stage = None
+            return result
+        finally:
+            _stopping.finished()
 
 
 def default_eval_checkpoint(trainer: Trainer, fn: str) -> str | None:
@@ -134,7 +162,10 @@ class Loop(Training, Schedule, Evaluation):
         self.handles: list[_optim.LightningOptimizer] = []
         self.resume: _state.Resume | None = None
         self.step_taken = True
-        self.eval_steps_logged = 0
+        self.heartbeat: _heartbeat.Heartbeat | None = None
+        self.stop_check: _stopping.StopCheck | None = None
+        self.current_hook: str | None = None  # the step or hook running now: where self.log may log, and how
+        self.eval_steps_logged: dict[int, int] = collections.defaultdict(int)  # per dataloader, for the stage
         _attach_model_callbacks(trainer, module)
         self._bind_user_hooks()
 
@@ -153,13 +184,17 @@ class Loop(Training, Schedule, Evaluation):
     def call(self, name: str, *args: Any, monitors: bool | None = None) -> Any:
         """Callbacks' ``name(trainer, module, *args)``, then the module's ``name(*args)`` (its answer returned)."""
         trainer, module = self.trainer, self.module
-        for callback, function in self.callback_hooks.get(name, ()):
-            if monitors is None or callback.monitors_metrics == monitors:
-                function(trainer, module, *args)
-        if monitors is True:
-            return None
-        method = self.module_hooks.get(name)
-        return method(*args) if method is not None else None
+        previous, self.current_hook = self.current_hook, name
+        try:
+            for callback, function in self.callback_hooks.get(name, ()):
+                if monitors is None or callback.monitors_metrics == monitors:
+                    function(trainer, module, *args)
+            if monitors is True:
+                return None
+            method = self.module_hooks.get(name)
+            return method(*args) if method is not None else None
+        finally:
+            self.current_hook = previous
 
     def overridden(self, *names: str) -> bool:
         return any(self.callback_hooks.get(n) or n in self.module_hooks for n in names)
@@ -168,8 +203,12 @@ class Loop(Training, Schedule, Evaluation):
     def setup(self) -> None:
         trainer, hook, module = self.trainer, self.trainer.hook, self.module
         _config.check(trainer, module, self.stage, self.given)
+        _hparams.drop_unpicklable(module.hparams)
         trainer.world = hook.torchplug_world(trainer=trainer)
+        rank_zero_only.rank = trainer.global_rank  # type: ignore[attr-defined]
         trainer.root_device = hook.torchplug_root_device(trainer=trainer)
+        for callback in trainer.callbacks:  # Lightning's Callback.log: the module's own self.log
+            callback.log, callback.log_dict = module.log, module.log_dict  # type: ignore[attr-defined]
         hook.torchplug_setup_environment(trainer=trainer)
         if trainer.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=trainer.deterministic == "warn")
@@ -213,6 +252,8 @@ class Loop(Training, Schedule, Evaluation):
         ops = hook.torchplug_step_ops(trainer=trainer)
         self.ops = ops.traced(_plugins.trace) if _plugins.tracing() else ops
         self._bind_batch_preparation()
+        self.heartbeat = _heartbeat.start(trainer)  # None unless a supervisor watches this process
+        self.stop_check = _stopping.StopCheck(trainer)
 
     def _show_header(self) -> None:
         trainer = self.trainer
@@ -256,10 +297,14 @@ class Loop(Training, Schedule, Evaluation):
         device = self.trainer.root_device
 
         def prepare(batch: Any, dataloader_idx: int) -> Any:
-            if before is not None:
-                batch = before(batch, dataloader_idx)
-            batch = transfer(batch, device, dataloader_idx) if transfer is not None else to_device(batch)
-            return after(batch, dataloader_idx) if after is not None else batch
+            previous, self.current_hook = self.current_hook, "on_before_batch_transfer"  # where logging is refused
+            try:
+                if before is not None:
+                    batch = before(batch, dataloader_idx)
+                batch = transfer(batch, device, dataloader_idx) if transfer is not None else to_device(batch)
+                return after(batch, dataloader_idx) if after is not None else batch
+            finally:
+                self.current_hook = previous
 
         self.prepare = prepare
         del module
@@ -267,6 +312,7 @@ class Loop(Training, Schedule, Evaluation):
     # ==================================================================================================== teardown
     def teardown(self, status: str) -> None:
         trainer = self.trainer
+        _heartbeat.stop()
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.finalize(status)
@@ -282,6 +328,24 @@ class Loop(Training, Schedule, Evaluation):
         trainer._results = None
         trainer.profiler.describe()
         trainer.profiler.teardown(stage=self.stage)
+        self.current_hook = None
+
+    def report_stop(self, signum: int, saved: bool, requeued: str | None) -> None:
+        """One line on global rank 0: what stopped the stage, what was saved, how to go on."""
+        trainer = self.trainer
+        where = (f"after step {trainer.global_step} (epoch {trainer.current_epoch})" if self.stage == "fit"
+                 else f"during {self.stage}")  # fmt: skip
+        text = f"torchplug: stopped by {_stopping.signal_name(signum)} {where}"
+        last, last_step = trainer._last_checkpoint, trainer._last_checkpoint_step
+        if self.stage == "fit" and last is not None and (saved or last_step == trainer.global_step):
+            text += f"; saved {last}; resume with trainer.fit(model, ckpt_path={last!r})"
+        elif self.stage == "fit":
+            text += "; no checkpoint was saved on stopping (ModelCheckpoint(save_on_exception=True) saves one)"
+            if last is not None:
+                text += f"; the latest is {last}"
+        if requeued:
+            text += f"; {requeued}"
+        print(text, file=sys.stderr, flush=True)
 
     # ==================================================================================================== fit
     # ---------------------------------------------------------------------------------------------------- optimization
@@ -290,7 +354,11 @@ class Loop(Training, Schedule, Evaluation):
         closure does the same inline)."""
         if self.backward_hooks:
             self.call("on_before_backward", loss)
-        self.ops.backward(loss, getattr(optimizer, "optimizer", optimizer))
+        try:
+            self.ops.backward(loss, getattr(optimizer, "optimizer", optimizer))
+        except RuntimeError as err:
+            _raise_if_unusable(loss, f"manual_backward(loss) in training_step got {_describe_output(loss)}", err)
+            raise
         if self.backward_hooks:
             self.call("on_after_backward")
 
@@ -311,10 +379,37 @@ class Loop(Training, Schedule, Evaluation):
         trainer = self.trainer
         return trainer.global_step if self.module.automatic_optimization else trainer.progress.total_batches
 
-    def write_eval_step_logs(self) -> None:
-        """``self.log(..., on_step=True)`` in evaluation: written each batch, at a running count of those batches."""
-        self.write_logs(self.trainer._results.pop_step_metrics(), step=self.eval_steps_logged)
-        self.eval_steps_logged += 1
+    def write_eval_step_logs(self, dataloader_idx: int) -> None:
+        """``self.log(..., on_step=True)`` in evaluation: written each batch, at the loader's own running count of
+        the batches that logged."""
+        self.write_logs(self.trainer._results.pop_step_metrics(), step=self.eval_steps_logged[dataloader_idx])
+        self.eval_steps_logged[dataloader_idx] += 1
+
+    def _log_hyperparams(self) -> None:
+        """Send the module's and the datamodule's initial hyperparameters to every logger (global rank 0)."""
+        trainer, module, datamodule = self.trainer, self.module, self.trainer.datamodule
+        if not trainer.loggers or not trainer.is_global_zero:
+            return
+        from_module = module._log_hyperparams
+        from_data = datamodule is not None and getattr(datamodule, "_log_hyperparams", False)
+        hparams: dict[str, Any] | None = None
+        if from_module and from_data:
+            mine, theirs = module.hparams_initial, datamodule.hparams_initial
+            clashing = [k for k in mine.keys() & theirs.keys() if not _same_hparam(mine[k], theirs[k])]
+            if clashing:
+                raise RuntimeError(
+                    f"Error while merging hparams: the keys {clashing} are present in both the LightningModule's and "
+                    "LightningDataModule's hparams but have different values."
+                )
+            hparams = {**mine, **theirs}
+        elif from_module:
+            hparams = module.hparams_initial
+        elif from_data:
+            hparams = datamodule.hparams_initial
+        for logger in trainer.loggers:
+            if hparams is not None:
+                logger.log_hyperparams(hparams)
+            logger.save()
 
     def write_logs(self, metrics: dict[str, Any], step: int | None = None) -> None:
         """Read logged values to the host at a logging point, with the plugins' metrics, and send them out as
@@ -348,7 +443,12 @@ def _is_hook_name(name: str) -> bool:
     )  # fmt: skip
 
 
-
+def _same_hparam(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, torch.Tensor):
+        return a is b
+    return bool(a == b)
 
 
 def _attach_model_callbacks(trainer: Trainer, module: Module) -> None:

@@ -197,7 +197,11 @@ class Schedule:
         train_results = trainer._results
         trainer.validating = True
         self.module.on_validation_model_zero_grad()
+        if self.heartbeat is not None:
+            self.heartbeat.begin("validating")
         self.evaluate("validate", self.val_plan)
+        if self.heartbeat is not None:
+            self.heartbeat.enter("training")
         trainer.training = True
         self.last_val_time = time.monotonic()
         trainer._results = train_results

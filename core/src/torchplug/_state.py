@@ -7,19 +7,23 @@ checkpoint keeps each rank's.
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import logging
 import os
 import random
+import re
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchplug import _profiling
-from torchplug._errors import MisconfigurationError
+from torchplug import _hparams, _profiling
+from torchplug._checkpoint import check_weights_only_safe, read_header
+from torchplug._errors import CheckpointNotFoundError, MisconfigurationError
 
 if TYPE_CHECKING:
     from torchplug._loop import Loop
@@ -39,8 +43,12 @@ class Resume:
 
 
 # ==================================================================================================== saving
-def dump_checkpoint(trainer: Trainer, weights_only: bool) -> dict[str, Any]:
-    """This rank's view of the run, as a checkpoint dictionary (the strategy decides how it is written)."""
+def dump_checkpoint(trainer: Trainer, weights_only: bool, dry_run: bool = False) -> dict[str, Any]:
+    """This rank's view of the run, as a checkpoint dictionary (the strategy decides how it is written).
+
+    ``dry_run``: for :func:`check_saveable`, without the strategy's module and optimizer state (tensors it makes
+    itself, possibly with collectives), each ``on_save_checkpoint`` checked for what it adds.
+    """
     from torchplug import __version__
 
     module = trainer.lightning_module
@@ -52,8 +60,8 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool) -> dict[str, Any]:
         "torchplug_version": __version__,
         "epoch": trainer.current_epoch,
         "global_step": trainer.global_step,
-        "state_dict": hook.torchplug_model_state_dict(trainer=trainer, module=module),
-        "hyper_parameters": _safe_hparams(module.hparams),
+        "state_dict": {} if dry_run else hook.torchplug_model_state_dict(trainer=trainer, module=module),
+        **(_hparams.checkpoint_entries(module) or {module.CHECKPOINT_HYPER_PARAMS_KEY: {}}),
         "backends": {"accelerator": trainer.accelerator_name, "strategy": trainer.strategy_name,
                      "precision": trainer.precision_name},  # fmt: skip
     }
@@ -62,7 +70,7 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool) -> dict[str, Any]:
         mid_epoch = progress.phase == "train" and progress.batches_done > 0
         checkpoint["loops"] = {k: v for k, v in asdict(progress).items() if k != "epoch_start_rng"}
         checkpoint["callback_metrics"] = {k: v.detach().cpu() for k, v in trainer.callback_metrics.items()}
-        checkpoint["optimizer_states"] = [
+        checkpoint["optimizer_states"] = [] if dry_run else [
             hook.torchplug_optimizer_state_dict(trainer=trainer, optimizer=opt) for opt in trainer.optimizers
         ]
         checkpoint["lr_schedulers"] = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
@@ -79,10 +87,57 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool) -> dict[str, Any]:
         }]  # fmt: skip
         if trainer.datamodule is not None:
             checkpoint["datamodule"] = _profiling.call_datamodule(trainer, "state_dict")
-    for callback in trainer.callbacks:  # Lightning's order: callbacks, then the module
-        callback.on_save_checkpoint(trainer, module, checkpoint)
-    module.on_save_checkpoint(checkpoint)
+    if trainer.datamodule is not None:
+        checkpoint.update(_hparams.checkpoint_entries(trainer.datamodule))
+    if dry_run:
+        _check_saveable(checkpoint, "")
+    with _in_hook(trainer, "on_save_checkpoint"):  # where self.log is refused
+        for callback in trainer.callbacks:  # Lightning's order: callbacks, then the module
+            _run_save_hook(callback.on_save_checkpoint, (trainer, module, checkpoint), dry_run)
+        _run_save_hook(module.on_save_checkpoint, (checkpoint,), dry_run)
     return checkpoint
+
+
+def _run_save_hook(hook: Any, args: tuple[Any, ...], dry_run: bool) -> None:
+    if not dry_run:
+        hook(*args)
+        return
+    try:
+        hook(*args)
+    except Exception:
+        return  # a hook that cannot run before training runs for real at the first save, and raises there
+    owner = hook.__self__
+    _check_saveable(args[-1], f" (put there by {type(owner).__name__}.{hook.__name__})")
+
+
+def check_saveable(trainer: Trainer) -> None:
+    """Collect this rank's checkpoint state once, at fit start, without writing anything: state that a checkpoint
+    cannot hold is an error now rather than at the first save, hours in."""
+    dump_checkpoint(trainer, weights_only=False, dry_run=True)
+
+
+def _check_saveable(checkpoint: dict[str, Any], origin: str) -> None:
+    try:
+        check_weights_only_safe(checkpoint, "checkpoint")
+    except TypeError as err:
+        raise TypeError(
+            f"fit(): this run's checkpoints could not be saved: {err} Found at fit start by collecting the state "
+            f"once, before training, without writing anything{origin}."
+        ) from None
+
+
+@contextlib.contextmanager
+def _in_hook(trainer: Trainer, name: str) -> Iterator[None]:
+    """Mark hook ``name`` as running (what ``self.log`` checks) when a stage is running."""
+    loop = trainer._loop
+    if loop is None:
+        yield
+        return
+    previous, loop.current_hook = loop.current_hook, name
+    try:
+        yield
+    finally:
+        loop.current_hook = previous
 
 
 def save_checkpoint(trainer: Trainer, path: str, weights_only: bool) -> None:
@@ -92,42 +147,189 @@ def save_checkpoint(trainer: Trainer, path: str, weights_only: bool) -> None:
 
 
 # ==================================================================================================== which file
-def resolve_ckpt_path(trainer: Trainer, ckpt_path: Any) -> str:
-    if ckpt_path in ("last", "best"):
-        callback = trainer.checkpoint_callback
-        found = None
-        if callback is not None:
-            found = callback.last_model_path if ckpt_path == "last" else callback.best_model_path
-        if not found and ckpt_path == "last":
-            candidates = sorted(Path(trainer.default_root_dir).glob("**/last*.ckpt"), key=lambda p: p.stat().st_mtime)
-            found = str(candidates[-1]) if candidates else None
-        if not found and ckpt_path == "best":
-            found = _best_from_disk(trainer)
-        if not found:
-            raise MisconfigurationError(
-                f"ckpt_path={ckpt_path!r}: no {ckpt_path} checkpoint found (looked in the checkpoint callback and "
-                f"under default_root_dir={trainer.default_root_dir!r}); pass a path"
-            )
-        return str(found)
+def resolve_ckpt_path(trainer: Trainer, ckpt_path: Any) -> str | None:
+    """The checkpoint ``ckpt_path`` names for this run; ``None`` for ``"last"`` when there is none yet anywhere.
+
+    ``"last"``: this run's last checkpoint, from its ``ModelCheckpoint``s' folders (without one, from the logger
+    version's folder). ``"best"``: the first ``ModelCheckpoint``'s best. Another run's checkpoint is never taken
+    silently: when this run's folders have none but other runs' have, or when several qualify, the error lists them.
+    """
+    stage = trainer.stage or "fit"
+    if isinstance(ckpt_path, str) and ckpt_path in ("last", "best"):
+        find = _last_checkpoint if ckpt_path == "last" else _best_checkpoint
+        if trainer.world_size == 1:
+            return find(trainer, stage)
+        # Rank 0 looks (other nodes may see the folders late, or not at all) and every rank takes its answer.
+        answer: tuple[str | None, MisconfigurationError | None] = (None, None)
+        if trainer.is_global_zero:
+            try:
+                answer = (find(trainer, stage), None)
+            except MisconfigurationError as err:
+                answer = (None, err)
+        path, error = trainer.broadcast(answer)
+        if error is not None:
+            raise error
+        return path
+    if isinstance(ckpt_path, bool) or not isinstance(ckpt_path, (str, os.PathLike)):
+        raise MisconfigurationError(
+            f"{stage}(ckpt_path={ckpt_path!r}): expected the path of a checkpoint, 'last' or 'best'"
+        )
     path = os.fspath(ckpt_path)
     if not os.path.exists(path):
-        raise MisconfigurationError(f"ckpt_path={path!r}: no such checkpoint")
+        close = difflib.get_close_matches(path, ["last", "best"], n=1, cutoff=0.6)
+        hint = f"; did you mean ckpt_path={close[0]!r}?" if close else ""
+        raise CheckpointNotFoundError(f"Checkpoint file not found: {stage}(ckpt_path={path!r}) does not exist{hint}")
     return path
 
 
-def _best_from_disk(trainer: Trainer) -> str | None:
-    from torchplug._checkpoint import load_checkpoint
+def _last_checkpoint(trainer: Trainer, stage: str) -> str | None:
+    from torchplug.callbacks import _checkpoint_folder as folder
 
-    for path in sorted(Path(trainer.default_root_dir).glob("**/*.ckpt"), key=lambda p: -p.stat().st_mtime):
-        try:
-            state = load_checkpoint(path).get("callbacks", {})
-        except MisconfigurationError:  # not one of ours, or unreadable: look further
-            continue
-        for key, value in state.items():
-            if key.startswith("ModelCheckpoint") and value.get("best_model_path"):
-                if os.path.exists(value["best_model_path"]):
-                    return value["best_model_path"]
+    callbacks = trainer.checkpoint_callbacks
+    written = [cb.last_model_path for cb in callbacks if cb.last_model_path and os.path.lexists(cb.last_model_path)]
+    if written:  # written by this trainer's own fit, in this process
+        return max(written, key=_mtime)
+    if callbacks:
+        folders = [cb.dirpath for cb in callbacks if cb.dirpath]
+        found = sorted({path for cb in callbacks if cb.dirpath for path in folder.last_files(cb, cb.dirpath)})
+    else:
+        log_dir = trainer.log_dir
+        folders = [log_dir, os.path.join(log_dir, "checkpoints")]
+        found = sorted({path for f in folders for path in _last_named(f)})
+    if len(found) == 1:
+        return found[0]
+    if found:
+        claimed = _claimed_by_callbacks(callbacks, found)
+        if claimed is not None:
+            return max(claimed, key=_mtime)
+        raise MisconfigurationError(
+            f"{stage}(ckpt_path='last') is ambiguous: this run's checkpoint folders hold {len(found)} last "
+            f"checkpoints: {_listing(found)}. Pass the one to use as ckpt_path=<path>"
+        )
+    elsewhere = sorted(set(_other_runs_last(trainer)) - set(found))
+    where = ", ".join(map(repr, dict.fromkeys(folders))) or "none"
+    if elsewhere:
+        raise MisconfigurationError(
+            f"{stage}(ckpt_path='last'): this run's checkpoint folders ({where}) hold no last checkpoint, and "
+            f"'last' never means another run's. Other runs have: {_listing(elsewhere)}. To continue one of them, "
+            "pass its path as ckpt_path=<path> (and, to keep logging into its folder, its version: "
+            "CSVLogger(save_dir, version=N))"
+        )
+    warnings.warn(
+        f"{stage}(ckpt_path='last'): there is no last checkpoint yet (looked in {where}). No checkpoint will be "
+        "loaded: the run starts from the module as it is. ModelCheckpoint(save_last=True) writes one.",
+        UserWarning,
+        stacklevel=3,
+    )
     return None
+
+
+def _best_checkpoint(trainer: Trainer, stage: str) -> str:
+    callback = trainer.checkpoint_callback
+    if callback is None:
+        raise MisconfigurationError(
+            f"{stage}(ckpt_path='best'): `ModelCheckpoint` is not configured (enable_checkpointing=False, or no "
+            "ModelCheckpoint in callbacks), so no checkpoint is the best one; pass a path as ckpt_path="
+        )
+    if len(trainer.checkpoint_callbacks) > 1:
+        warnings.warn(
+            f"{stage}(ckpt_path='best'): {len(trainer.checkpoint_callbacks)} ModelCheckpoint callbacks; the best "
+            "checkpoint of the first one is used",
+            UserWarning,
+            stacklevel=3,
+        )
+    path = callback.best_model_path or _best_in_folder(callback)
+    if not path:
+        if trainer.fast_dev_run:
+            raise MisconfigurationError(
+                f"{stage}(ckpt_path='best') with fast_dev_run: fast_dev_run saves no checkpoint; pass a path"
+            )
+        kept = "it keeps none (save_top_k=0)" if callback.save_top_k == 0 else "it has saved none yet"
+        raise MisconfigurationError(
+            f"{stage}(ckpt_path='best'): ModelCheckpoint(dirpath={callback.dirpath!r}) is not configured to save "
+            f"the best checkpoint or has not saved one: {kept}. Pass a path as ckpt_path="
+        )
+    if not os.path.lexists(path):
+        raise CheckpointNotFoundError(
+            f"Checkpoint file not found: {stage}(ckpt_path='best') is {path!r}, which no longer exists"
+        )
+    return path
+
+
+def _best_in_folder(callback: Any) -> str | None:
+    """In a new process: the best path the callback recorded in its own folder, from its newest checkpoint."""
+    from torchplug.callbacks import _checkpoint_folder as folder
+
+    if not callback.dirpath:
+        return None
+    newest: tuple[int, str] | None = None
+    for path in folder.own_names(callback, callback.dirpath):
+        header = read_header(path)
+        state = ((header or {}).get("callbacks") or {}).get(callback.state_key) or {}
+        best = state.get("best_model_path")
+        if best and state.get("dirpath") == callback.dirpath and os.path.lexists(best):
+            step = int(header.get("global_step", -1))  # type: ignore[union-attr]
+            if newest is None or step > newest[0]:
+                newest = (step, best)
+    return newest[1] if newest else None
+
+
+def _claimed_by_callbacks(callbacks: list[Any], found: list[str]) -> list[str] | None:
+    """``found`` when each file is the last checkpoint of a different one of ``callbacks`` (by their saved state)."""
+    owners = []
+    for path in found:
+        states = ((read_header(path) or {}).get("callbacks")) or {}
+        real = os.path.realpath(path)
+        claims = []
+        for cb in callbacks:
+            recorded = (states.get(cb.state_key) or {}).get("last_model_path")
+            if recorded and os.path.realpath(recorded) == real:
+                claims.append(cb.state_key)
+        if len(claims) != 1:
+            return None
+        owners.append(claims[0])
+    return found if len(set(owners)) == len(owners) else None
+
+
+def _last_named(directory: str) -> list[str]:
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return [os.path.join(directory, n) for n in names if re.fullmatch(r"last(-v\d+)?\.ckpt", n)]
+
+
+def _other_runs_last(trainer: Trainer) -> list[str]:
+    """Last checkpoints in the standard places of other runs: logger versions, ``<default_root_dir>/checkpoints``."""
+    from torchplug.loggers._base import FolderLogger
+
+    roots = [os.path.join(trainer.default_root_dir, "lightning_logs")]
+    roots += [logger.root_dir for logger in trainer.loggers if isinstance(logger, FolderLogger)]
+    folders = [os.path.join(trainer.default_root_dir, "checkpoints")]
+    for root in dict.fromkeys(roots):
+        try:
+            versions = sorted(os.listdir(root))
+        except OSError:
+            continue
+        folders += [os.path.join(root, v, "checkpoints") for v in versions] + [os.path.join(root, v) for v in versions]
+    return [path for f in dict.fromkeys(folders) for path in _last_named(f)]
+
+
+def _listing(paths: list[str]) -> str:
+    def describe(path: str) -> str:
+        header = read_header(path)
+        step = f"global step {header['global_step']}, " if header and "global_step" in header else ""
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(_mtime(path)))
+        return f"{path!r} ({step}written {when})"
+
+    return "; ".join(describe(p) for p in sorted(paths, key=_mtime))
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
 
 
 # ==================================================================================================== restoring
@@ -146,9 +348,10 @@ def restore(loop: Loop, path: str) -> None:
             f"ckpt_path={path!r} does not fit {type(module).__name__}: missing keys {missing}, unexpected keys "
             f"{unexpected}"
         )
-    module.on_load_checkpoint(checkpoint)  # Lightning's order: the module, then callbacks
-    for callback in trainer.callbacks:
-        callback.on_load_checkpoint(trainer, module, checkpoint)
+    with _in_hook(trainer, "on_load_checkpoint"):
+        module.on_load_checkpoint(checkpoint)  # Lightning's order: the module, then callbacks
+        for callback in trainer.callbacks:
+            callback.on_load_checkpoint(trainer, module, checkpoint)
     try:
         hook.torchplug_load_model_state_dict(trainer=trainer, module=module, state_dict=state)
     except RuntimeError as err:
@@ -158,7 +361,8 @@ def restore(loop: Loop, path: str) -> None:
     if "loops" not in checkpoint:
         raise MisconfigurationError(
             f"ckpt_path={path!r} was saved with weights_only=True and cannot resume training; load its weights with "
-            f"{type(module).__name__}.load_state_dict(torchplug.load_checkpoint(path)['state_dict']) instead"
+            f"model.load_state_dict(torchplug.load_checkpoint({path!r})['state_dict']) and call fit() without "
+            "ckpt_path"
         )
     saved = checkpoint["optimizer_states"]
     if len(saved) != len(trainer.optimizers):
@@ -174,7 +378,8 @@ def restore(loop: Loop, path: str) -> None:
     for callback in trainer.callbacks:
         if callback.state_key in callback_states:
             callback.load_state_dict(callback_states.pop(callback.state_key))
-    dropped = [f"callback {key!r}" for key, value in callback_states.items() if value]
+    missing_callbacks = [key for key, value in callback_states.items() if value]
+    dropped = [f"callback {key!r}" for key in missing_callbacks]
     if "datamodule" in checkpoint:
         if trainer.datamodule is not None:
             _profiling.call_datamodule(trainer, "load_state_dict", checkpoint["datamodule"])
@@ -186,7 +391,8 @@ def restore(loop: Loop, path: str) -> None:
     dropped += [f"plugin state {key!r}" for key in states.unread()]
     if dropped:
         warnings.warn(
-            f"ckpt_path={path!r}: nothing in this run restores {', '.join(dropped)}; that state is dropped",
+            f"ckpt_path={path!r}: nothing in this run restores {', '.join(dropped)}; that state is dropped"
+            + (f". Please add the following callbacks: {missing_callbacks} to restore it" if missing_callbacks else ""),
             UserWarning,
             stacklevel=2,
         )
@@ -360,20 +566,3 @@ def set_rng_states(trainer: Trainer, states: dict[str, Any] | None) -> None:
             return
         kind, keys, pos, has_gauss, cached = states["numpy"]
         np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
-
-
-def _safe_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """Hyperparameters as data that ``weights_only`` loading accepts; other objects become their repr."""
-
-    def convert(value: Any) -> Any:
-        if value is None or isinstance(value, (bool, int, float, str)):
-            return value
-        if isinstance(value, (list, tuple)):
-            return type(value)(convert(v) for v in value)
-        if isinstance(value, dict):
-            return {str(k): convert(v) for k, v in value.items()}
-        if isinstance(value, torch.Tensor):
-            return value.detach().cpu()
-        return repr(value)
-
-    return {str(k): convert(v) for k, v in hparams.items()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -34,10 +35,10 @@ class Training:
         self.val_plan, self.val_loaded_at = None, None
         self.val_enabled = self._validation_configured()
         self._bind_training_step()
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_hyperparams(dict(module.hparams))
         self.call("on_fit_start")
+        if trainer.checkpoint_callbacks:  # this run will save: find state a checkpoint cannot hold now, not then
+            _state.check_saveable(trainer)
+        self._log_hyperparams()
         if trainer.num_sanity_val_steps and self.val_enabled:
             rng = _state.get_rng_states(trainer)
             self._sanity_check()  # it neither changes the random state nor leaves metrics behind
@@ -45,11 +46,20 @@ class Training:
         if self.resume is not None:
             _state.set_rng_states(trainer, self.resume.rng_states)
             trainer.callback_metrics.update(self.resume.callback_metrics)  # the sanity check cleared them
-        trainer._results = Results(trainer, default_on_step=True)
+        trainer._results = Results(trainer, training=True)
         if self.train_loader is None:  # estimated_stepping_batches may have asked for it already
             self.load_train_data()
         self.val_check_batch = self._val_check_batch()
         trainer.training = True
+        in_eval = [name or type(module).__name__ for name, m in module.named_modules() if not m.training]
+        if in_eval:  # left as the user set them (a frozen submodule stays in eval), as in Lightning
+            warnings.warn(
+                f"Found {len(in_eval)} module(s) in eval mode at the start of training ({', '.join(in_eval[:5])}"
+                f"{', ...' if len(in_eval) > 5 else ''}). This may lead to unexpected behavior during training. If "
+                "this is intentional, you can ignore this warning.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.train_started = self.last_val_time = time.monotonic()
         self.call("on_train_start")
         while not self._fit_done():
@@ -59,6 +69,9 @@ class Training:
             if not trainer.num_training_batches:  # limit_train_batches=0: no training
                 break
             self._train_epoch()
+            # A stop asked for during the epoch's last batch lands here, after the epoch ended (and saved)
+            if not self._fit_done() and self.stop_check.agree():
+                raise self.stop_check.stop()
         self.call("on_train_end")
         self.call("on_fit_end")
 
@@ -78,6 +91,8 @@ class Training:
         else:
             progress.batches_done, progress.epoch_start_rng = 0, _state.get_rng_states(trainer)
         trainer.hook.torchplug_on_train_epoch_start(trainer=trainer, epoch=trainer.current_epoch)
+        if self.heartbeat is not None:
+            self.heartbeat.begin("training")
         self.call("on_train_epoch_start")
         if progress.phase == "train":
             with _profiling.action(trainer, "run_training_epoch"):
@@ -87,11 +102,12 @@ class Training:
         # that monitor metrics (checkpoints, early stopping), which so see the whole epoch, then ReduceLROnPlateau
         # schedulers (the other epoch schedulers stepped after the epoch's last batch), when the epoch was complete.
         results = trainer._results
-        results.dataloader_idx, results.default_on_step = None, False  # self.log in epoch-end hooks is per epoch
+        results.dataloader_idx = None
+        results.new_batch(None)
         epoch_logs = results.epoch_end()
         self.call("on_train_epoch_end", monitors=False)
-        results.default_on_step = True
         epoch_logs.update(results.epoch_end())
+        results.reset_metric_states()
         progress.phase = "complete"
         self.call("on_train_epoch_end", monitors=True)
         if module.automatic_optimization and self._epoch_complete():
@@ -114,18 +130,27 @@ class Training:
         schedulers = automatic and bool(trainer.lr_scheduler_configs)
         plateau_each_step = schedulers and any(c.interval == "step" and c.reduce_on_plateau
                                                for c in trainer.lr_scheduler_configs)  # fmt: skip
+        results = trainer._results
+        beat, stop_check = self.heartbeat, self.stop_check
+        stop_due = stop_check.due
         for batch, is_last in batches:
             batch_idx = progress.batches_done
             trainer._is_last_batch = is_last
             batch = prepare(batch)
-            if start_hooks and self.call("on_train_batch_start", *(batch.last[:2] if reads_iterator else
-                                                                    (batch, batch_idx))) == -1:  # fmt: skip
-                trainer._is_last_batch = True  # the rest of the epoch is skipped: the epoch ends here
-                if schedulers:
-                    _optim.step_schedulers(self, "epoch", plateau=False)
-                break
             stepped_before = trainer.global_step
-            output = step(batch, batch_idx, is_last)
+            results.new_batch(batch)
+            if batch is None:  # as in Lightning: no step for it, the batch-end hooks see no output
+                warnings.warn("train_dataloader yielded None. If this was on purpose, ignore this warning...",
+                              UserWarning, stacklevel=2)  # fmt: skip
+                output = None
+            else:
+                if start_hooks and self.call("on_train_batch_start", *(batch.last[:2] if reads_iterator else
+                                                                        (batch, batch_idx))) == -1:  # fmt: skip
+                    trainer._is_last_batch = True  # the rest of the epoch is skipped: the epoch ends here
+                    if schedulers:
+                        _optim.step_schedulers(self, "epoch", plateau=False)
+                    break
+                output = step(batch, batch_idx, is_last)
             on_batch_end("train", batch_idx)
             progress.batches_done = batch_idx + 1
             progress.total_batches += 1
@@ -146,6 +171,11 @@ class Training:
                 trainer.should_stop = True
             if (max_steps != -1 and trainer.global_step >= max_steps) or (trainer.should_stop and self._min_reached()):
                 break
+            if beat is not None:
+                beat()
+            # A signal stops the run after an optimizer step, never inside an accumulation window.
+            if trainer.global_step != stepped_before and not is_last and stop_due():
+                raise stop_check.stop()
         if reads_iterator and progress.batches_done and self._val_due(0, True):
             self.validate_during_fit()  # a step that reads the iterator itself: validation ends the epoch
 
@@ -170,6 +200,7 @@ class Training:
 
     def _automatic_step(self, batch: Any, batch_idx: int, is_last: bool) -> Any:
         trainer, closure = self.trainer, self.closure
+        self.current_hook = "training_step"
         accumulate = trainer.accumulate_grad_batches
         closure.args = (batch, batch_idx) if self.step_takes_index else (batch,)
         closure.first_in_window = batch_idx % accumulate == 0
@@ -194,6 +225,7 @@ class Training:
         return closure.output
 
     def _manual_step(self, batch: Any, batch_idx: int, is_last: bool) -> Any:
+        self.current_hook = "training_step"
         return _optim.manual_output(self.ops.forward("train", self.step_args(batch, batch_idx, 0)))
 
 
@@ -227,7 +259,11 @@ class _Closure:
         accumulate = loop.trainer.accumulate_grad_batches
         if loop.backward_hooks:
             loop.call("on_before_backward", loss)
-        loop.ops.backward(loss / accumulate if accumulate > 1 else loss, optimizer)
+        try:
+            loop.ops.backward(loss / accumulate if accumulate > 1 else loss, optimizer)
+        except RuntimeError as err:  # torch's words for a loss the step made unusable: say it in the step's terms
+            _raise_if_unusable(loss, f"training_step returned {_describe_output(output)}", err)
+            raise
         if loop.backward_hooks:
             loop.call("on_after_backward")
         return loss
@@ -239,3 +275,32 @@ def _detached(output: Any) -> Any:
     if isinstance(output, dict) and isinstance(output.get("loss"), torch.Tensor):
         return {**output, "loss": output["loss"].detach()}
     return output
+
+
+def _raise_if_unusable(loss: Any, what: str, err: RuntimeError) -> None:
+    """After backward failed: when the cause is the loss the user's step made, say so (``what`` it was)."""
+    if not isinstance(loss, torch.Tensor):
+        return
+    if loss.numel() != 1:
+        problem = (
+            f"a loss must be one number to backpropagate from, this one has {loss.numel()} elements; reduce it "
+            "(loss.mean(), loss.sum()) in training_step"
+        )
+    elif not loss.requires_grad:
+        problem = (
+            "the loss does not require grad, so nothing can be learned from it: it was detached (.detach(), "
+            ".item(), computed under torch.no_grad(), or rebuilt with torch.tensor(...)), or it depends on no "
+            "trainable parameter; return the tensor computed from the model's output"
+        )
+    else:
+        return
+    raise MisconfigurationError(f"{what}: {problem}") from err
+
+
+def _describe_output(output: Any) -> str:
+    if isinstance(output, torch.Tensor):
+        grad = f", grad_fn={type(output.grad_fn).__name__}" if output.grad_fn is not None else ", no grad_fn"
+        return f"a tensor of shape {tuple(output.shape)} (dtype {str(output.dtype).replace('torch.', '')}{grad})"
+    if isinstance(output, dict) and "loss" in output:
+        return f"a dict whose 'loss' is {_describe_output(output['loss'])}"
+    return type(output).__name__

@@ -63,3 +63,20 @@ class RunSpec:
     def num_devices(self) -> int:
         """Devices per node."""
         return len(self.device_ids)
+
+
+@dataclass(frozen=True)
+class Restart:
+    """A job that its scheduler may start again, and where it keeps what a restart resumes from (answer of
+    ``torchplug_restart_info``).
+
+    ``description`` names the job in messages (``"SLURM job 42"``); ``restarts`` counts how often the scheduler has
+    started it again (0 on the first run); ``record`` is a small JSON file naming the newest full checkpoint the job
+    saved, and ``checkpoint`` the file a stop saves to when nothing was saved at that step. Both paths stay the same
+    across restarts of the job.
+    """
+
+    description: str
+    restarts: int
+    record: str
+    checkpoint: str

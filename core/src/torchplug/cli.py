@@ -1,4 +1,5 @@
-"""``torchplug plugins [--check]``, ``torchplug env`` and ``torchplug plot``: what is installed and what it did."""
+"""``torchplug plugins [--check]``, ``torchplug env``, ``torchplug plot`` and ``torchplug new-backend``: what is
+installed, what it did, and a new backend package to start from."""
 
 from __future__ import annotations
 
@@ -152,6 +153,23 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new_backend(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from torchplug import _scaffold
+
+    try:
+        root = _scaffold.create(args.kind, args.name, Path(args.directory))
+    except (ValueError, FileExistsError) as err:
+        print(f"torchplug new-backend: {err}", file=sys.stderr)
+        return 1
+    print(f"created {root}:")
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        print(f"  {path.relative_to(root)}")
+    print(f"\nnext: cd {root} && pip install -e '.[test]' && pytest   (the conformance kit passes as made)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="torchplug", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("metrics_csv")
     p.add_argument("-o", "--output", default=None, help="PNG path (default: next to the CSV)")
     p.set_defaults(func=cmd_plot)
+    p = sub.add_parser(
+        "new-backend",
+        help="create a backend package (pyproject with its entry point, README, src/, tests running the conformance kit)",
+    )
+    p.add_argument("kind", choices=list(registry.GROUPS), help="what the backend is")
+    p.add_argument("name", help="the name users will type (Trainer(strategy='NAME')); the package is torchplug-NAME")
+    p.add_argument("--directory", default=".", help="where to create torchplug-NAME/ (default: here)")
+    p.set_defaults(func=cmd_new_backend)
     args: Any = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
     from torchplug._step import StepOps
-    from torchplug._types import ClusterInfo, World
+    from torchplug._types import ClusterInfo, Restart, World
     from torchplug.trainer import Trainer
 
 hookspec = pluggy.HookspecMarker("torchplug")
@@ -139,6 +139,49 @@ def torchplug_cluster_info(trainer: Trainer) -> ClusterInfo | None:
     Called by multi-process strategies, before and after launch, instead of reading scheduler variables
     themselves. Answered by the cluster environment plugin, if one is selected; ``None`` when none is. Stops at
     the first non-None result.
+    """
+
+
+# --------------------------------------------------------------------------------------------------------------
+# preemption and restarts: every process, around each stage (the cluster environment answers)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def torchplug_requeue_signal(trainer: Trainer) -> int | None:
+    """The signal the job's scheduler sends some time before it ends the job, asking it to save and requeue itself.
+
+    SLURM sends the one of ``#SBATCH --signal=USR1@90`` to every task. While a stage runs, this signal is a stop
+    request like SIGTERM (every rank stops after the same optimizer step, ``on_exception`` runs, a checkpoint is
+    saved for the restart, see :func:`torchplug_restart_info`); then :func:`torchplug_requeue` is called. Called at
+    the start of every stage, in every process. Answered by the cluster environment (SLURM's answers its
+    ``requeue_signal``, ``SIGUSR1`` by default, unless ``auto_requeue=False``); the default is ``None``: no such
+    signal. Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def torchplug_restart_info(trainer: Trainer) -> Restart | None:
+    """Whether this process belongs to a job its scheduler may start again, and where the job keeps its restart state.
+
+    Answered by the cluster environment with a :class:`torchplug.Restart` (SLURM: ``SLURM_JOB_ID`` and
+    ``SLURM_RESTART_COUNT``; torchelastic, when ``resume_on_restart=True``: ``TORCHELASTIC_RUN_ID`` and
+    ``TORCHELASTIC_RESTART_COUNT``); ``None`` (the default): no restarts. When answered, global rank 0 records every
+    full checkpoint that ``fit`` saves in ``record``; a stop by a signal saves ``checkpoint`` unless a checkpoint was
+    saved at that step; a restarted job's ``fit`` (``restarts >= 1``) resumes from the recorded checkpoint; a ``fit``
+    that finishes removes both files. Called in every process, at save time and at the start and end of ``fit``.
+    Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def torchplug_requeue(trainer: Trainer) -> str | None:
+    """Ask the scheduler to start this job again, after a stop on :func:`torchplug_requeue_signal`.
+
+    Called on global rank 0 only, once every rank has saved and finalized its loggers (the scheduler ends every
+    process right after a requeue: nothing may follow it). Answered by the cluster environment (SLURM runs
+    ``scontrol requeue <job id>``); return a one-line description of what was done or why it failed, for the
+    message printed at the stop. Stops at the first non-None result.
     """
 
 
@@ -335,8 +378,10 @@ def torchplug_save_checkpoint(trainer: Trainer, checkpoint: dict[str, Any], path
     Called on every rank by ``trainer.save_checkpoint``. Answered by a strategy that writes something other than
     one file (FSDP writes a directory, each rank its shard, with ``torch.distributed.checkpoint``); the default
     has global rank 0 write one file atomically, with every rank's plugin state gathered into it. The checkpoint
-    must appear at ``path`` atomically: all of it or none. Return ``True`` once written. Stops at the first
-    non-None result.
+    must appear at ``path`` atomically: all of it or none. A directory checkpoint keeps the dictionary, all but
+    the shards, in ``<path>/meta.ckpt`` (one file, as ``torchplug._checkpoint.atomic_save`` writes it): the core
+    reads that file to find "last" and "best", to tell a checkpoint directory from another folder, and to name the
+    strategy that can load it. Return ``True`` once written. Stops at the first non-None result.
     """
 
 

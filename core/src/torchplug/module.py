@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-import copy
+import builtins
+import contextlib
+import functools
 import inspect
-from collections.abc import Callable, Mapping
+import numbers
+import os
+import warnings
+from collections.abc import Callable, Generator, Iterable, Mapping, Sized
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from torchplug import _hparams, _results
 from torchplug._errors import MisconfigurationError
-from torchplug.utilities import move_data_to_device
+from torchplug._hparams import HyperparametersMixin
+from torchplug.utilities import apply_to_collection, move_data_to_device
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -31,7 +40,30 @@ _MODULE_HOOKS = (
 )  # fmt: skip
 
 
-class Module(nn.Module):
+class _ClassOnly:
+    """A classmethod that refuses to be called on an instance (whose result would be silently dropped); reading it
+    from an instance is fine (``torch.jit.script`` and ``inspect`` do)."""
+
+    def __init__(self, method: Callable[..., Any]) -> None:
+        self.method = method
+        self.__doc__ = method.__doc__
+
+    def __get__(self, instance: Any, owner: type) -> Callable[..., Any]:
+        method = self.method
+
+        @functools.wraps(method)
+        def bound(*args: Any, **kwargs: Any) -> Any:
+            if instance is not None:
+                raise TypeError(
+                    f"The classmethod `{owner.__name__}.{method.__name__}` cannot be called on an instance. Please "
+                    "call it on the class type and make sure the return value is used."
+                )
+            return method(owner, *args, **kwargs)
+
+        return bound
+
+
+class Module(HyperparametersMixin, nn.Module):
     """A ``torch.nn.Module`` that also says how to train itself.
 
     Implement ``training_step`` (return the loss, a dict with a ``"loss"`` key, or ``None`` to skip the batch) and
@@ -39,10 +71,15 @@ class Module(nn.Module):
     moves the module, its buffers and every batch; use ``self.device`` or ``tensor.type_as(x)`` for new tensors.
     """
 
+    CHECKPOINT_HYPER_PARAMS_KEY = "hyper_parameters"
+    CHECKPOINT_HYPER_PARAMS_NAME = "hparams_name"
+    CHECKPOINT_HYPER_PARAMS_TYPE = "hparams_type"
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._trainer: Trainer | None = None
-        self._hparams: dict[str, Any] = {}
+        self._strict_loading: bool | None = None
+        self._example_input_array: Any = None
         self.automatic_optimization: bool = True
 
     # ---------------------------------------------------------------- what the user implements
@@ -115,29 +152,33 @@ class Module(nn.Module):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
     def on_exception(self, exception: BaseException) -> None: ...
+
+    def on_validation_model_eval(self) -> None:
+        """Put the model in eval mode for validation (override to change that)."""
+        self.trainer.model.eval()
+
+    def on_validation_model_train(self) -> None:
+        """After validation; when overridden it replaces restoring each submodule's mode as it was before."""
+        self.trainer.model.train()
+
+    def on_test_model_eval(self) -> None:
+        """Put the model in eval mode for ``test`` (override to change that)."""
+        self.trainer.model.eval()
+
+    def on_test_model_train(self) -> None:
+        """After ``test``; when overridden it replaces restoring each submodule's mode as it was before."""
+        self.trainer.model.train()
+
+    def on_predict_model_eval(self) -> None:
+        """Put the model in eval mode for ``predict`` (override to change that)."""
+        self.trainer.model.eval()
+
     def configure_model(self) -> None:
         """Create or change layers right before setup (after ``setup``, before ``configure_optimizers``)."""
 
     def configure_callbacks(self) -> Any:
         """Callbacks this module needs: they replace the Trainer's callbacks of the same type (asked every stage)."""
         return []
-
-    # Train/eval mode around evaluation: the loop calls ``on_<stage>_model_eval`` before it and, when overridden,
-    # ``on_<stage>_model_train`` after it (otherwise every submodule gets back the mode it had).
-    def on_validation_model_eval(self) -> None:
-        self.trainer.model.eval()
-
-    def on_validation_model_train(self) -> None:
-        self.trainer.model.train()
-
-    def on_test_model_eval(self) -> None:
-        self.trainer.model.eval()
-
-    def on_test_model_train(self) -> None:
-        self.trainer.model.train()
-
-    def on_predict_model_eval(self) -> None:
-        self.trainer.model.eval()
 
     def on_validation_model_zero_grad(self) -> None:
         """Before a validation inside ``fit``: release the gradients (Lightning's default)."""
@@ -226,41 +267,147 @@ class Module(nn.Module):
     def logger(self) -> Any:
         return self._trainer.logger if self._trainer is not None else None
 
+    @property
+    def loggers(self) -> list[Any]:
+        """The trainer's loggers (an empty list without a trainer)."""
+        return list(self._trainer.loggers) if self._trainer is not None else []
+
+    @property
+    def strict_loading(self) -> bool:
+        """Whether ``load_from_checkpoint`` requires the checkpoint's keys to match the module's exactly."""
+        return self._strict_loading in (None, True)
+
+    @strict_loading.setter
+    def strict_loading(self, strict: bool) -> None:
+        self._strict_loading = strict
+
+    @property
+    def example_input_array(self) -> Any:
+        """An input for ``forward`` (a tensor, a tuple of positional inputs or a dict of keyword inputs), used by
+        ``to_onnx`` and ``to_torchscript(method="trace")``."""
+        return self._example_input_array
+
+    @example_input_array.setter
+    def example_input_array(self, example: Any) -> None:
+        self._example_input_array = example
+
     # ---------------------------------------------------------------- logging
     def log(
         self,
         name: str,
         value: Any,
         prog_bar: bool = False,
-        logger: bool = True,
+        logger: bool | None = None,
         on_step: bool | None = None,
         on_epoch: bool | None = None,
-        reduce_fx: str | Any = "mean",
+        reduce_fx: str | Callable[..., Any] = "mean",
+        enable_graph: bool = False,
         sync_dist: bool = False,
-        batch_size: int | None = None,
+        sync_dist_group: Any = None,
         add_dataloader_idx: bool = True,
+        batch_size: int | None = None,
+        metric_attribute: str | None = None,
+        rank_zero_only: bool = False,
     ) -> None:
-        """Record a scalar. In ``training_step`` the default is per step; in evaluation, per epoch (the mean).
+        """Record a scalar (a number, a one-element tensor, or a ``torchmetrics.Metric``).
 
-        Values stay on their device: they are read to the host only at the logging interval.
-        ``sync_dist=True`` reduces the value across processes with ``reduce_fx`` (mean, sum, max, min).
+        The defaults depend on the hook, as in Lightning: per step in ``training_step`` and the training batch
+        hooks, per epoch (the mean over the epoch, weighted by the batch size) in evaluation steps and in epoch
+        hooks. A value logged both ways is reported as ``name_step`` and ``name_epoch``. Values stay on their
+        device: they are read to the host only at the logging interval. ``sync_dist=True`` reduces the value
+        across processes with ``reduce_fx`` (mean, sum, max, min). A Metric is reported per step with the value
+        of its last ``forward`` and per epoch with ``compute()``; it is reset after each epoch.
         """
+        _results.check_value(name, value)
         trainer = self._trainer
-        if trainer is None or trainer._results is None:
+        if trainer is None:
+            warnings.warn(
+                "You are trying to `self.log()` but the `self.trainer` reference is not registered on the model yet. "
+                "This is most likely because the model hasn't been passed to the `Trainer`",
+                UserWarning,
+                stacklevel=2,
+            )
             return
-        trainer._results.log(
+        loop = trainer._loop
+        on_step, on_epoch = _results.logging_levels(
+            loop.current_hook if loop is not None else None, name, on_step, on_epoch
+        )
+        if add_dataloader_idx and "/dataloader_idx_" in name:
+            raise MisconfigurationError(
+                f"You called `self.log` with the key `{name}` but it should not contain information about "
+                "`dataloader_idx` when `add_dataloader_idx=True`"
+            )
+        results = trainer._results
+        if results is None:
+            raise MisconfigurationError(f"self.log({name!r}, ...) was called while no stage of the Trainer is running")
+        if logger is True and not trainer.loggers:
+            warnings.warn(
+                f"You called `self.log({name!r}, ..., logger=True)` but have no logger configured. You can enable one "
+                "by doing `Trainer(logger=ALogger(...))`",
+                UserWarning,
+                stacklevel=2,
+            )
+        results.log(
             name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist, batch_size, add_dataloader_idx
         )
 
-    def log_dict(self, dictionary: Mapping[str, Any], **kwargs: Any) -> None:
-        for name, value in dictionary.items():
-            self.log(name, value, **kwargs)
+    def log_dict(
+        self,
+        dictionary: Mapping[str, Any],
+        prog_bar: bool = False,
+        logger: bool | None = None,
+        on_step: bool | None = None,
+        on_epoch: bool | None = None,
+        reduce_fx: str | Callable[..., Any] = "mean",
+        enable_graph: bool = False,
+        sync_dist: bool = False,
+        sync_dist_group: Any = None,
+        add_dataloader_idx: bool = True,
+        batch_size: int | None = None,
+        rank_zero_only: bool = False,
+    ) -> None:
+        """``self.log`` for each item of ``dictionary`` (a ``torchmetrics.MetricCollection`` too)."""
+        if _results.is_metric_collection(dictionary):  # its metrics under their names in the collection
+            items = dictionary.items(keep_base=False, copy_state=False)  # type: ignore[call-arg]
+        else:
+            items = dictionary.items()
+        for name, value in items:
+            self.log(
+                name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
+                reduce_fx=reduce_fx, enable_graph=enable_graph, sync_dist=sync_dist, sync_dist_group=sync_dist_group,
+                add_dataloader_idx=add_dataloader_idx, batch_size=batch_size, rank_zero_only=rank_zero_only,
+            )  # fmt: skip
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on global rank 0 only (every process prints without a trainer)."""
+        if self._trainer is None or self._trainer.is_global_zero:
+            builtins.print(*args, **kwargs)
+
+    def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
+        """Every process's ``data`` (tensors, numbers, or collections of them), stacked along a new first
+        dimension of size ``world_size``; with one process, ``data`` as tensors, unchanged in shape."""
+        trainer = self._trainer
+        device = self.device
+
+        def gather(value: Any) -> torch.Tensor:
+            tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value, device=device)
+            if trainer is None or trainer.world_size == 1:
+                return tensor
+            if sync_grads:
+                raise MisconfigurationError(
+                    "all_gather(..., sync_grads=True): gradients through all_gather are not supported by "
+                    f"strategy {trainer.strategy_name!r}; gather detached values"
+                )
+            return trainer.hook.torchplug_all_gather(trainer=trainer, tensor=tensor)
+
+        return apply_to_collection(data, (torch.Tensor, numbers.Number), gather)
 
     # ---------------------------------------------------------------- manual optimization
     def optimizers(self, use_pl_optimizer: bool = True) -> Any:
         """The optimizers from ``configure_optimizers``; ``.step()`` on them runs the precision/strategy hooks."""
         loop = self.trainer._loop
-        opts = loop.handles if use_pl_optimizer and loop is not None else self.trainer.optimizers
+        handles = loop.handles if use_pl_optimizer and loop is not None else None
+        opts = handles or self.trainer.optimizers  # after a run: the optimizers themselves
         return opts[0] if len(opts) == 1 else opts
 
     def lr_schedulers(self) -> Any:
@@ -274,10 +421,23 @@ class Module(nn.Module):
         self.trainer._loop.backward(loss, optimizer)
 
     def clip_gradients(
-        self, optimizer: Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str = "norm"
+        self, optimizer: Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
     ) -> None:
+        """Clip ``optimizer``'s gradients by ``"norm"`` or ``"value"`` (the Trainer's settings when not given; a
+        value that contradicts the Trainer's ``gradient_clip_val`` is refused)."""
+        trainer = self.trainer
+        if gradient_clip_val is None:
+            gradient_clip_val = trainer.gradient_clip_val or 0.0
+        elif trainer.gradient_clip_val is not None and trainer.gradient_clip_val != gradient_clip_val:
+            raise MisconfigurationError(
+                f"You have set `Trainer(gradient_clip_val={trainer.gradient_clip_val!r})` and have passed "
+                f"`clip_gradients(gradient_clip_val={gradient_clip_val!r})`. Please use only one of them."
+            )
+        if isinstance(gradient_clip_val, bool) or not isinstance(gradient_clip_val, (int, float)):
+            raise TypeError(f"`gradient_clip_val` should be an int or a float. Got {gradient_clip_val!r}.")
+        algorithm = (gradient_clip_algorithm or trainer.gradient_clip_algorithm or "norm").lower()
         if gradient_clip_val:
-            self.trainer._loop.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            trainer._loop.clip_gradients(optimizer, gradient_clip_val, algorithm)
 
     def toggle_optimizer(self, optimizer: Any) -> None:
         """Freeze parameters owned only by other optimizers (for GAN-style manual optimization)."""
@@ -295,51 +455,112 @@ class Module(nn.Module):
             p.requires_grad_(requires_grad)
         self._toggled = {}
 
-    # ---------------------------------------------------------------- hyperparameters
-    def save_hyperparameters(self, *names: str, ignore: list[str] | str | None = None) -> None:
-        """Store the ``__init__`` arguments of the caller in ``self.hparams`` and in every checkpoint."""
-        frame = inspect.currentframe()
-        assert frame is not None and frame.f_back is not None
-        init_args: dict[str, Any] = {}
-        caller = frame.f_back
-        # Walk out through the __init__ chain of this object (subclass calling super().__init__), so the
-        # outermost class's arguments win, as in Lightning.
-        while caller is not None and caller.f_code.co_name == "__init__" and caller.f_locals.get("self") is self:
-            init_args = {**init_args, **_init_arguments(caller)}
-            caller = caller.f_back
-        if names:
-            if len(names) == 1 and isinstance(names[0], Mapping):
-                init_args = dict(names[0])
+    @contextlib.contextmanager
+    def toggled_optimizer(self, optimizer: Any) -> Generator[None, None, None]:
+        """``toggle_optimizer(optimizer)`` for the ``with`` block, ``untoggle_optimizer`` after it."""
+        self.toggle_optimizer(optimizer)
+        try:
+            yield
+        finally:
+            self.untoggle_optimizer(optimizer)
+
+    # ---------------------------------------------------------------- inference and export
+    def freeze(self) -> None:
+        """No gradients for any parameter, and eval mode (for inference)."""
+        for parameter in self.parameters():
+            parameter.requires_grad = False
+        self.eval()
+
+    def unfreeze(self) -> None:
+        """Gradients for every parameter again, and train mode."""
+        for parameter in self.parameters():
+            parameter.requires_grad = True
+        self.train()
+
+    def _example_inputs(self, given: Any, what: str) -> Any:
+        example = given if given is not None else self.example_input_array
+        if example is None:
+            raise ValueError(
+                f"{what} needs an example input: pass one, or set `model.example_input_array` (a tensor, a tuple "
+                "of positional inputs or a dict of keyword inputs for forward)"
+            )
+        return move_data_to_device(example, self.device)
+
+    @torch.no_grad()
+    def to_onnx(self, file_path: str | Path | Any, input_sample: Any = None, **kwargs: Any) -> Any:
+        """Export to ONNX with ``torch.onnx.export`` (in eval mode; each submodule's mode is restored after). Needs
+        ``onnx``."""
+        import importlib.util
+
+        if importlib.util.find_spec("onnx") is None:
+            raise ModuleNotFoundError(f"`{type(self).__name__}.to_onnx()` requires `onnx` to be installed.")
+        example = self._example_inputs(input_sample, f"{type(self).__name__}.to_onnx()")
+        modes = {m: m.training for m in self.modules()}
+        try:
+            self.eval()
+            args = example if isinstance(example, tuple) else (example,)
+            return torch.onnx.export(self, args, file_path, **kwargs)
+        finally:
+            for submodule, training in modes.items():
+                submodule.training = training
+
+    @torch.no_grad()
+    def to_torchscript(
+        self, file_path: str | Path | None = None, method: str | None = "script", example_inputs: Any = None,
+        **kwargs: Any,
+    ) -> Any:  # fmt: skip
+        """The module as a ``torch.jit.ScriptModule`` (``method="script"`` or ``"trace"``), in eval mode; saved to
+        ``file_path`` when given. Each submodule's mode is restored after."""
+        modes = {m: m.training for m in self.modules()}
+        try:
+            if method == "script":
+                scripted = torch.jit.script(self.eval(), **kwargs)
+            elif method == "trace":
+                example = self._example_inputs(example_inputs, "to_torchscript(method='trace')")
+                scripted = torch.jit.trace(func=self.eval(), example_inputs=example, **kwargs)
             else:
-                init_args = {k: init_args[k] for k in names if k in init_args}
-        ignored = [ignore] if isinstance(ignore, str) else list(ignore or [])
-        self._hparams = {k: copy.deepcopy(v) for k, v in init_args.items() if k not in ignored}
+                raise ValueError(f"to_torchscript(method={method!r}): use 'script' or 'trace'")
+        finally:
+            for submodule, training in modes.items():
+                submodule.training = training
+        if file_path is not None:
+            with open(os.fspath(file_path), "wb") as f:
+                torch.jit.save(scripted, f)
+        return scripted
 
-    @property
-    def hparams(self) -> dict[str, Any]:
-        return self._hparams
-
-
-def _init_arguments(frame: Any) -> dict[str, Any]:
-    code = frame.f_code
-    names = list(code.co_varnames[1 : code.co_argcount + code.co_kwonlyargcount])
-    values = {k: frame.f_locals[k] for k in names if k in frame.f_locals}
-    if code.co_flags & inspect.CO_VARKEYWORDS:
-        index = code.co_argcount + code.co_kwonlyargcount + bool(code.co_flags & inspect.CO_VARARGS)
-        extra = frame.f_locals.get(code.co_varnames[index], {})
-        if isinstance(extra, dict):
-            values.update(extra)
-    return values
-
+    # ---------------------------------------------------------------- checkpoints
+    @_ClassOnly
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | Path | Any,
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """A new module built with the hyperparameters saved in the checkpoint (``kwargs`` override them), holding
+        its weights. ``strict`` (default: ``strict_loading``) requires the keys to match. The file is read with
+        ``weights_only=True`` unless you pass ``weights_only=False`` for a file you trust; ``map_location`` is
+        as for ``torch.load`` (the CPU by default)."""
+        return _hparams.load_from_checkpoint(
+            cls, checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict,
+            weights_only=weights_only, **kwargs,
+        )  # fmt: skip
 
 def _unwrap(optimizer: Any) -> Any:
     return getattr(optimizer, "optimizer", optimizer)
 
 
-class DataModule:
+class DataModule(HyperparametersMixin):
     """Data in one place: ``prepare_data`` (once per node), ``setup(stage)``, the four loaders, ``teardown``."""
 
+    CHECKPOINT_HYPER_PARAMS_KEY = "datamodule_hyper_parameters"
+    CHECKPOINT_HYPER_PARAMS_NAME = "datamodule_hparams_name"
+    CHECKPOINT_HYPER_PARAMS_TYPE = "datamodule_hparams_type"
+
     def __init__(self) -> None:
+        super().__init__()
         self.trainer: Trainer | None = None
 
     def prepare_data(self) -> None: ...
@@ -374,8 +595,87 @@ class DataModule:
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         return batch
 
+    @classmethod
+    def from_datasets(
+        cls,
+        train_dataset: Dataset | Iterable[Dataset] | None = None,
+        val_dataset: Dataset | Iterable[Dataset] | None = None,
+        test_dataset: Dataset | Iterable[Dataset] | None = None,
+        predict_dataset: Dataset | Iterable[Dataset] | None = None,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        **datamodule_kwargs: Any,
+    ) -> DataModule:
+        """A datamodule whose loaders are ``DataLoader``s over the given datasets (a dataset or a collection of
+        them; the training ones shuffled). ``batch_size`` and ``num_workers`` also reach ``__init__`` where it
+        takes them; other keyword arguments are passed to it."""
+
+        def loaders(datasets: Any, shuffle: bool) -> Callable[[], Any]:
+            def make(dataset: Dataset) -> DataLoader:
+                return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=True,
+                                  shuffle=shuffle and not isinstance(dataset, IterableDataset))  # fmt: skip
+
+            return lambda: apply_to_collection(datasets, Dataset, make)
+
+        parameters = inspect.signature(cls.__init__).parameters
+        given = {"batch_size": batch_size, "num_workers": num_workers}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            given = {k: v for k, v in given.items() if k in parameters}
+        datamodule = cls(**datamodule_kwargs, **given)
+        for kind, datasets in (("train", train_dataset), ("val", val_dataset), ("test", test_dataset),
+                               ("predict", predict_dataset)):  # fmt: skip
+            if datasets is not None:
+                setattr(datamodule, f"{kind}_dataloader", loaders(datasets, shuffle=kind == "train"))
+        return datamodule
+
+    def __str__(self) -> str:
+        """Each loader's dataset size (``size=N``, ``NA`` without a length; ``None`` when there is no loader)."""
+
+        def describe(loader: Any) -> str:
+            dataset = getattr(loader, "dataset", None)
+            return f"size={len(dataset)}" if isinstance(dataset, Sized) else "size=NA"
+
+        lines = []
+        for label, kind in (("Train", "train"), ("Validation", "val"), ("Test", "test"), ("Predict", "predict")):
+            try:
+                loader = getattr(self, f"{kind}_dataloader")()
+            except Exception:
+                loader = None
+            if loader is None:
+                text = "None"
+            elif isinstance(loader, (list, tuple)):
+                text = " ; ".join(f"{i}. {describe(item)}" for i, item in enumerate(loader, 1))
+            elif isinstance(loader, Mapping):
+                text = " ; ".join(f"{i}. {describe(item)}" for i, item in enumerate(loader.values(), 1))
+            else:
+                text = describe(loader)
+            lines.append(f"{{{label} dataloader: {text}}}")
+        return os.linesep.join(lines)
+
+    @_ClassOnly
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | Path | Any,
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """A new datamodule built with the hyperparameters it saved in the checkpoint (``kwargs`` override them),
+        with its ``state_dict`` restored."""
+        return _hparams.load_from_checkpoint(
+            cls, checkpoint_path, map_location=map_location, hparams_file=hparams_file, weights_only=weights_only,
+            **kwargs,
+        )  # fmt: skip
+
 
 LightningModule = Module
 LightningDataModule = DataModule
 
-__all__ = ["DataModule", "LightningDataModule", "LightningModule", "Module"]
+# torch.jit.script compiles properties unless they are listed: these read the trainer and other Python objects.
+Module.__jit_unused_properties__ = sorted(
+    {name for name in dir(Module) if isinstance(getattr(Module, name, None), property)}
+    | set(HyperparametersMixin.__jit_unused_properties__)
+)
+
+__all__ = ["DataModule", "HyperparametersMixin", "LightningDataModule", "LightningModule", "Module"]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from torchplug import _flags, _legacy, _loop, _selection, _state, _trainer_setup
+from torchplug import _flags, _heartbeat, _legacy, _loop, _selection, _state, _stopping, _trainer_setup
 from torchplug._errors import ArgumentTypeError, MisconfigurationError
 from torchplug._states import RunningStage, StageFlag, TrainerFn, TrainerState, TrainerStatus
 from torchplug._types import World
@@ -185,6 +185,9 @@ class Trainer:
         self._data: dict[str, Any] = {}  # the loaders of the last run of each kind, as given (train, val, ...)
         self._is_last_batch = False
         self._fitted: Module | None = None  # the module the last successful fit trained
+        self._checkpoints_saved = 0
+        self._last_checkpoint: str | None = None  # the newest full checkpoint this trainer saved, and its step
+        self._last_checkpoint_step = -1
 
     def __getstate__(self) -> dict[str, Any]:
         # A spawned process rebuilds the trainer (and its plugin manager) from the constructor arguments, then takes
@@ -456,7 +459,11 @@ class Trainer:
     def _launch(self, fn: TrainerFn, **kwargs: Any) -> Any:
         self.state.fn, self.state.status = fn, TrainerStatus.RUNNING
         self.lightning_module = kwargs["model"]  # the caller's module, for strategies that return results to it
-        result = self.hook.torchplug_launch(trainer=self, function=_Launch(self, fn.value, kwargs))
+        try:
+            result = self.hook.torchplug_launch(trainer=self, function=_Launch(self, fn.value, kwargs))
+        except _stopping.Stopped:
+            self.interrupted = True  # the stage's processes stopped on a signal (ddp_spawn's caller learns it here)
+            raise
         if result is None:
             raise RuntimeError(f"strategy {self.strategy_name!r} answered torchplug_launch with None")
         return result[0]
@@ -482,4 +489,12 @@ class Trainer:
     # ==================================================================================================== checkpoints
     def save_checkpoint(self, filepath: str | os.PathLike[str], weights_only: bool = False) -> None:
         """Write a checkpoint of the whole run; every rank must call this (the strategy decides who writes what)."""
-        _state.save_checkpoint(self, os.fspath(filepath), weights_only)
+        path = os.fspath(filepath)
+        phase = _heartbeat.enter("saving a checkpoint")
+        _state.save_checkpoint(self, path, weights_only)
+        if phase is not None:
+            _heartbeat.enter(phase)
+        self._checkpoints_saved += 1
+        if not weights_only:
+            self._last_checkpoint, self._last_checkpoint_step = path, self.global_step
+            _stopping.note_saved(self, path)

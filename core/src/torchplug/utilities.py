@@ -1,4 +1,4 @@
-"""Helpers that backends and users share: moving nested batches, sharding loaders, seeding."""
+"""Helpers that backends and users share: moving nested batches, sharding loaders, seeding, rank-zero calls."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ import copy
 import dataclasses
 import functools
 import inspect
+import logging
 import os
+import pickle
 import random
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch.utils.data import (
@@ -24,6 +27,92 @@ from torch.utils.data import (
 from torchplug._combined_loader import CombinedLoader
 from torchplug._devices import parse_devices
 from torchplug._optim import LRSchedulerConfig
+
+_T = TypeVar("_T")
+
+
+class AttributeDict(dict):  # type: ignore[type-arg]
+    """A ``dict`` whose keys are also attributes: ``hparams.lr`` and ``hparams["lr"]`` are the same value."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{key}'") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self[key] = value
+
+    def __delattr__(self, key: str) -> None:
+        try:
+            del self[key]
+        except KeyError:
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{key}'") from None
+
+    def __repr__(self) -> str:
+        if not self:
+            return ""
+        keys = sorted(self, key=str)
+        labels = ['"' + str(k) + '":' for k in keys]
+        width = max(len(label) for label in labels)
+        return "\n".join(f"{label:{width}s} {self[k]}" for label, k in zip(labels, keys))
+
+
+def _rank_from_environment() -> int:
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        value = os.environ.get(key)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def rank_zero_only(fn: Callable[..., _T] | None = None, default: Any = None) -> Any:
+    """Decorate ``fn`` to run only in the process of global rank 0; elsewhere a call returns ``default``.
+
+    The rank is ``rank_zero_only.rank``: read from the environment (``RANK``, ``LOCAL_RANK``, ``SLURM_PROCID``)
+    at import, and set to the trainer's global rank when a run starts.
+    """
+    if fn is None:
+        return functools.partial(rank_zero_only, default=default)
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if rank_zero_only.rank == 0:  # type: ignore[attr-defined]
+            return fn(*args, **kwargs)
+        return default
+
+    return wrapped
+
+
+rank_zero_only.rank = _rank_from_environment()  # type: ignore[attr-defined]
+_log = logging.getLogger("torchplug")
+
+
+@rank_zero_only
+def rank_zero_warn(message: str | Warning, stacklevel: int = 4, **kwargs: Any) -> None:
+    """``warnings.warn`` on global rank 0 only (``category=`` as for ``warnings.warn``)."""
+    warnings.warn(message, stacklevel=stacklevel, **kwargs)
+
+
+@rank_zero_only
+def rank_zero_info(*args: Any, stacklevel: int = 4, **kwargs: Any) -> None:
+    """An INFO line on the ``torchplug`` logger, on global rank 0 only."""
+    _log.info(*args, stacklevel=stacklevel, **kwargs)
+
+
+@rank_zero_only
+def rank_zero_debug(*args: Any, stacklevel: int = 4, **kwargs: Any) -> None:
+    """A DEBUG line on the ``torchplug`` logger, on global rank 0 only."""
+    _log.debug(*args, stacklevel=stacklevel, **kwargs)
+
+
+def is_picklable(obj: object) -> bool:
+    """Whether ``pickle.dumps(obj)`` succeeds."""
+    try:
+        pickle.dumps(obj)
+    except (pickle.PickleError, AttributeError, RuntimeError, TypeError):
+        return False
+    return True
 
 
 def apply_to_collection(data: Any, dtype: type | tuple[type, ...], function: Callable[..., Any]) -> Any:
@@ -195,14 +284,20 @@ def seed_everything(seed: int | None = None, workers: bool = False) -> int:
 
 
 __all__ = [
+    "AttributeDict",
     "CombinedLoader",
     "LRSchedulerConfig",
     "apply_to_collection",
     "batch_mover",
     "distributed_loader",
+    "is_picklable",
     "move_data_to_device",
     "needs_distributed_sampler",
     "parse_devices",
+    "rank_zero_debug",
+    "rank_zero_info",
+    "rank_zero_only",
+    "rank_zero_warn",
     "requires_closure",
     "seed_everything",
 ]

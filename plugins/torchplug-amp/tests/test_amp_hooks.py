@@ -302,3 +302,14 @@ def test_a_used_instance_pickles_for_spawned_processes():
     _in_a_run(plugin, check)
     copy = pickle.loads(pickle.dumps(plugin))
     assert copy.scaler.get_scale() == 2.0**15
+
+
+def test_the_compute_dtype_capability_names_the_autocast_dtype() -> None:
+    """What a sharding strategy gathers parameters in (torchplug.precision.Precision.compute_dtype)."""
+    from torchplug.precision import Precision
+    from torchplug.precision.true import BFloat16Precision, FullPrecision
+
+    assert (MixedPrecision.compute_dtype, BF16MixedPrecision.compute_dtype) == (torch.float16, torch.bfloat16)
+    assert MixedPrecision().compute_dtype == MixedPrecision.dtype  # the dtype autocast computes in
+    # full precision and the *-true ones convert the parameters themselves: nothing to gather in another dtype
+    assert Precision.compute_dtype is FullPrecision.compute_dtype is BFloat16Precision.compute_dtype is None

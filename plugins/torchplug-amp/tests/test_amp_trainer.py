@@ -334,5 +334,5 @@ def test_manual_optimization_clip_gradients_unscales_once():
     for clip in (False, True):
         torch.manual_seed(0)
         precision = MixedPrecision(scaler=torch.amp.GradScaler("cpu", init_scale=1024.0))
-        torchplug.Trainer(**QUIET, precision=precision, max_steps=2).fit(Manual(clip), regression_loader(16, 8))
+        torchplug.Trainer(accelerator="cpu", **QUIET, precision=precision, max_steps=2).fit(Manual(clip), regression_loader(16, 8))
     assert norms[True] == pytest.approx(norms[False], rel=1e-3)

@@ -10,6 +10,7 @@ The plugin is always registered as the Trainer registers it; the per-batch parts
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import sys
 from collections.abc import Callable
@@ -67,8 +68,11 @@ class _Net(Module):
         self.configured: list[torch.optim.Optimizer] = []
         self.backward_losses: list[torch.Tensor] = []
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        return self.layer(batch).pow(2).mean() * self.factor
+        return self(batch).pow(2).mean() * self.factor  # through forward, which apex casts at O2/O3
 
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         self.backward_losses.append(loss.detach().clone())
@@ -262,12 +266,17 @@ def test_clipping_uses_apex_master_params(amp, monkeypatch):
         asked = []
         real = amp.master_params
         monkeypatch.setattr(amp, "master_params", lambda o: asked.append(o) or real(o))
+        masters = list(real(opt))
+        assert {p.dtype for p in masters} == {torch.float32} and {p.dtype for p in net.parameters()} == {torch.float16}
+        scaled = [p.grad.clone() for p in net.parameters()]
         ops.clip_gradients(opt, 1e-3, "norm")
         assert asked == [opt]
-        assert torch.cat([p.grad.flatten() for p in net.parameters()]).norm() == pytest.approx(1e-3, rel=1e-3)
+        # the optimizer steps the float32 masters: their gradients are clipped; the model's keep the loss scale
+        assert torch.cat([p.grad.flatten() for p in masters]).norm() == pytest.approx(1e-3, rel=1e-3)
+        assert all(torch.equal(s, p.grad) for s, p in zip(scaled, net.parameters(), strict=True))
         ops.clip_gradients(opt, 1e-5, "value")
         assert asked == [opt, opt]
-        assert max(p.grad.abs().max() for p in net.parameters()) <= 1e-5
+        assert max(p.grad.abs().max() for p in masters) <= 1e-5
 
     _in_a_run(ApexPrecision(), check)
 
@@ -305,10 +314,13 @@ def test_state_round_trip_and_another_opt_level_refused(amp):
 
 
 class _ApexNet(Module):
-    def __init__(self, amp_module, overflow_at=None) -> None:
+    """Trains on a tenth of its loss with ten times the learning rate: its gradients then stay well inside
+    float16's range at apex's first loss scale (2**16), so that only the forced overflow is skipped."""
+
+    def __init__(self, amp_module, overflow_at=None, scheduler=True) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
-        self.amp_module, self.overflow_at = amp_module, overflow_at
+        self.amp_module, self.overflow_at, self.scheduler = amp_module, overflow_at, scheduler
         self.losses: list[float] = []
 
     def forward(self, x):
@@ -318,11 +330,13 @@ class _ApexNet(Module):
         x, y = batch
         loss = nn.functional.mse_loss(self(x), y)
         self.losses.append(loss.item())
-        return loss * float("inf") if self.global_step == self.overflow_at else loss
+        return 0.1 * loss * float("inf") if self.global_step == self.overflow_at else 0.1 * loss
 
     def configure_optimizers(self):
         self.amp_module.calls.append(("configure_optimizers", {}))
-        opt = torch.optim.SGD(self.parameters(), lr=0.05)
+        opt = torch.optim.SGD(self.parameters(), lr=0.5)
+        if not self.scheduler:
+            return opt
         scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.9)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -368,7 +382,11 @@ def test_fit_calls_apex_in_the_order_it_needs(amp):
     trainer.fit(model, regression_loader(n=64, batch_size=8))
     names = [name for name, _ in amp.calls]
     assert names[:3] == ["configure_optimizers", "initialize", "wrap_module"]
-    assert names[3:] == ["scale_loss", "step"] * 2 + ["scale_loss", "skipped_step"] + ["scale_loss", "step"]
+    # at O2 zero_grad is apex's own (no set_to_none parameter), called before each backward
+    assert names[3:] == (
+        ["zero_grad", "scale_loss", "step"] * 2 + ["zero_grad", "scale_loss", "skipped_step"]
+        + ["zero_grad", "scale_loss", "step"]
+    )  # fmt: skip
     init = amp.calls[1][1]
     assert init["models"] == [model] and init["optimizers"] == trainer.optimizers
     assert init["opt_level"] == "O2" and init["num_losses"] == 1
@@ -409,9 +427,11 @@ def test_resume_loads_apex_state_last_and_refuses_another_opt_level(amp, tmp_pat
     resumed.fit(resumed_model, regression_loader(n=64, batch_size=8), ckpt_path=str(path))
     names = [name for name, _ in amp.calls]
     assert names[:4] == ["configure_optimizers", "initialize", "wrap_module", "load_state_dict"]
-    torch.testing.assert_close(seen["weight"], saved["state_dict"]["net.0.weight"])
-    assert seen["optimizer"] == saved["optimizer_states"][0]["param_groups"][0]["lr"] != 0.05
-    assert amp.calls[4] == ("scale_loss", {"optimizers": resumed.optimizers, "loss_id": 0, "scale": 2.0**15})
+    # apex's O2 model is float16 and saves float32 (its state_dict hook): the saved weights are loaded exactly
+    assert seen["weight"].dtype == torch.float16 and saved["state_dict"]["net.0.weight"].dtype == torch.float32
+    torch.testing.assert_close(seen["weight"].float(), saved["state_dict"]["net.0.weight"], rtol=0, atol=0)
+    assert seen["optimizer"] == saved["optimizer_states"][0]["param_groups"][0]["lr"] != 0.5
+    assert amp.calls[5] == ("scale_loss", {"optimizers": resumed.optimizers, "loss_id": 0, "scale": 2.0**15})
 
     del amp._torchplug_opt_level
     amp.reset()
@@ -429,3 +449,98 @@ def test_gradient_clipping_in_fit_clips_master_params(amp, monkeypatch):
     trainer = _apex_trainer(amp, precision="apex", max_steps=2, gradient_clip_val=0.5)
     trainer.fit(model, regression_loader(n=64, batch_size=8))
     assert asked == trainer.optimizers * 2
+
+
+# ------------------------------------------------------------------------------------------------ O2's zero_grad
+
+
+class _ManualApexNet(_ApexNet):
+    def __init__(self, amp_module) -> None:
+        super().__init__(amp_module, scheduler=False)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(super().training_step(batch, batch_idx))
+        opt.step()
+
+
+@pytest.mark.parametrize("optimization", ["automatic", "accumulating", "manual"])
+def test_o2_zero_grad_is_apex_s_own_and_every_path_calls_it_without_arguments(amp, optimization):
+    """apex O2 replaces ``optimizer.zero_grad`` by its own, which has no ``set_to_none`` parameter (apex 25.04's
+    ``_process_optimizer``): a core calling ``zero_grad(set_to_none=...)`` fails every O2 run at its first step.
+    Pinned here through each way the core zeroes gradients: the automatic closure, the first micro-batch of an
+    accumulation window, and ``self.optimizers().zero_grad()`` in manual optimization."""
+    model = _ManualApexNet(amp) if optimization == "manual" else _ApexNet(amp, scheduler=False)
+    accumulate = 2 if optimization == "accumulating" else 1
+    trainer = _apex_trainer(amp, precision=16, amp_level="O2", max_steps=4, accumulate_grad_batches=accumulate)
+    trainer.fit(model, regression_loader(n=64, batch_size=8))
+    [opt] = trainer.optimizers
+    assert "set_to_none" not in inspect.signature(opt.zero_grad).parameters
+    with pytest.raises(TypeError, match=r"new_zero_grad\(\) got an unexpected keyword argument 'set_to_none'"):
+        opt.zero_grad(set_to_none=True)  # what apex answers
+    names = [name for name, _ in amp.calls if name in ("zero_grad", "scale_loss", "step")]
+    assert names == ["zero_grad", *["scale_loss"] * accumulate, "step"] * 4
+    assert trainer.global_step == 4 and len(model.losses) == 4 * accumulate
+    # what O2 did to the run: a float16 model, float32 masters stepped in the optimizer, float32 checkpoints
+    assert {p.dtype for p in model.parameters()} == {torch.float16}
+    masters = list(amp.master_params(opt))
+    assert {p.dtype for p in masters} == {torch.float32} and not {id(p) for p in masters} & {id(p) for p in model.parameters()}
+    assert all(torch.equal(m.half(), p) for m, p in zip(masters, model.parameters(), strict=True))
+    assert {t.dtype for t in model.state_dict().values()} == {torch.float32}
+
+
+# ------------------------------------------------------------------------------------------------ every opt level
+
+
+@_step_replaced
+@pytest.mark.parametrize("level", ["O0", "O1", "O2", "O3"])
+def test_every_opt_level_trains_skips_an_overflow_and_resumes(amp, level, tmp_path):
+    """The CPU counterpart of test_apex_gpu.py's: trains, the forced overflow is skipped where the loss scale is
+    dynamic (O1, O2; O0 and O3 keep a static scale of 1 and take every step), a checkpoint resumes with the loss
+    scale it saved."""
+    dynamic = level in ("O1", "O2")
+    model = _ApexNet(amp, overflow_at=3 if dynamic else None)
+    trainer = _apex_trainer(amp, precision=16, amp_level=level, max_steps=16)
+    trainer.fit(model, regression_loader(n=64, batch_size=8))
+    assert model.net[0].weight.dtype == (torch.float16 if level in ("O2", "O3") else torch.float32)
+    first, last = sum(model.losses[:4]) / 4, sum(model.losses[-4:]) / 4
+    assert last < 0.5 * first, (first, last)
+    steps = [name for name, _ in amp.calls if name in ("step", "skipped_step")]
+    assert steps == (["step"] * 3 + ["skipped_step"] + ["step"] * 12 if dynamic else ["step"] * 16)
+    scale = amp.loss_scalers[0].loss_scale
+    assert scale == (2.0**15 if dynamic else 1.0)
+    path = tmp_path / "apex.ckpt"
+    trainer.save_checkpoint(path)
+
+    del amp._torchplug_opt_level  # a new process
+    amp.reset()
+    resumed_model = _ApexNet(amp)
+    resumed = _apex_trainer(amp, precision=16, amp_level=level, max_steps=20)
+    resumed.fit(resumed_model, regression_loader(n=64, batch_size=8), ckpt_path=str(path))
+    assert resumed.global_step == 20 and len(resumed_model.losses) == 4
+    assert amp.loss_scalers[0].loss_scale == scale
+    assert resumed_model.losses[0] < first
+
+
+@_step_replaced
+def test_o2_under_one_process_ddp_wraps_the_initialized_model(amp):
+    """The CPU counterpart of test_apex_gpu.py's ``test_one_process_ddp_over_nccl`` (gloo here): DDP wraps the model
+    apex cast, after ``amp.initialize`` (apex refuses a model that is already wrapped)."""
+    seen = {}
+
+    class Wrapped(Callback):
+        def on_train_start(self, trainer: Trainer, pl_module: Module) -> None:
+            seen["wrapper"] = type(trainer.model).__name__
+
+    model = _ApexNet(amp, overflow_at=2)
+    trainer = _apex_trainer(amp, strategy="ddp", devices=1, precision=16, amp_level="O2", max_steps=8,
+                            callbacks=[Wrapped()])  # fmt: skip
+    trainer.fit(model, regression_loader(n=64, batch_size=8))
+    names = [name for name, _ in amp.calls]
+    assert names[:3] == ["configure_optimizers", "initialize", "wrap_module"]
+    assert seen["wrapper"] == "DistributedDataParallel" and trainer.strategy_name == "ddp"
+    assert names.count("zero_grad") == 8 and names.count("skipped_step") == 1 and names.count("step") == 7
+    assert {p.dtype for p in model.parameters()} == {torch.float16}
+    assert sum(model.losses[-3:]) < sum(model.losses[:3])

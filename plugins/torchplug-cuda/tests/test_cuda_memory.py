@@ -81,6 +81,7 @@ def test_gpus_the_driver_cannot_map_fail_at_construction(gpus, driver, gpu_state
 
 
 @pytest.mark.gpu
+@pytest.mark.xdist_group("gpu")
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU and its driver")
 def test_memory_is_logged_at_the_logging_interval_on_a_gpu(tmp_path):
     trainer = torchplug.Trainer(

@@ -23,6 +23,7 @@ from torchplug.utilities import apply_to_collection
 
 pytestmark = [
     pytest.mark.gpu,
+    pytest.mark.xdist_group("gpu"),  # one worker runs every GPU test, one after the other
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")

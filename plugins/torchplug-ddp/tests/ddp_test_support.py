@@ -13,6 +13,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from torchplug.testing import subprocess_env
+
 PYTHON = sys.executable
 
 
@@ -36,8 +38,9 @@ def write_script(directory: Path, source: str, name: str = "script.py") -> Path:
 
 
 def clean_environment() -> dict[str, str]:
-    """``os.environ`` without the variables of a launcher, a scheduler or an earlier torchplug run."""
-    return {k: v for k, v in os.environ.items() if not _distributed_variable(k)}
+    """``os.environ`` without the variables of a launcher, a scheduler or an earlier torchplug run, with this
+    process's import path (``torchplug.testing.subprocess_env``)."""
+    return {k: v for k, v in subprocess_env().items() if not _distributed_variable(k)}
 
 
 def run(argv: list[str], cwd: Path, timeout: float = 120, env: dict[str, str] | None = None) -> Ran:

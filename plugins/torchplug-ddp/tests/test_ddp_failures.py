@@ -35,7 +35,7 @@ class Model(BoringModel):
         return super().training_step(batch, batch_idx)
 
 if __name__ == "__main__":
-    trainer = Trainer(strategy="ddp_cpu", devices=2, max_epochs=1000, **QUIET)
+    trainer = Trainer(strategy="ddp_cpu", accelerator="cpu", devices=2, max_epochs=1000, **QUIET)
     trainer.fit(Model(), DataLoader(regression_data(64), batch_size=4))
 """
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from ddp_test_support import PYTHON, processes_mentioning, run
+from ddp_test_support import PYTHON, clean_environment, processes_mentioning, run
 from test_ddp_training import SCRIPT, single_device
 
 from torchplug.distributed import find_free_port
@@ -26,7 +26,7 @@ def torchrun_two_nodes(tmp_path, **config):
                 "--master-addr", "127.0.0.1", "--master-port", str(port)]  # fmt: skip
     args = [str(script), json.dumps(config), str(tmp_path)]
     node1 = subprocess.Popen([*torchrun, "--node-rank", "1", *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                             stderr=subprocess.STDOUT, text=True, env=clean_environment())  # fmt: skip
     try:
         run([*torchrun, "--node-rank", "0", *args], tmp_path, timeout=150).check()
         out, _ = node1.communicate(timeout=60)

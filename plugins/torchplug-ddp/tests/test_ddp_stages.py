@@ -59,7 +59,7 @@ def check_against_the_reference(got, expected):
 @pytest.mark.parametrize("seed", [True, False], ids=["seed_everything", "no_seed"])
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_stages_in_one_script_under_ddp_cpu(tmp_path, python, scenario, seed):
-    config = {"scenario": scenario, "seed": seed, "batch_size": 4, "trainer": {"strategy": "ddp_cpu", "devices": 2}}
+    config = {"scenario": scenario, "seed": seed, "batch_size": 4, "trainer": {"strategy": "ddp_cpu", "accelerator": "cpu", "devices": 2}}
     reports = run_script(tmp_path, python, **config)
     assert sorted(reports) == ["rank0", "rank1"]
     r0, r1 = reports["rank0"], reports["rank1"]

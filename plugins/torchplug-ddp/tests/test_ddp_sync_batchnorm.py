@@ -17,7 +17,7 @@ from torchplug_ddp.strategies.ddp import DDPStrategy
 
 def test_cpu_refuses_sync_batchnorm_with_a_reason():
     with pytest.raises(MisconfigurationError, match="sync_batchnorm=True on the CPU: torch's SyncBatchNorm synchronises only GPU"):
-        Trainer(strategy="ddp_cpu", devices=2, sync_batchnorm=True, **QUIET)
+        Trainer(strategy="ddp_cpu", accelerator="cpu", devices=2, sync_batchnorm=True, **QUIET)
 
 
 def _free_port() -> int:
@@ -27,6 +27,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.gpu
+@pytest.mark.xdist_group("gpu")
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (DDP refuses SyncBatchNorm on the CPU)")
 def test_wrap_converts_batchnorm_in_the_users_module():
     """A real one-process NCCL group, so DistributedDataParallel can be built around the converted module."""

@@ -39,7 +39,7 @@ def single_device(tmp_path, **config):
 
 
 def test_ddp_cpu_two_processes_sync_dist_and_the_sampler(tmp_path, python):
-    _, reports = train(tmp_path, python, strategy="ddp_cpu", devices=2, batch_size=4)
+    _, reports = train(tmp_path, python, strategy="ddp_cpu", accelerator="cpu", devices=2, batch_size=4)
     assert sorted(reports) == ["rank0", "rank1"]
     r0, r1 = reports["rank0"], reports["rank1"]
     assert [(r["global_rank"], r["world_size"], r["environment"]) for r in (r0, r1)] == [(0, 2, "local"), (1, 2, "local")]
@@ -145,10 +145,10 @@ def _tolerance(precision):
 @pytest.mark.parametrize("precision", _precisions())
 def test_two_processes_of_batch_b_equal_one_process_of_batch_2b(tmp_path, python, precision):
     try:
-        Trainer(strategy="ddp_cpu", devices=2, precision=precision, logger=False)
+        Trainer(strategy="ddp_cpu", accelerator="cpu", devices=2, precision=precision, logger=False)
     except MisconfigurationError as err:
         pytest.skip(f"precision {precision!r} cannot run on the CPU here: {err}")
-    _, reports = train(tmp_path, python, strategy="ddp_cpu", devices=2, batch_size=4, precision=precision)
+    _, reports = train(tmp_path, python, strategy="ddp_cpu", accelerator="cpu", devices=2, batch_size=4, precision=precision)
     ddp = torch.tensor(reports["rank0"]["weights"])
     assert reports["rank1"]["weights"] == reports["rank0"]["weights"]
     same_data = torch.tensor(single_device(tmp_path, batch_size=8, precision=precision))

@@ -18,6 +18,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any
+from unittest import mock
 
 import pytest
 import torch
@@ -34,9 +35,17 @@ from torchplug_dp._parallel import DataParallel
 REPLICAS = 2
 
 
+def built_as_without_cuda() -> Any:
+    """torch's DataParallel moves the module to the first GPU wherever CUDA is present; the stand-ins compute on the
+    CPU, so they are built as on a machine without CUDA, on any machine (torch asks only
+    ``_get_available_device_type``, as ``torch.nn.parallel.data_parallel`` imported it)."""
+    return mock.patch("torch.nn.parallel.data_parallel._get_available_device_type", lambda: None)
+
+
 class CPUDataParallel(DataParallel):
     def __init__(self, module: nn.Module, trainer: Any) -> None:
-        super().__init__(module, [0], trainer)
+        with built_as_without_cuda():
+            super().__init__(module, [0], trainer)
         self.device_ids, self.output_device, self.dim = list(range(REPLICAS)), 0, 0
         self.threads_used: set[str] = set()
 
@@ -153,7 +162,8 @@ class Regression(Module):
 def fit(tmp_path: Any, dp: bool, **kwargs: Any) -> tuple[Regression, torchplug.Trainer]:
     model = kwargs.pop("model", None) or Regression()
     train = loader(as_dataclass=kwargs.pop("as_dataclass", False))
-    options = {"accelerator": StandInGPU(), "strategy": CPUDataParallelStrategy(), "devices": REPLICAS} if dp else {}
+    stand_in = {"accelerator": StandInGPU(), "strategy": CPUDataParallelStrategy(), "devices": REPLICAS}
+    options = stand_in if dp else {"accelerator": "cpu"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = torchplug.Trainer(max_epochs=2, num_sanity_val_steps=0, callbacks=[_KeepWrapper()], **options,

@@ -15,6 +15,7 @@ import torch
 
 import torchplug
 from torchplug import MisconfigurationError
+from torchplug._loop import Loop
 from torchplug._results import Results
 from torchplug.testing import QUIET, BoringModel
 from torchplug_dp._parallel import ReplicaResults, ReplicaTrainer, _attach, merge_logs
@@ -24,7 +25,9 @@ from torchplug_dp._parallel import ReplicaResults, ReplicaTrainer, _attach, merg
 def trainer(tmp_path: Any) -> torchplug.Trainer:
     trainer = torchplug.Trainer(accelerator="cpu", devices=1, **{**QUIET, "default_root_dir": str(tmp_path)})
     trainer.root_device = torch.device("cpu")
-    trainer._results = Results(trainer, default_on_step=True)
+    loop = trainer._loop = Loop(trainer, "fit", BoringModel(), None)
+    loop.current_hook = "training_step"  # as while the loop runs a training step: self.log logs per step
+    trainer._results = Results(trainer, training=True)
     return trainer
 
 
@@ -69,7 +72,8 @@ def test_no_logging_outside_a_loop(trainer):
     model.trainer = trainer
     replica, buffer = replica_of(model, trainer, 0)
     trainer._results = None
-    replica.log("loss", torch.tensor(1.0))
+    with pytest.raises(MisconfigurationError, match="no stage of the Trainer is running"):
+        replica.log("loss", torch.tensor(1.0))
     assert buffer.calls == []
 
 
@@ -97,7 +101,8 @@ def buffers_with(*values: Any, name: str = "loss", **options: Any) -> list[Repli
     return buffers
 
 
-DEFAULT_OPTIONS = dict(prog_bar=False, logger=True, on_step=None, on_epoch=None, reduce_fx="mean", sync_dist=False,
+# What self.log in training_step hands on (on_step/on_epoch resolved from the hook, as the replicas record them).
+DEFAULT_OPTIONS = dict(prog_bar=False, logger=True, on_step=True, on_epoch=False, reduce_fx="mean", sync_dist=False,
                        batch_size=None, add_dataloader_idx=True)  # fmt: skip
 
 
@@ -135,12 +140,12 @@ def test_numbers_and_repeated_names(trainer):
 @pytest.mark.parametrize(
     ("value", "options", "match"),
     [
-        (torch.ones(3), {}, "log a one-element tensor"),
-        (torch.tensor(1.0), {"reduce_fx": "median"}, "use 'mean', 'sum', 'max' or 'min'"),
+        (torch.ones(3), {}, "the tensor must have a single element"),
+        (torch.tensor(1.0), {"reduce_fx": "median"}, r"reduce_fx=\{min,max,mean,sum\}"),
     ],
 )
 def test_what_the_core_refuses_is_passed_on_for_it_to_explain(trainer, value, options, match):
-    with pytest.raises(MisconfigurationError, match=match):
+    with pytest.raises(ValueError, match=match):
         merge_logs(trainer, buffers_with(value, value, **options), [1, 1], torch.device("cpu"))
 
 

@@ -11,6 +11,7 @@ would leave it; the GPU tests in tests/test_gpu_dp.py make it for real.
 from __future__ import annotations
 
 from typing import Any
+from unittest import mock
 
 import pytest
 import torch
@@ -89,7 +90,8 @@ def recorded(tmp_path: Any) -> Any:
         trainer.lightning_module = module
         trainer.root_device = torch.device("cpu")
         strategy = DataParallelStrategy()
-        strategy._module = DataParallel(torch.nn.Linear(1, 1), [0], trainer)
+        with mock.patch("torch.nn.parallel.data_parallel._get_available_device_type", lambda: None):
+            strategy._module = DataParallel(torch.nn.Linear(1, 1), [0], trainer)  # on the CPU, even where CUDA is
         strategy._module.per_replica, strategy._module.shares = {("loss",)}, [3, 1]
         ops = through(strategy, trainer, default_step_ops(trainer, step_returning_its_argument))
         return lambda stage, output: ops.forward(stage, (output,))

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, RandomSampler, Sampler, TensorDataset
 
 import torchplug
 from torchplug import MisconfigurationError, registry
+from torchplug.testing import subprocess_env
 from torchplug_xla import _data, _runtime
 
 no_torch_xla = pytest.mark.skipif(
@@ -52,8 +53,8 @@ def test_loading_every_backend_does_not_import_torch_xla():
         print("torch_xla" in sys.modules)
         """
     )
-    env = {**os.environ, "PJRT_DEVICE": "CPU"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], env=subprocess_env(PJRT_DEVICE="CPU"), capture_output=True,
+                         text=True, check=True)  # fmt: skip
     assert out.stdout.strip() == "False"
 
 

@@ -23,6 +23,7 @@ from torchplug.distributed._collectives import (
     gather_objects,
 )
 from torchplug.distributed._failures import Failure, root_cause
+from torchplug.distributed._hang import DEFAULT_TIMEOUT_S as DEFAULT_HANG_TIMEOUT_S
 from torchplug.distributed._launcher import launch, launched_child, rerun_command, supervising
 from torchplug.distributed._ports import find_free_port
 from torchplug.distributed._spawn import spawn
@@ -35,6 +36,7 @@ from torchplug.distributed._strategy import (
 from torchplug.utilities import distributed_loader, needs_distributed_sampler
 
 __all__ = [
+    "DEFAULT_HANG_TIMEOUT_S",
     "Failure",
     "ProcessGroupStrategy",
     "adopt_run",

@@ -115,3 +115,26 @@ def read(error_dir: str, rank: int) -> Failure | None:
 def root_cause(failures: list[Failure]) -> Failure:
     """The earliest failure that is not a communication error, else the earliest of all."""
     return min(failures, key=lambda f: (f.secondary, f.time))
+
+
+# A rank that stopped on a signal together with the others (an agreed stop) is not a failure: it leaves this marker
+# before it exits with the stop's status, so that its supervisor waits for the others instead of stopping them.
+def stop_file(error_dir: str, rank: int) -> str:
+    return os.path.join(error_dir, f"rank{rank}.stopped")
+
+
+def write_stopped(error_dir: str, rank: int, signum: int) -> None:
+    try:
+        with open(stop_file(error_dir, rank), "w") as fh:
+            fh.write(str(signum))
+    except OSError:
+        pass
+
+
+def stopped(error_dir: str, rank: int) -> int:
+    """The signal ``rank`` stopped on (an agreed stop), or 0."""
+    try:
+        with open(stop_file(error_dir, rank)) as fh:
+            return int(fh.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0

@@ -12,6 +12,11 @@ The guarantees, and how they are kept:
   and ends the process with exit code 1.
 * Children die with rank 0, even by SIGKILL: each is started through a tiny bootstrap that sets
   ``PR_SET_PDEATHSIG`` (Linux) before ``exec``-ing the user's command, and watches its parent's pid as well.
+* A stop on a signal (:mod:`torchplug._stopping`) is agreed by every rank, so they all exit with the stop's status
+  after the same step; each child leaves a marker first, and the watchdog does not take that exit for a failure.
+* A rank that hangs is named: every rank beats into the error folder while its loop moves; when one has been silent
+  for ``hang_timeout`` seconds the watchdog dumps every rank's Python stack (faulthandler on SIGUSR2), reports the rank
+  that is not waiting in a collective, and ends the job (:mod:`torchplug.distributed._hang`).
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from torchplug import MisconfigurationError, ProcessFailedError
-from torchplug.distributed import _failures
+from torchplug import MisconfigurationError, ProcessFailedError, _stopping
+from torchplug.distributed import _failures, _hang
 from torchplug.distributed._failures import Failure
 
 ENV_LAUNCHER_PID = "TORCHPLUG_LAUNCHER_PID"
@@ -126,10 +131,12 @@ _AsyncProcessFailed.__name__ = _AsyncProcessFailed.__qualname__ = "ProcessFailed
 class _Supervisor:
     """Starts and watches the children of this process; one per process, living as long as they do."""
 
-    def __init__(self, commands: list[tuple[int, list[str], dict[str, str]]], own_rank: int, exit_timeout: float):
+    def __init__(self, commands: list[tuple[int, list[str], dict[str, str]]], own_rank: int, exit_timeout: float,
+                 hang_timeout: float | None = None):  # fmt: skip
         self.own_rank = own_rank
         self.exit_timeout = exit_timeout
         self.error_dir = tempfile.mkdtemp(prefix="torchplug-launch-")
+        self._hang = _hang.HangWatch(self.error_dir, hang_timeout or 0.0)
         self._commands = commands
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
@@ -168,14 +175,25 @@ class _Supervisor:
         self._watch()
 
     def _watch(self) -> None:
+        pids = {rank: child.pid for rank, child in self._children.items()}
+        pids[self.own_rank] = os.getpid()
         while True:
             codes = {rank: child.poll() for rank, child in self._children.items()}
-            if not self._stopping and any(code not in (None, 0) for code in codes.values()):
+            failed = [r for r, code in codes.items() if code not in (None, 0) and not self.stopped(r)]
+            if not self._stopping and failed:
                 self._on_child_failure()
                 return
             if all(code is not None for code in codes.values()):
                 return
+            hung = self._hang.check(pids) if not self._stopping else None
+            if hung is not None:
+                self._on_hang(hung)
+                return
             time.sleep(0.1)
+
+    def stopped(self, rank: int) -> bool:
+        """Whether child ``rank`` ended by a stop every rank agreed on (not a failure)."""
+        return bool(_failures.stopped(self.error_dir, rank))
 
     def alive(self) -> bool:
         return any(child.poll() is None for child in self._children.values())
@@ -207,7 +225,18 @@ class _Supervisor:
         while time.monotonic() < deadline and self.alive():
             time.sleep(0.05)
         self._decide(None)
-        self._stop_children()
+        self._end_job()
+
+    def _on_hang(self, failure: Failure) -> None:
+        with self._lock:
+            if self._failure is None:
+                self._failure = failure
+                self._decided.set()
+        self._end_job(grace=0.0)  # a hung rank cannot stop gracefully; its stack is dumped: kill
+
+    def _end_job(self, grace: float = 5.0) -> None:
+        """A failure is decided: stop the children and make rank 0's main thread raise it (or end the process)."""
+        self._stop_children(grace)
         with self._lock:
             main_handles_it, exiting = self._main_handles_it, self._exiting
         if main_handles_it:  # rank 0's main thread raises (raised) the report itself
@@ -228,12 +257,12 @@ class _Supervisor:
         sys.stdout.flush()
         os._exit(1)
 
-    def _stop_children(self) -> None:
+    def _stop_children(self, grace: float = 5.0) -> None:
         self._stopping = True
         children = [c for c in self._children.values() if c.poll() is None]
         for child in children:
-            _signal(child, signal.SIGTERM)
-        deadline = time.monotonic() + 5.0
+            _signal(child, signal.SIGTERM if grace else signal.SIGKILL)
+        deadline = time.monotonic() + grace
         for child in children:
             try:
                 child.wait(max(0.0, deadline - time.monotonic()))
@@ -252,6 +281,10 @@ class _Supervisor:
             )
         try:
             return function()
+        except _stopping.Stopped:
+            # Every rank agreed to stop after this step: the children are exiting too; give them the time to.
+            self._wait_for_children(max(60.0, _grace_s()))
+            raise
         except BaseException as exc:
             with self._lock:
                 self._main_handles_it = True
@@ -268,6 +301,13 @@ class _Supervisor:
             if own is not None and failure is own:
                 raise
             raise ProcessFailedError(failure.report()) from None
+
+    def _wait_for_children(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while self.alive() and time.monotonic() < deadline and self._failure is None:
+            time.sleep(0.05)
+        if self.alive() and self._failure is None:
+            self._stop_children()
 
     def at_exit(self) -> None:
         """The interpreter is ending: wait for the children to finish their script (or end them)."""
@@ -330,11 +370,13 @@ def launch(
     main_port: int,
     exit_timeout: float = 1800.0,
     extra_env: dict[str, str] | None = None,
+    hang_timeout: float | None = None,
 ) -> Any:
     """Start local ranks 1..N-1 by re-running this process's command, then run ``function`` as local rank 0.
 
     The children run the whole script, so later ``fit``/``test`` calls meet them again; this process keeps
-    them under its watchdog (:func:`run_supervised`) for as long as they live.
+    them under its watchdog (:func:`run_supervised`) for as long as they live. With ``hang_timeout`` (seconds) the
+    watchdog also ends the job when a rank's loop has not moved for that long, naming the rank and where it is.
     """
     global _SUPERVISOR
     if _SUPERVISOR is not None and (_SUPERVISOR.alive() or _SUPERVISOR._failure is None):
@@ -359,7 +401,8 @@ def launch(
     for key, value in {**common, "RANK": str(own_rank), "LOCAL_RANK": "0"}.items():
         _SAVED_ENVIRONMENT.setdefault(key, os.environ.get(key))
         os.environ[key] = value
-    supervisor = _Supervisor(commands, own_rank, exit_timeout)
+    supervisor = _Supervisor(commands, own_rank, exit_timeout, hang_timeout)
+    _hang.arm(supervisor.error_dir, own_rank)
     supervisor.start()
     _SUPERVISOR = supervisor
     _install_exit_handlers(supervisor)
@@ -401,6 +444,11 @@ def run_child(function: Callable[[], Any], rank: int) -> Any:
     _install_child_guards(rank)
     try:
         return function()
+    except _stopping.Stopped as stop:  # an agreed stop: the launcher waits for every rank instead of failing the job
+        error_dir = os.environ.get(ENV_ERROR_DIR)
+        if error_dir:
+            _failures.write_stopped(error_dir, rank, stop.signum)
+        raise
     except BaseException as exc:
         if not isinstance(exc, SystemExit):  # sys.exit(n) is reported by its exit code
             _record(rank, exc)
@@ -422,6 +470,8 @@ def _install_child_guards(rank: int) -> None:
         return
     _CHILD_GUARDS = True
     launcher = int(os.environ[ENV_LAUNCHER_PID])
+    if os.environ.get(ENV_ERROR_DIR):
+        _hang.arm(os.environ[ENV_ERROR_DIR], rank)
     previous = sys.excepthook
 
     def excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:

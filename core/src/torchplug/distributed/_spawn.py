@@ -2,7 +2,12 @@
 
 Each process runs the pickled ``function``; global rank 0 saves what it returned to a file in a private directory,
 which the calling process loads (``weights_only``: tensors and plain data). Failures are chosen and reported the
-same way as in :mod:`torchplug.distributed._launcher`: the root cause, once.
+same way as in :mod:`torchplug.distributed._launcher`: the root cause, once; a rank that hangs is named the same way
+(:mod:`torchplug.distributed._hang`).
+
+The calling process is not a rank. A signal it gets (SIGINT, SIGTERM) is handed to the ranks through a file they
+look at when they agree on stopping (:data:`torchplug._stopping.ENV_STOP_FILE`), so a Ctrl-C that reaches the
+caller and every rank at once is still one request; when every rank has stopped, the caller exits with their status.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import multiprocessing.connection
 import os
 import pickle
+import random
 import shutil
 import signal
 import tempfile
@@ -20,8 +26,8 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from torchplug import MisconfigurationError, ProcessFailedError
-from torchplug.distributed import _failures, _launcher
+from torchplug import MisconfigurationError, ProcessFailedError, _stopping
+from torchplug.distributed import _failures, _hang, _launcher
 
 _RESULT = "result.pt"
 
@@ -54,12 +60,16 @@ def spawn(
     main_address: str,
     main_port: int,
     start_method: str,
+    hang_timeout: float | None = None,
 ) -> tuple[bool, Any]:
     """Run ``function`` in ``num_processes`` new processes; ``(True, answer)`` where this node has global rank 0.
 
-    ``answer`` is what ``function`` returned in global rank 0; it must be tensors and plain Python data.
+    ``answer`` is what ``function`` returned in global rank 0; it must be tensors and plain Python data. Each
+    process starts from this process's random generators (torch's, Python's, NumPy's), as the stage would here: a
+    new interpreter's are seeded at random, and then ``seed_everything`` would not make two runs agree.
     """
     payload = serialize(function, start_method)
+    generators = _host_generators()
     workdir = tempfile.mkdtemp(prefix="torchplug-spawn-")
     env = {
         "MASTER_ADDR": main_address,
@@ -69,17 +79,19 @@ def spawn(
         "NODE_RANK": str(node_rank),
         _launcher.ENV_LAUNCHER_PID: str(os.getpid()),
         _launcher.ENV_ERROR_DIR: workdir,
+        _stopping.ENV_STOP_FILE: os.path.join(workdir, "stop-request"),
     }
     context = None
     try:
-        context = mp.start_processes(
-            _entry,
-            args=(payload, env, num_processes, node_rank, workdir),
-            nprocs=num_processes,
-            join=False,
-            start_method=start_method,
-        )
-        _supervise(context.processes, num_processes, node_rank, workdir)
+        with _stopping.handling((signal.SIGINT, signal.SIGTERM)):
+            context = mp.start_processes(
+                _entry,
+                args=(payload, env, num_processes, node_rank, workdir, generators),
+                nprocs=num_processes,
+                join=False,
+                start_method=start_method,
+            )
+            _supervise(context.processes, num_processes, node_rank, workdir, hang_timeout)
         path = os.path.join(workdir, _RESULT)
         if not os.path.exists(path):
             if node_rank == 0:  # global rank 0 is local rank 0 here, and it ended without finishing its stage
@@ -103,13 +115,30 @@ def spawn(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _supervise(processes: list[Any], num_processes: int, node_rank: int, workdir: str) -> None:
+def _supervise(processes: list[Any], num_processes: int, node_rank: int, workdir: str,
+               hang_timeout: float | None = None) -> None:  # fmt: skip
+    """Wait for the processes; raise the root cause of a failure or a hang, or :class:`Stopped` when they stopped."""
+    ranks = {node_rank * num_processes + i: p for i, p in enumerate(processes)}
+    hang = _hang.HangWatch(workdir, hang_timeout or 0.0)
+    relayed = False
     while True:
         running = [p for p in processes if p.exitcode is None]
-        if any(p.exitcode not in (None, 0) for p in processes):
+        if any(p.exitcode not in (None, 0) and not _failures.stopped(workdir, r) for r, p in ranks.items()):
             break
         if not running:
+            signums = [_failures.stopped(workdir, r) for r in ranks]
+            if any(signums):  # every rank stopped together after the same step: exit as they did
+                raise _stopping.Stopped(max(signums, key=lambda s: (s != signal.SIGINT, s)))
             return
+        if _stopping.requested() and not relayed:
+            relayed = True
+            with open(os.path.join(workdir, "stop-request.tmp"), "w") as fh:
+                fh.write(str(_stopping.requested()))
+            os.replace(os.path.join(workdir, "stop-request.tmp"), os.path.join(workdir, "stop-request"))
+        hung = hang.check({r: p.pid for r, p in ranks.items()})
+        if hung is not None:
+            _stop(processes, grace=0.0)  # a hung rank cannot stop gracefully; its stack is dumped: kill
+            raise ProcessFailedError(hung.report())
         multiprocessing.connection.wait([p.sentinel for p in running], timeout=0.5)
     deadline = time.monotonic() + 1.0  # let the consequences of the failure show, to choose among them
     while time.monotonic() < deadline and any(p.exitcode is None for p in processes):
@@ -125,11 +154,11 @@ def _supervise(processes: list[Any], num_processes: int, node_rank: int, workdir
     raise ProcessFailedError(_failures.root_cause(failures).report())
 
 
-def _stop(processes: list[Any]) -> None:
+def _stop(processes: list[Any], grace: float = 5.0) -> None:
     alive = [p for p in processes if p.is_alive()]
     for process in alive:
-        process.terminate()
-    deadline = time.monotonic() + 5.0
+        process.terminate() if grace else process.kill()
+    deadline = time.monotonic() + grace
     for process in alive:
         process.join(max(0.0, deadline - time.monotonic()))
         if process.is_alive():
@@ -137,8 +166,29 @@ def _stop(processes: list[Any]) -> None:
             process.join()
 
 
+def _host_generators() -> tuple[Any, ...]:
+    numpy_state = None
+    try:
+        import numpy as np
+    except ImportError:
+        pass
+    else:
+        numpy_state = np.random.get_state()
+    return torch.get_rng_state(), random.getstate(), numpy_state
+
+
+def _restore_generators(generators: tuple[Any, ...]) -> None:
+    torch_state, python_state, numpy_state = generators
+    torch.set_rng_state(torch_state)
+    random.setstate(python_state)
+    if numpy_state is not None:
+        import numpy as np
+
+        np.random.set_state(numpy_state)
+
+
 def _entry(local_rank: int, payload: Callable[[], Any] | bytes, env: dict[str, str], num_processes: int, node_rank: int,
-           workdir: str) -> None:  # fmt: skip
+           workdir: str, generators: tuple[Any, ...]) -> None:  # fmt: skip
     if hasattr(signal, "SIGKILL") and os.uname().sysname == "Linux":
         import ctypes
 
@@ -147,6 +197,7 @@ def _entry(local_rank: int, payload: Callable[[], Any] | bytes, env: dict[str, s
     os.environ.update(env)
     os.environ["RANK"], os.environ["LOCAL_RANK"] = str(rank), str(local_rank)
     function = pickle.loads(payload) if isinstance(payload, bytes) else payload
+    _restore_generators(generators)
     result = _launcher.run_child(function, rank)
     if rank == 0:
         path = os.path.join(workdir, _RESULT)

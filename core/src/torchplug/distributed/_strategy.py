@@ -20,7 +20,7 @@ from torchplug import _state
 from torchplug._errors import MisconfigurationError
 from torchplug._hooks import hookimpl
 from torchplug._types import ClusterInfo, World
-from torchplug.distributed import _collectives, _launcher, _spawn
+from torchplug.distributed import _collectives, _hang, _launcher, _spawn
 from torchplug.distributed._failures import from_exception
 from torchplug.strategies import Strategy
 from torchplug.utilities import distributed_loader, needs_distributed_sampler
@@ -49,6 +49,9 @@ class ProcessGroupStrategy(Strategy):
     * ``process_group_backend``: ``"nccl"``, ``"gloo"``, ...; default: torch's backend for the device type
       (nccl for cuda, gloo for cpu).
     * ``timeout``: how long a collective (and the rendezvous) may wait, a timedelta or seconds; 30 minutes.
+    * ``hang_timeout``: seconds a rank's loop may go without progress (a training or evaluation batch, a checkpoint
+      save) before the launcher dumps every rank's Python stack, names the rank that hangs and ends the job; 600.
+      ``None`` turns it off. Under torchrun or srun each rank watches itself and ends itself (see docs/ddp.md).
     * ``start_method``: how processes are made when nothing else started them: ``"popen"`` re-runs the user's
       command (``python train.py`` becomes N processes; nothing is pickled), ``"spawn"``/``"fork"`` start
       ``torch.multiprocessing`` workers with a pickled copy of the run and hand rank 0's outcome back to the caller.
@@ -67,9 +70,18 @@ class ProcessGroupStrategy(Strategy):
         process_group_backend: str | None = None,
         timeout: timedelta | float = timedelta(minutes=30),
         start_method: str | None = None,
+        hang_timeout: float | None = _hang.DEFAULT_TIMEOUT_S,
     ) -> None:
         self.process_group_backend = process_group_backend
         self.timeout = as_timedelta(timeout)
+        if hang_timeout is not None and (
+            isinstance(hang_timeout, bool) or not isinstance(hang_timeout, (int, float)) or hang_timeout <= 0
+        ):
+            raise MisconfigurationError(
+                f"hang_timeout={hang_timeout!r}: give the seconds a rank may make no progress (a number > 0), or None "
+                "to turn hang detection off"
+            )
+        self.hang_timeout = float(hang_timeout) if hang_timeout is not None else None
         start_method = start_method or self.default_start_method
         if start_method not in START_METHODS:
             raise MisconfigurationError(
@@ -132,6 +144,8 @@ class ProcessGroupStrategy(Strategy):
     def torchplug_launch(self, trainer: Trainer, function: Callable[[], Any]) -> tuple[Any]:
         info = self.cluster_info(trainer)
         if info.creates_processes_externally:
+            if not _launcher.supervising() and not _launcher.launched_child() and info.world_size > 1:
+                _hang.watch_self(info.global_rank, self.hang_timeout)  # torchrun's or srun's: no supervisor of ours
             return (run_started_process(function, info.global_rank),)
         if self.start_method == "popen":
             if info.world_size == 1:  # a process group of one: nothing to start
@@ -140,13 +154,13 @@ class ProcessGroupStrategy(Strategy):
                 _launcher.launch(
                     function, num_processes=trainer.num_processes, num_nodes=trainer.num_nodes,
                     node_rank=info.node_rank, main_address=info.main_address, main_port=info.main_port,
-                    exit_timeout=self.timeout.total_seconds(),
+                    exit_timeout=self.timeout.total_seconds(), hang_timeout=self.hang_timeout,
                 ),
             )  # fmt: skip
         has_answer, answer = _spawn.spawn(
             _HandBack(function), num_processes=trainer.num_processes, num_nodes=trainer.num_nodes,
             node_rank=info.node_rank, main_address=info.main_address, main_port=info.main_port,
-            start_method=self.start_method,
+            start_method=self.start_method, hang_timeout=self.hang_timeout,
         )  # fmt: skip
         return (_state.adopt_run(trainer, answer) if has_answer else None,)
 
@@ -172,8 +186,9 @@ class ProcessGroupStrategy(Strategy):
             return
         os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = info.main_address, str(info.main_port)
         dist.init_process_group(
-            self.backend(trainer), rank=info.global_rank, world_size=info.world_size, timeout=self.timeout
-        )
+            self.backend(trainer), rank=info.global_rank, world_size=info.world_size, timeout=self.timeout,
+            store=_torchelastic_attempt_store(info, self.timeout),
+        )  # fmt: skip
         atexit.register(_destroy_process_group)
 
     @hookimpl
@@ -279,6 +294,21 @@ def _record_for_torchelastic(rank: int, exc: BaseException) -> None:
             json.dump(record, fh)
     except OSError:
         pass
+
+
+def _torchelastic_attempt_store(info: ClusterInfo, timeout: timedelta) -> Any:
+    """Under torchrun, a store of this attempt's own (``None`` elsewhere: torch makes one from the environment).
+
+    torchrun (torch 2.13) keeps one rendezvous TCPStore for every restart of the workers, so a restarted process
+    group can read the addresses the previous attempt's processes left there and fail to connect (gloo: "Connection
+    refused"; checked without torchplug too). Keys under ``torchplug/attempt_<TORCHELASTIC_RESTART_COUNT>`` are new
+    for every attempt.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true":
+        return None
+    store = dist.TCPStore(info.main_address, info.main_port, world_size=info.world_size, is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"torchplug/attempt_{attempt}", store)
 
 
 def _destroy_process_group() -> None:

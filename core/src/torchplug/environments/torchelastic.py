@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import TYPE_CHECKING
 
-from torchplug import ClusterInfo, MisconfigurationError, hookimpl
+from torchplug import ClusterInfo, MisconfigurationError, Restart, hookimpl
 from torchplug.environments import ClusterEnvironment
 from torchplug.environments._checks import check_layout
 
@@ -16,9 +17,21 @@ _REQUIRED = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 class TorchElasticEnvironment(ClusterEnvironment):
-    """``torchrun --nnodes N --nproc-per-node P train.py``: every process exists before the Trainer does."""
+    """``torchrun --nnodes N --nproc-per-node P train.py``: every process exists before the Trainer does.
+
+    ``resume_on_restart=True`` (off by default): when torchrun restarts the workers after a failure
+    (``--max-restarts``), ``fit`` resumes from the newest checkpoint the run saved before, recorded in
+    ``<default_root_dir>/restart/torchelastic-<run id>.json`` (the run id stays the same across restarts).
+    """
 
     detect_order = 10
+
+    def __init__(self, resume_on_restart: bool = False) -> None:
+        if not isinstance(resume_on_restart, bool):
+            raise MisconfigurationError(
+                f"TorchElasticEnvironment(resume_on_restart={resume_on_restart!r}): use True or False"
+            )
+        self.resume_on_restart = resume_on_restart
 
     @classmethod
     def detect(cls) -> bool:
@@ -60,3 +73,16 @@ class TorchElasticEnvironment(ClusterEnvironment):
             trainer, "torchrun", nodes, world_size,
             f"start torchrun with --nnodes {trainer.num_nodes} --nproc-per-node {trainer.num_processes}",
         )  # fmt: skip
+
+    @hookimpl
+    def torchplug_restart_info(self, trainer: Trainer) -> Restart | None:
+        run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+        if not self.resume_on_restart or not run_id:
+            return None
+        base = os.path.join(trainer.default_root_dir, "restart", f"torchelastic-{re.sub(r'[^A-Za-z0-9._-]', '_', run_id)}")
+        return Restart(
+            description=f"torchelastic run {run_id}",
+            restarts=int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0),
+            record=f"{base}.json",
+            checkpoint=f"{base}.ckpt",
+        )

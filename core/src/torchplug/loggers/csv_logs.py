@@ -7,6 +7,7 @@ import dataclasses
 import enum
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ class CSVLogger(FolderLogger):
         return self._experiment
 
     # ---------------------------------------------------------------------------------------------------- what
-    def log_hyperparams(self, params: Mapping[str, Any] | Any) -> None:
+    def log_hyperparams(self, params: Mapping[str, Any] | Any = None) -> None:
         params = _as_dict(params)
         self.hparams.update(params)
         save_hparams_to_yaml(Path(self.log_dir) / self.NAME_HPARAMS_FILE, self.hparams)
@@ -74,6 +75,7 @@ class CSVLogger(FolderLogger):
     def save(self) -> None:
         if self._experiment is not None:
             self._experiment.save()
+        _write_hparams_once(self.log_dir, self.NAME_HPARAMS_FILE, self.hparams)
 
     def finalize(self, status: str) -> None:
         self.save()
@@ -176,15 +178,46 @@ def to_plain(value: Any) -> Any:
     return repr(value)
 
 
-def save_hparams_to_yaml(path: str | os.PathLike[str], hparams: Mapping[str, Any]) -> None:
+def _write_hparams_once(log_dir: str, name: str, hparams: Mapping[str, Any]) -> None:
+    """``hparams.yaml`` in a run folder that exists but has none yet (as Lightning's loggers do on ``save``)."""
+    path = Path(log_dir) / name
+    if path.parent.is_dir() and not path.exists():
+        save_hparams_to_yaml(path, hparams)
+
+
+def save_hparams_to_yaml(path: str | os.PathLike[str], hparams: Mapping[str, Any] | Any) -> None:
+    """Write ``hparams`` (a mapping, a dataclass or a Namespace) as YAML; a value that is not plain data is written
+    as its ``repr``, with a warning naming it."""
     import yaml
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(to_plain(dict(hparams)), sort_keys=False, default_flow_style=False)
+    plain = to_plain(_as_dict(hparams))
+    for key, value in _as_dict(hparams).items():
+        if _not_yaml_data(value):
+            warnings.warn(
+                f"Skipping '{key}' parameter because it is not possible to safely dump to YAML: its repr "
+                f"{plain[str(key)]!r} is written instead",
+                UserWarning,
+                stacklevel=2,
+            )
+    text = yaml.safe_dump(plain, sort_keys=False, default_flow_style=False)
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(text)
     os.replace(temporary, path)
+
+
+def _not_yaml_data(value: Any) -> bool:
+    """Whether :func:`to_plain` writes ``value`` (somewhere inside) as a ``repr``."""
+    if value is None or isinstance(value, (bool, int, float, str, enum.Enum, os.PathLike)):
+        return False
+    if isinstance(value, Mapping):
+        return any(_not_yaml_data(v) for v in value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_not_yaml_data(v) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return any(_not_yaml_data(getattr(value, f.name)) for f in dataclasses.fields(value))
+    return not (hasattr(value, "item") and getattr(value, "ndim", None) == 0)
 
 
 def load_hparams_from_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:

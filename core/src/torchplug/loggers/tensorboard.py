@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from torchplug.loggers._base import FolderLogger
-from torchplug.loggers.csv_logs import _as_dict, save_hparams_to_yaml, to_plain
+from torchplug.loggers.csv_logs import _as_dict, _write_hparams_once, save_hparams_to_yaml, to_plain
 
 _INSTALL_HINT = "pip install 'torchplug[tensorboard]'"
 
@@ -65,7 +65,7 @@ class TensorBoardLogger(FolderLogger):
             self._experiment = SummaryWriter(log_dir=self.log_dir, **self._writer_kwargs)
         return self._experiment
 
-    def log_hyperparams(self, params: Mapping[str, Any] | Any, metrics: Mapping[str, float] | None = None) -> None:
+    def log_hyperparams(self, params: Mapping[str, Any] | Any = None, metrics: Mapping[str, float] | None = None) -> None:
         params = _as_dict(params)
         self.hparams.update(params)
         save_hparams_to_yaml(Path(self.log_dir) / self.NAME_HPARAMS_FILE, self.hparams)
@@ -91,14 +91,17 @@ class TensorBoardLogger(FolderLogger):
             self.experiment.add_scalar(name, value, step)
 
     def save(self) -> None:
-        if self._experiment is not None:
-            self._experiment.flush()
+        """Flush the event file (creating the run folder, as Lightning's does) and write ``hparams.yaml`` if missing.
+        The trainer calls it on global rank 0 only."""
+        self.experiment.flush()
+        _write_hparams_once(self.log_dir, self.NAME_HPARAMS_FILE, self.hparams)
 
     def finalize(self, status: str) -> None:
         if self._experiment is not None:
             self._experiment.flush()
             self._experiment.close()
             self._experiment = None  # a later run with this logger reopens the writer
+        _write_hparams_once(self.log_dir, self.NAME_HPARAMS_FILE, self.hparams)
 
 
 def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:

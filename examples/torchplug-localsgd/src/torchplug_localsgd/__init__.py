@@ -34,6 +34,19 @@ class LocalSGDStrategy(DDPStrategy):
         ops.optimizer_step = step_then_average
         return ops
 
+    # Between averagings each process has parameters of its own, and a checkpoint's state_dict holds rank 0's:
+    # whoever creates state saves it, so every rank saves and restores its own parameters.
+    @hookimpl
+    def torchplug_state_dict(self, trainer):
+        return {"localsgd": {"parameters": [p.detach().clone() for p in trainer.lightning_module.parameters()]}}
+
+    @hookimpl
+    def torchplug_load_state_dict(self, trainer, states):
+        if "localsgd" in states:
+            with torch.no_grad():
+                for parameter, saved in zip(trainer.lightning_module.parameters(), states["localsgd"]["parameters"]):
+                    parameter.copy_(saved)
+
 
 def _keep_local_gradients(state, bucket):
     future = torch.futures.Future()

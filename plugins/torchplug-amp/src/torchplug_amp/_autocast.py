@@ -70,6 +70,7 @@ class MixedPrecision(AutocastPrecision):
     """
 
     dtype = torch.float16
+    compute_dtype = torch.float16
 
     def __init__(self, scaler: torch.amp.GradScaler | None = None) -> None:
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
@@ -161,6 +162,7 @@ class BF16MixedPrecision(AutocastPrecision):
     """``bf16-mixed`` (alias ``bf16``): bfloat16 autocast. bfloat16 has float32's range: no loss scale."""
 
     dtype = torch.bfloat16
+    compute_dtype = torch.bfloat16
 
     @hookimpl
     def torchplug_setup_environment(self, trainer: Trainer) -> None:

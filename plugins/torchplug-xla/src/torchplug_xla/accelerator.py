@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("torchplug.xla")
 
+#: The key of the XLA device's random generator among a rank's generator states (``checkpoint["ranks"][r]
+#: ["rng_states"]``), saved and restored with the host's.
+RNG_KEY = "torch_xla"
+
 # Precisions with float16 arithmetic, which TPUs do not have: they run as bfloat16 here.
 _FLOAT16_PRECISIONS = {"16-mixed": "bf16-mixed", "16": "bf16-mixed", "mixed": "bf16-mixed"}
 
@@ -53,15 +57,15 @@ class XLAAccelerator(Accelerator):
         """Versions, ``PJRT_DEVICE`` and the device count, for ``torchplug env``."""
         return _runtime.describe()
 
-    # ------------------------------------------------------------------------------------------------ configuration
-    @hookimpl
-    def torchplug_configure(self, trainer: Trainer) -> None:
-        _runtime.import_torch_xla(f"accelerator={trainer.accelerator_name!r}")
+    # ------------------------------------------------------------------------------------------------ selection
+    def __init__(self) -> None:
+        # Selected: torch_xla must be importable and a device configured, before the core counts devices.
+        _runtime.import_torch_xla("accelerator='tpu'")
         if _runtime.count_devices() == 0:
             raise MisconfigurationError(
-                f"accelerator={trainer.accelerator_name!r}: no XLA device is configured here (no TPU chips found, "
-                "PJRT_DEVICE unset). On a TPU VM install libtpu (`pip install 'torchplug-xla[tpu]'`); to run "
-                "XLA on this machine's CPU set PJRT_DEVICE=CPU (and CPU_NUM_DEVICES=N for N devices)"
+                "accelerator='tpu': no XLA device is configured here (no TPU chips found, PJRT_DEVICE unset). On a "
+                "TPU VM install libtpu (`pip install 'torchplug-xla[tpu]'`); to run XLA on this machine's CPU set "
+                "PJRT_DEVICE=CPU (and CPU_NUM_DEVICES=N for N devices)"
             )
 
     @hookimpl
@@ -92,6 +96,27 @@ class XLAAccelerator(Accelerator):
             # One replica per process (xmp.spawn): its own device is the default one. SPMD: the virtual device.
             return torch_xla.device()
         return torch_xla.device(_runtime.pin_one_device(trainer.device_ids[0]))
+
+    @hookimpl
+    def torchplug_setup_environment(self, trainer: Trainer) -> None:
+        # The device's generator (dropout on XLA) follows torch's: seeded from the host generator, so that runs
+        # from one seed_everything() seed draw the same masks, as torch.manual_seed gives CUDA.
+        import torch_xla.core.xla_model as xm
+
+        xm.set_rng_state(int(torch.randint(0, 2**62, (1,)).item()), device=trainer.root_device)
+
+    @hookimpl
+    def torchplug_get_rng_states(self, trainer: Trainer) -> dict[str, Any]:
+        import torch_xla.core.xla_model as xm
+
+        return {RNG_KEY: int(xm.get_rng_state(device=trainer.root_device))}
+
+    @hookimpl
+    def torchplug_set_rng_states(self, trainer: Trainer, states: dict[str, Any]) -> None:
+        import torch_xla.core.xla_model as xm
+
+        if RNG_KEY in states:
+            xm.set_rng_state(int(states[RNG_KEY]), device=trainer.root_device)
 
     # ------------------------------------------------------------------------------------------------ step
     @hookimpl(wrapper=True)

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from torchplug import MisconfigurationError, StepOps, hookimpl
-from torchplug.distributed import ProcessGroupStrategy
+from torchplug.distributed import DEFAULT_HANG_TIMEOUT_S, ProcessGroupStrategy
 
 if TYPE_CHECKING:
     from torchplug import Trainer
@@ -29,7 +29,7 @@ class DDPStrategy(ProcessGroupStrategy):
     * ``find_unused_parameters``, ``static_graph``, ``gradient_as_bucket_view``, ``bucket_cap_mb``,
       ``broadcast_buffers``: passed to :class:`~torch.nn.parallel.DistributedDataParallel`.
     * ``sync_batchnorm``: convert BatchNorm layers to :class:`~torch.nn.SyncBatchNorm` before wrapping.
-    * ``process_group_backend``, ``timeout``, ``start_method``: see
+    * ``process_group_backend``, ``timeout``, ``start_method``, ``hang_timeout``: see
       :class:`~torchplug.distributed.ProcessGroupStrategy`.
 
     To subclass: :meth:`wrap` makes the DistributedDataParallel (``self.ddp`` during a run), and
@@ -47,8 +47,12 @@ class DDPStrategy(ProcessGroupStrategy):
         bucket_cap_mb: float | None = None,
         broadcast_buffers: bool = True,
         start_method: str | None = None,
+        hang_timeout: float | None = DEFAULT_HANG_TIMEOUT_S,
     ) -> None:
-        super().__init__(process_group_backend=process_group_backend, timeout=timeout, start_method=start_method)
+        super().__init__(
+            process_group_backend=process_group_backend, timeout=timeout, start_method=start_method,
+            hang_timeout=hang_timeout,
+        )  # fmt: skip
         self.find_unused_parameters = bool(find_unused_parameters)
         self.sync_batchnorm = bool(sync_batchnorm)
         self.static_graph = bool(static_graph)

@@ -53,6 +53,15 @@ class XLASPMDStrategy(Strategy):
                 f"program over every device of the host ({count} here); use devices={count} or 'auto', or make "
                 "fewer devices visible (TPU_VISIBLE_CHIPS, CPU_NUM_DEVICES) before starting Python"
             )
+        if _runtime.runtime_initialized():
+            import torch_xla.runtime as xr
+
+            if not xr.is_spmd():  # switching now crashes the process (SIGSEGV) at the first step
+                raise MisconfigurationError(
+                    "strategy='xla_spmd' in a process whose XLA runtime already runs without SPMD (an earlier fit, "
+                    "or tensors moved to the XLA device): PyTorch/XLA fixes the mode when its runtime starts. Run "
+                    "xla_spmd in a new process, before anything else uses the XLA device"
+                )
 
     @hookimpl
     def torchplug_world(self, trainer: Trainer) -> World:

@@ -1,12 +1,16 @@
-"""Fixtures for people who write backends: a pytest plugin (``pytest11`` entry point, active wherever torchplug is).
+"""Fixtures for a backend's own tests (re-exported by :mod:`torchplug.testing`, the pytest plugin).
 
 ``BoringModel`` is a tiny regression model with every step implemented; ``quiet_trainer_kwargs`` turn off what a
-test rarely wants (progress bar, summary, loggers, checkpoints); ``clean_env`` restores ``os.environ`` afterwards.
+test rarely wants (progress bar, summary, loggers, checkpoints); ``clean_env`` restores ``os.environ`` afterwards;
+``subprocess_env`` is the environment for a Python child process that must import what the test process imports.
 """
 
 from __future__ import annotations
 
 import os
+import site
+import sys
+import sysconfig
 from collections.abc import Iterator
 from typing import Any
 
@@ -87,4 +91,31 @@ def clean_env() -> Iterator[None]:
     os.environ.update(saved)
 
 
-__all__ = ["QUIET", "BoringModel", "clean_env", "quiet_trainer_kwargs", "regression_data", "regression_loader"]
+def subprocess_env(*prepend: str | os.PathLike[str], **variables: str) -> dict[str, str]:
+    """``os.environ`` for a child ``sys.executable`` that must import what this process imports, plus ``variables``.
+
+    ``PYTHONPATH`` becomes the folders in ``prepend``, then every entry of this process's ``sys.path`` that the
+    interpreter does not add by itself (the standard library and site-packages are left out): what ``PYTHONPATH``
+    gave this process, and folders a test runner or the program inserted. So a torchplug found only that way (wheels
+    installed with ``pip install --no-deps --target DIR`` and ``PYTHONPATH=DIR``, as on GPU clusters without
+    network) is found in the child too. Relative entries are made absolute: the child may run elsewhere.
+    """
+    entries = [os.path.abspath(os.fspath(p)) for p in prepend]
+    entries += [os.path.abspath(p) for p in sys.path if p and os.path.exists(p) and not _interpreters_own(p)]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(entries)), **variables}
+
+
+def _interpreters_own(path: str) -> bool:
+    """Whether the interpreter puts ``path`` on ``sys.path`` by itself: its standard library (and the folders in
+    it, lib-dynload) and its site-packages."""
+    stdlib = {os.path.abspath(sysconfig.get_path(key)) for key in ("stdlib", "platstdlib")}
+    sites = {os.path.abspath(p) for p in [sysconfig.get_path("purelib"), sysconfig.get_path("platlib"),
+                                          *site.getsitepackages()]}  # fmt: skip
+    path = os.path.abspath(path)
+    return path in stdlib or path in sites or os.path.dirname(path) in stdlib
+
+
+__all__ = [
+    "QUIET", "BoringModel", "clean_env", "quiet_trainer_kwargs", "regression_data", "regression_loader",
+    "subprocess_env",
+]  # fmt: skip
