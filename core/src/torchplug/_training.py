@@ -138,7 +138,7 @@ class Training:
             trainer._is_last_batch = is_last
             batch = prepare(batch)
             stepped_before = trainer.global_step
-            results.new_batch(batch)
+            results.new_batch(None if reads_iterator else batch)  # a step's iterator is not read for a batch size
             if batch is None:  # as in Lightning: no step for it, the batch-end hooks see no output
                 warnings.warn("train_dataloader yielded None. If this was on purpose, ignore this warning...",
                               UserWarning, stacklevel=2)  # fmt: skip
