@@ -12,8 +12,9 @@ import torchplug
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*ROOT.glob("core/src/torchplug/**/*.py"), *ROOT.glob("plugins/*/src/**/*.py")])
-# Strings that look like dotted names but are not code: logger names, rendezvous tags, entry-point groups.
-NOT_CODE = {"torchplug.xla", "torchplug.barrier", "torchplug.broadcast", "torchplug.precisions"}
+# Strings that look like dotted names but are not code: logger names, rendezvous tags, entry-point groups; and a
+# device module of another torch build that the new-backend scaffold names as an example (torch.npu: Ascend's).
+NOT_CODE = {"torchplug.xla", "torchplug.barrier", "torchplug.broadcast", "torchplug.precisions", "torch.npu.set_device"}
 
 
 def _strings(path: Path) -> list[str]:

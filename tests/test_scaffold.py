@@ -50,8 +50,9 @@ def test_a_new_backend_of_each_kind_installs_and_passes_the_conformance_kit(tmp_
          "--disable-pip-version-check", "--target", str(site), *map(str, packages)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
-    # their tests exactly as made; importlib mode because each package's file is tests/test_conformance.py, and
-    # the rootdir given so that node ids start with the package's folder
+    # their tests exactly as made; importlib mode because each package's file is tests/test_conformance.py. The
+    # rootdir is named: pytest 9 otherwise roots the session in the first package (its pyproject.toml) and gives the
+    # other packages' tests node ids under that package's name.
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--import-mode=importlib", "-q", "-rA",
          f"--rootdir={tmp_path}", f"--basetemp={tmp_path / 'kit'}", *(f"{p.name}/tests" for p in packages)],

@@ -435,7 +435,7 @@ def test_the_local_sgd_example_passes_the_conformance_kit(localsgd, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", f"--basetemp={tmp_path / 'kit'}",
          "test_localsgd.py"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(localsgd)}, capture_output=True, text=True, timeout=900,
+        cwd=tmp_path, env=subprocess_env(localsgd), capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-6000:]
     passed = {line.split("::")[-1].strip() for line in result.stdout.splitlines() if line.startswith("PASSED ")}
@@ -609,8 +609,8 @@ class ForgetfulLocalSGDStrategy(DDPStrategy):
         ops = yield from super().torchplug_step_ops(trainer)
         step = ops.optimizer_step
 
-        def step_then_average(optimizer, closure):
-            taken = step(optimizer, closure)
+        def step_then_average(optimizer, closure, **kwargs):
+            taken = step(optimizer, closure, **kwargs)
             if (trainer.global_step + 1) % 4 == 0:
                 for parameter in trainer.lightning_module.parameters():
                     torch.distributed.all_reduce(parameter.data)
@@ -694,7 +694,7 @@ def kit_on_defects(tmp_path_factory) -> dict[tuple[str, str], tuple[str, str]]:
     subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", f"--junitxml={report}",
          f"--basetemp={base / 'kit'}", *node_ids],
-        cwd=base, env={**os.environ, "PYTHONPATH": str(target)}, capture_output=True, text=True, timeout=900,
+        cwd=base, env=subprocess_env(target), capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     outcomes = {}
     for case in ElementTree.parse(report).iter("testcase"):

@@ -599,8 +599,8 @@ def test_directory_checkpoints_top_k_last_and_resume(tmp_path: Path, save_last: 
     assert all((folder / name).is_dir() for name in _names(folder))
     assert (folder / "last.ckpt").is_symlink() == (save_last == "link")
     assert load_checkpoint(folder / "last.ckpt" / "meta.ckpt")["epoch"] == 4
-    # a fresh run with the same callback finds "last" and "best" among directories (best: from the callback state
-    # in their meta.ckpt)
+    # a fresh run with the same callback finds "last" and "best" among directories in its folder ("last" means this
+    # run's; best: from the callback state in their meta.ckpt)
     for which, expected in (("last", folder / "last.ckpt"), ("best", folder / "epoch=3.ckpt")):
         again = ModelCheckpoint(dirpath=folder, filename="{epoch}", monitor="score", save_top_k=2, save_last=save_last)
         resumed = _trainer(tmp_path, [again], max_epochs=5, plugins=[DirectoryCheckpoints()])

@@ -77,7 +77,9 @@ def test_step_scheduler_logged_every_log_every_n_steps(tmp_path: Path) -> None:
 
 def test_logging_interval_overrides(tmp_path: Path) -> None:
     # Without a scheduler an optimizer logs per step; logging_interval="epoch" moves it to epoch starts.
-    assert [s for s, _ in _fit(tmp_path / "a", LearningRateMonitor(), "none").values("lr-SGD/pg1")] == [1, 3, 5, 7, 9, 11]
+    # without a scheduler: at the logging steps and, as in Lightning, at each epoch's start too
+    assert [s for s, _ in _fit(tmp_path / "a", LearningRateMonitor(), "none").values("lr-SGD/pg1")] == [
+        0, 1, 3, 4, 5, 7, 8, 9, 11]  # fmt: skip
     assert [s for s, _ in _fit(tmp_path / "b", LearningRateMonitor("epoch"), "none").values("lr-SGD/pg1")] == [0, 4, 8]
     assert [s for s, _ in _fit(tmp_path / "c", LearningRateMonitor("step"), "epoch").values("lr-SGD/pg1")] == [
         1, 3, 5, 7, 9, 11,
@@ -86,7 +88,7 @@ def test_logging_interval_overrides(tmp_path: Path) -> None:
 
 def test_gradient_accumulation_logs_each_step_once(tmp_path: Path) -> None:
     recorder = _fit(tmp_path, LearningRateMonitor(), "none", accumulate_grad_batches=2)  # 2 steps per epoch
-    assert [s for s, _ in recorder.values("lr-SGD/pg1")] == [1, 3, 5]
+    assert [s for s, _ in recorder.values("lr-SGD/pg1")] == [0, 1, 2, 3, 4, 5]  # epoch starts (0, 2, 4) and steps
 
 
 def test_names_of_several_optimizers() -> None:
@@ -99,14 +101,14 @@ def test_names_of_several_optimizers() -> None:
                                               interval="epoch")],  # fmt: skip
         optimizers=[adam1, adam2, sgd],
     )
-    names = [(name, LearningRateMonitor._group_name(name, opt, 0)) for name, opt, _ in LearningRateMonitor._tracked(trainer)]
-    assert names == [("lr-SGD", "lr-SGD"), ("lr-Adam-1", "lr-Adam-1"), ("lr-Adam-2", "lr-Adam-2/head")]
+    names = [names for names, _, _ in LearningRateMonitor._tracked(trainer)]
+    assert names == [["lr-SGD"], ["lr-Adam"], ["lr-Adam-1/head"]]  # Lightning's names
 
 
 def test_needs_a_logger(tmp_path: Path) -> None:
     trainer = torchplug.Trainer(accelerator="cpu", default_root_dir=tmp_path, logger=False, callbacks=[LearningRateMonitor()],
                                 max_epochs=1, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
-    with pytest.raises(MisconfigurationError, match="LearningRateMonitor needs a logger"):
+    with pytest.raises(MisconfigurationError, match="Cannot use `LearningRateMonitor` callback with `Trainer` that has no logger"):
         trainer.fit(Net("none"), DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=4))
     with pytest.raises(MisconfigurationError, match="logging_interval='batch'"):
         LearningRateMonitor("batch")

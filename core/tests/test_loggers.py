@@ -183,3 +183,28 @@ def test_fit_writes_csv_and_tensorboard(tmp_path: Path) -> None:
     events = _events(tb_logger.log_dir)
     assert [(e.step, e.value) for e in events.Scalars("train_loss")] == [(s, pytest.approx(v)) for s, v in train]
     assert [e.step for e in events.Scalars("val_loss")] == [7, 15]
+
+
+def test_dummy_logger_accepts_anything_and_fast_dev_run_uses_it(tmp_path: Path) -> None:
+    from torchplug.loggers import DummyExperiment, DummyLogger
+
+    logger = DummyLogger()
+    logger.log_metrics("anything", 2, three=3)
+    logger.log_text("a logger-specific method")
+    logger.experiment.add_image("x", None)
+    experiment = DummyExperiment()
+    experiment["key"] = "value"
+    assert experiment["key"] is experiment
+    assert isinstance(torchplug.Trainer(fast_dev_run=True, default_root_dir=tmp_path).logger, DummyLogger)
+
+
+def test_default_logger_is_lightnings_and_any_logger_like_object_is_accepted(tmp_path: Path) -> None:
+    from unittest.mock import Mock
+
+    trainer = torchplug.Trainer(default_root_dir=tmp_path)
+    assert isinstance(trainer.logger, TensorBoardLogger)  # tensorboard is installed here, as Lightning picks it
+    mock = Mock(save_dir=str(tmp_path / "mock"))
+    trainer = torchplug.Trainer(default_root_dir=tmp_path, logger=mock, max_steps=1, enable_progress_bar=False)
+    assert trainer.logger is mock and trainer.log_dir == str(tmp_path / "mock")
+    trainer.loggers = None
+    assert trainer.loggers == []

@@ -1,4 +1,6 @@
-"""How the core zeroes gradients (``Module.optimizer_zero_grad``, ``OptimizerHandle.zero_grad``, the training
+"""configure_optimizers' forms and warnings, the optimizer handle (LightningOptimizer), when schedulers step.
+
+How the core zeroes gradients (``Module.optimizer_zero_grad``, ``LightningOptimizer.zero_grad``, the training
 closure): always ``optimizer.zero_grad()`` without arguments, the one call every optimizer wrapper accepts. NVIDIA
 apex at O2 replaces ``zero_grad`` by a function that has no ``set_to_none`` parameter; the optimizers here get a
 wrapper of that shape (torchplug-apex's tests check apex's own through its stand-in)."""
@@ -11,8 +13,138 @@ from typing import Any
 import pytest
 import torch
 
-from torchplug import Trainer
+from torchplug import Callback, LightningOptimizer, MisconfigurationError, Trainer
 from torchplug.testing import QUIET, BoringModel, regression_loader
+
+
+def test_no_optimizer_warns_and_trains_without_one():
+    class NoOptimizer(BoringModel):
+        def configure_optimizers(self):
+            return None
+
+    model = NoOptimizer()
+    before = model.layer.weight.detach().clone()
+    trainer = Trainer(**QUIET, max_epochs=1)
+    with pytest.warns(UserWarning, match=r"configure_optimizers` returned `None`, this fit will run with no optimizer"):
+        trainer.fit(model, regression_loader(16, 8))
+    assert trainer.global_step == 2 and torch.equal(model.layer.weight, before) and trainer.optimizers == []
+
+
+def test_plateau_forms_strictness_and_unknown_keys():
+    class Plateau(BoringModel):
+        def __init__(self, scheduler):
+            super().__init__()
+            self.scheduler = scheduler
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5)
+            if self.scheduler == "top-level monitor":
+                return {"optimizer": opt, "lr_scheduler": plateau, "monitor": "train_loss"}
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "missing", "strict": False,
+                                                       "unknown": 1}}  # fmt: skip
+
+    trainer = Trainer(**QUIET, max_epochs=3)
+    trainer.fit(Plateau("top-level monitor"), regression_loader(16, 8))
+    assert trainer.lr_scheduler_configs[0].monitor == "train_loss" and trainer.lr_scheduler_configs[0].reduce_on_plateau
+    with pytest.warns(RuntimeWarning) as seen:
+        Trainer(**QUIET, max_epochs=1).fit(Plateau("not strict"), regression_loader(16, 8))
+    messages = [str(w.message) for w in seen]
+    assert any("unsupported keys in the lr scheduler dict: {'unknown'}" in m for m in messages)
+    assert any("conditioned on metric missing which is not available but strict is set to `False`" in m
+               for m in messages)  # fmt: skip
+
+    class Missing(BoringModel):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return [opt], [torch.optim.lr_scheduler.ReduceLROnPlateau(opt)]
+
+    with pytest.raises(MisconfigurationError, match="must include a monitor when a `ReduceLROnPlateau`"):
+        Trainer(**QUIET, max_epochs=1).fit(Missing(), regression_loader(16, 8))
+
+
+class Sam(torch.optim.SGD):
+    """A SAM-like optimizer: its step needs the closure (called between two updates) and takes a keyword."""
+
+    def __init__(self, params):
+        super().__init__(params, lr=0.1)
+        self.seen = []
+
+    def step(self, closure=None, rho=None):
+        assert closure is not None
+        self.seen.append(rho)
+        closure()
+        return super().step()
+
+
+def test_the_handle_is_lightnings_optimizer_and_always_passes_the_closure():
+    class Manual(BoringModel):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            assert isinstance(opt, LightningOptimizer) and isinstance(opt, Sam) and repr(opt).startswith("LightningSam")
+            assert opt.param_groups is opt.optimizer.param_groups
+
+            def closure():
+                loss = self._loss(batch)
+                opt.zero_grad()
+                self.manual_backward(loss)
+                return loss
+
+            opt.step(closure=closure, rho=0.05)
+
+        def configure_optimizers(self):
+            return Sam(self.parameters())
+
+    model = Manual()
+    trainer = Trainer(**QUIET, max_epochs=1)
+    trainer.fit(model, regression_loader(16, 8))
+    assert trainer.optimizers[0].seen == [0.05, 0.05] and trainer.global_step == 2
+
+    class Automatic(BoringModel):
+        def configure_optimizers(self):
+            return Sam(self.parameters())
+
+    trainer = Trainer(**QUIET, max_epochs=1)
+    trainer.fit(Automatic(), regression_loader(16, 8))
+    assert trainer.optimizers[0].seen == [None, None]
+
+    plain = LightningOptimizer(torch.optim.Adam(torch.nn.Linear(2, 2).parameters()))
+    assert isinstance(plain, torch.optim.Adam) and plain.state is plain.optimizer.state
+
+    class NoClosure(BoringModel):
+        def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+            pass
+
+    with pytest.raises(MisconfigurationError, match="The closure hasn't been executed"):
+        Trainer(**QUIET, max_steps=1).fit(NoClosure(), regression_loader(16, 8))
+
+
+def test_schedulers_step_at_lightnings_times():
+    """Epoch schedulers step after the epoch's last batch (a checkpoint in on_train_batch_end sees it), plateau ones
+    after the epoch-end hooks; an epoch cut short by max_steps steps neither."""
+    seen = []
+
+    class Watch(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(("batch_end", batch_idx, trainer.optimizers[0].param_groups[0]["lr"]))
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            seen.append(("epoch_end", trainer.optimizers[0].param_groups[0]["lr"]))
+
+    class Step(BoringModel):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=1.0)
+            return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)]
+
+    Trainer(**QUIET, max_epochs=1, callbacks=[Watch()]).fit(Step(), regression_loader(16, 8))
+    assert seen == [("batch_end", 0, 1.0), ("batch_end", 1, 0.5), ("epoch_end", 0.5)]
+    trainer = Trainer(**QUIET, max_steps=1)
+    trainer.fit(Step(), regression_loader(16, 8))
+    assert trainer.optimizers[0].param_groups[0]["lr"] == 1.0
 
 
 def _wrapped(optimizer: torch.optim.Optimizer, calls: list[torch.optim.Optimizer]) -> torch.optim.Optimizer:

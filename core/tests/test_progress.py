@@ -74,10 +74,10 @@ def test_plain_lines_when_stdout_is_not_a_terminal(tmp_path: Path, capsys: pytes
     assert all(parsed), [line for line, m in zip(lines, parsed, strict=True) if not m]
     for epoch in (0, 1):
         mine = [m for m in parsed if m and m.group(1) == str(epoch)]
-        assert {m.group(3) for m in mine} == {"25"}  # 20 training + 5 validation batches, like Lightning's bar
+        assert {m.group(3) for m in mine} == {"20"}  # the training batches (validation has a bar of its own)
         assert 5 <= len(mine) <= 11  # about every 10%, not every batch
         done = [int(m.group(2)) for m in mine]
-        assert done == sorted(done) and done[-1] == 25 and mine[-1].group(5).startswith("took")
+        assert done == sorted(done) and done[-1] == 20 and mine[-1].group(5).startswith("took")
         final = dict(item.split("=") for item in mine[-1].group(6).split())
         assert set(final) == {"loss", "val_loss", "v_num"} and final["v_num"] == "0"
         assert float(final["loss"]) >= 0 and float(final["val_loss"]) >= 0
@@ -123,7 +123,7 @@ def test_tqdm_bar_when_forced(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     _trainer(tmp_path, ProgressBar(plain=False), max_epochs=1, logger=False).fit(Net(), _loader(6), _loader(2))
     out = capsys.readouterr().out
     assert "\r" in out
-    assert re.search(r"Epoch 0/0: 100%\|.*\| 8/8 \[[\d:]+<[\d:]+, +[\d.]+it/s, loss=[\d.e-]+, val_loss=", out)
+    assert re.search(r"Epoch 0/0: 100%\|.*\| 6/6 \[[\d:]+<[\d:]+, +[\d.]+it/s, loss=[\d.e-]+, val_loss=", out)
     assert "Sanity Checking" in out and "Validation" in out
 
 
@@ -193,3 +193,36 @@ def test_a_real_terminal_gets_a_bar(tmp_path: Path) -> None:
     assert child.returncode == 0, out
     assert "\r" in out and re.search(r"Epoch 0/0: 100%\|.*\| 4/4 .*it/s, loss=", out), out
     assert "batch 4/4 (100%)" not in out  # not the plain-line style
+
+
+def test_lightnings_progress_bar_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import copy
+    import pickle
+
+    from torchplug.callbacks import TQDMProgressBar
+    from torchplug.callbacks.progress import Tqdm
+
+    trainer = _trainer(tmp_path, max_epochs=2, logger=False)
+    bar = trainer.progress_bar_callback
+    assert isinstance(bar, TQDMProgressBar) and bar.refresh_rate == 1 and bar.is_enabled and not bar.is_disabled
+    model = Net()
+    trainer.fit(model, _loader(6), _loader(3))
+    assert (bar.train_progress_bar.n, bar.train_progress_bar.total) == (6, 6)
+    assert (bar.val_progress_bar.n, bar.val_progress_bar.total) == (3, 3)
+    assert bar.total_train_batches == 6 and bar.trainer is trainer and bar.pl_module is model
+    assert set(bar.get_metrics(trainer, model)) == {"loss", "val_loss"}
+    pickle.loads(pickle.dumps(trainer))  # a trainer holding the bar pickles and copies (stdout stays behind)
+    copy.deepcopy(bar)
+    trainer.test(model, _loader(2))
+    assert (bar.test_progress_bar.n, bar.test_progress_bar.total) == (2, 2)
+    capsys.readouterr()
+
+    quiet = TQDMProgressBar(refresh_rate=0)  # hidden, yet counting as Lightning's disabled tqdm bars do
+    _trainer(tmp_path, quiet, max_epochs=1, logger=False).fit(Net(), _loader(4))
+    assert quiet.is_disabled and quiet.train_progress_bar.n == 4 and capsys.readouterr().out == ""
+    monkeypatch.setenv("TQDM_MINITERS", "5")
+    assert TQDMProgressBar(refresh_rate=2).refresh_rate == 5
+    assert [Tqdm.format_num(x) for x in (1, 1.0, 0.1, 1e-5, "10000", "abc")] == ["1", "1.000", "0.100", "1e-5",
+                                                                                  "10000", "abc"]  # fmt: skip
+    with pytest.raises(torchplug.MisconfigurationError, match="`enable_progress_bar=False` but found `TQDMProgressBar`"):
+        torchplug.Trainer(callbacks=[TQDMProgressBar()], enable_progress_bar=False)

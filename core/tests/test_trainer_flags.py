@@ -1,6 +1,7 @@
 """Every Trainer flag of the core, each checked so that the test fails if the flag were ignored."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -50,7 +51,10 @@ def test_max_epochs_and_counters():
 
 
 def test_default_max_epochs_is_1000_and_max_steps_wins():
-    assert Trainer(**QUIET).max_epochs == 1000
+    assert Trainer(**QUIET).max_epochs is None  # as Lightning reports it until fit resolves it
+    with pytest.warns(UserWarning, match="`max_epochs` was not set. Setting it to 1000 epochs"):
+        trainer, _ = fit(limit_train_batches=1, val=False)
+    assert trainer.max_epochs == 1000 and trainer.current_epoch == 1000
     trainer, model = fit(max_steps=5)
     assert trainer.global_step == 5 and trainer.max_epochs == -1
 
@@ -87,7 +91,7 @@ def test_val_check_interval_int_and_float():
 
 
 def test_val_check_interval_longer_than_the_epoch_fails():
-    with pytest.raises(MisconfigurationError, match="val_check_interval=20 is longer than the training epoch"):
+    with pytest.raises(MisconfigurationError, match=r"`val_check_interval` \(20\) must be less than or equal to the number of the training batches \(8\)"):
         fit(val_check_interval=20)
 
 
@@ -130,13 +134,13 @@ def test_limit_val_test_predict_batches():
         ("max_epochs", -2, "max_epochs=-2"),
         ("min_epochs", -1, "min_epochs=-1"),
         ("max_steps", -5, "max_steps=-5"),
-        ("limit_train_batches", 1.5, r"limit_train_batches=1.5: a float is a fraction"),
+        ("limit_train_batches", 1.5, r"limit_train_batches=1.5: you passed invalid value"),
         ("limit_val_batches", -1, "limit_val_batches=-1"),
         ("val_check_interval", 1.5, "val_check_interval=1.5"),
         ("val_check_interval", 0, "val_check_interval=0"),
         ("check_val_every_n_epoch", 0, "check_val_every_n_epoch=0"),
         ("num_sanity_val_steps", -2, "num_sanity_val_steps=-2"),
-        ("log_every_n_steps", 0, "log_every_n_steps=0"),
+        ("log_every_n_steps", -1, "log_every_n_steps=-1"),
         ("accumulate_grad_batches", 0, "accumulate_grad_batches=0"),
         ("gradient_clip_val", -1.0, "gradient_clip_val=-1.0"),
         ("gradient_clip_algorithm", "l3", "gradient_clip_algorithm='l3'"),
@@ -234,7 +238,8 @@ def test_default_root_dir_receives_logs_and_checkpoints(tmp_path):
     trainer = Trainer(accelerator="cpu", max_epochs=1, default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False,
                       log_every_n_steps=1)  # fmt: skip
     trainer.fit(BoringModel(), regression_loader(32, 8))
-    assert list(tmp_path.glob("**/metrics.csv")) and list(tmp_path.glob("**/*.ckpt"))
+    # the default logger is Lightning's: TensorBoard's event files (tensorboard is installed here)
+    assert list(tmp_path.glob("**/events.out.tfevents.*")) and list(tmp_path.glob("**/*.ckpt"))
     assert trainer.log_dir.startswith(str(tmp_path))
 
 
@@ -270,8 +275,10 @@ def test_iterable_dataset_without_length():
     trainer = Trainer(accelerator="cpu", **QUIET, max_steps=5)
     trainer.fit(BoringModel(), DataLoader(Endless(), batch_size=None))
     assert trainer.global_step == 5 and trainer.num_training_batches == math.inf
-    with pytest.raises(MisconfigurationError, match="limit_train_batches=0.5: a fraction needs a dataloader"):
-        Trainer(accelerator="cpu", **QUIET, max_steps=5, limit_train_batches=0.5).fit(BoringModel(), DataLoader(Endless(), batch_size=None))
+    with pytest.raises(MisconfigurationError, match="limit_train_batches=0.5: the dataloader has no length"):
+        Trainer(accelerator="cpu", **QUIET, max_steps=5, limit_train_batches=0.5).fit(
+            BoringModel(), DataLoader(Endless(), batch_size=None)
+        )
 
 
 def test_deterministic_warn_only():
@@ -382,6 +389,125 @@ def test_manual_optimization_refuses_flags_it_would_ignore(flag, value):
 
     with pytest.raises(MisconfigurationError, match=f"{flag} is not applied with manual optimization"):
         Trainer(accelerator="cpu", **QUIET, max_steps=1, **{flag: value}).fit(Manual(), regression_loader(16, 8))
+
+
+# ---------------------------------------------------------------------------------------------------- Lightning's flags
+def test_flags_read_back_as_lightning_reports_them(tmp_path, monkeypatch):
+    trainer = Trainer(**QUIET, fast_dev_run=1, num_sanity_val_steps=-1, default_root_dir="~/elsewhere")
+    assert trainer.fast_dev_run is True and trainer.max_steps == 1 and trainer.num_sanity_val_steps == 0
+    assert trainer.default_root_dir == os.path.expanduser("~/elsewhere")
+    trainer = Trainer(**QUIET, fast_dev_run=3, limit_train_batches=3.0, num_sanity_val_steps=-1)
+    assert trainer.fast_dev_run == 3 and trainer.limit_val_batches == 3
+    assert Trainer(**QUIET, num_sanity_val_steps=-1).num_sanity_val_steps == math.inf
+    assert Trainer(**QUIET, limit_train_batches=3.0).limit_train_batches == 3
+    monkeypatch.setenv("PL_TRAINER_MAX_STEPS", "7")
+    monkeypatch.setenv("PL_TRAINER_LOGGER", "False")
+    assert Trainer().max_steps == 7 and Trainer().logger is None and Trainer(max_steps=3).max_steps == 3
+
+
+def test_barebones_turns_off_what_costs_speed_and_refuses_it_back():
+    trainer = Trainer(barebones=True)
+    assert not trainer.loggers and not trainer.checkpoint_callbacks and trainer.progress_bar_callback is None
+    assert trainer.num_sanity_val_steps == 0 and trainer.log_every_n_steps == 0
+    with pytest.raises(MisconfigurationError, match=r"`Trainer\(barebones=True, enable_checkpointing=True\)` was passed"):
+        Trainer(barebones=True, enable_checkpointing=True)
+    with pytest.raises(MisconfigurationError, match=r"profiler='simple'\)` was passed"):
+        Trainer(barebones=True, profiler="simple")
+
+
+def test_overfit_batches_trains_and_validates_on_the_same_unshuffled_batches():
+    seen = {"train": [], "val": []}
+
+    class Seen(BoringModel):
+        def training_step(self, batch, batch_idx):
+            seen["train"].append(batch[0][0, 0].item())
+            return super().training_step(batch, batch_idx)
+
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            seen["val"].append(batch[0][0, 0].item())
+
+    trainer = Trainer(**QUIET, max_epochs=2, overfit_batches=2, num_sanity_val_steps=0)
+    with pytest.warns(UserWarning, match="requested to overfit but enabled train dataloader shuffling"):
+        trainer.fit(Seen(), regression_loader(64, 8, shuffle=True), regression_loader(64, 8))
+    assert trainer.num_training_batches == 2 and trainer.num_val_batches == [2]
+    first = regression_loader(64, 8).dataset.tensors[0][::8, 0].tolist()[:2]  # the unshuffled first batches
+    assert seen["train"] == pytest.approx(first * 2) and seen["val"] == pytest.approx(first * 2)
+
+
+def test_reload_dataloaders_every_n_epochs():
+    asked = []
+
+    class Reloads(BoringModel):
+        def train_dataloader(self):
+            asked.append(("train", self.current_epoch))
+            return regression_loader(16, 8)
+
+        def val_dataloader(self):
+            asked.append(("val", self.current_epoch))
+            return regression_loader(8, 8)
+
+    Trainer(**QUIET, max_epochs=4, reload_dataloaders_every_n_epochs=2, num_sanity_val_steps=0).fit(Reloads())
+    assert asked == [("train", 0), ("val", 0), ("train", 2), ("val", 2)]
+    with pytest.raises(MisconfigurationError, match="reload_dataloaders_every_n_epochs=-1: should be an int >= 0"):
+        Trainer(reload_dataloaders_every_n_epochs=-1)
+
+
+def test_time_based_validation_and_max_time(monkeypatch):
+    import torchplug._schedule
+    import torchplug._training
+
+    clock = [0.0]
+
+    def tick():  # every reading of the clock is a second later: deterministic "time"
+        clock[0] += 1.0
+        return clock[0]
+
+    monkeypatch.setattr(torchplug._schedule.time, "monotonic", tick)
+    monkeypatch.setattr(torchplug._training.time, "monotonic", tick)
+    trainer, model = fit(max_epochs=1, val_check_interval="00:00:00:02")
+    assert trainer.val_check_interval == "00:00:00:02" and 0 < len(model.val_batches) < 8 * 4
+    clock[0] = 0.0
+    trainer, model = fit(max_epochs=10, max_time={"seconds": 5}, val=False)
+    assert trainer.current_epoch == 1 and trainer.global_step == 5
+    with pytest.raises(MisconfigurationError, match="invalid time format"):
+        Trainer(val_check_interval="1:2")
+
+
+def test_inference_mode_and_detect_anomaly():
+    modes = []
+
+    class Checks(BoringModel):
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            modes.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+
+        def training_step(self, batch, batch_idx):
+            modes.append(torch.is_anomaly_enabled())
+            return super().training_step(batch, batch_idx)
+
+    trainer = Trainer(**QUIET, limit_val_batches=1)
+    trainer.validate(Checks(), regression_loader(8, 8))
+    Trainer(**QUIET, limit_val_batches=1, inference_mode=False).validate(Checks(), regression_loader(8, 8))
+    Trainer(**QUIET, max_steps=1, detect_anomaly=True).fit(Checks(), regression_loader(8, 8))
+    assert modes == [(True, False), (False, False), True] and not torch.is_anomaly_enabled()
+
+
+def test_estimated_stepping_batches_in_configure_optimizers():
+    estimates = []
+
+    class Asks(BoringModel):
+        def configure_optimizers(self):
+            estimates.append(self.trainer.estimated_stepping_batches)
+            return super().configure_optimizers()
+
+    for kwargs in ({"max_epochs": 3}, {"max_steps": 5}, {"max_epochs": 2, "accumulate_grad_batches": 3}):
+        Trainer(**QUIET, **kwargs).fit(Asks(), regression_loader(56, 8))
+    assert estimates == [21, 5, 6]
+
+
+def test_init_module_makes_the_model_in_the_precisions_dtype():
+    with Trainer(**QUIET, precision="64-true").init_module():
+        model = BoringModel()
+    assert model.layer.weight.dtype == torch.float64 and torch.get_default_dtype() == torch.float32
 
 
 def test_default_root_dir_that_is_a_file_is_refused(tmp_path):

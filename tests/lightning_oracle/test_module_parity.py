@@ -283,6 +283,9 @@ def error_of(run):
         run()
     except Exception as err:  # torchplug names Lightning's MisconfigurationException MisconfigurationError
         name = type(err).__name__.replace("MisconfigurationException", "MisconfigurationError")
+        # torchplug's ConflictError/ArgumentTypeError are the RuntimeError/TypeError Lightning raises (and also
+        # MisconfigurationErrors): compared as the class Lightning's callers catch
+        name = {"ConflictError": "RuntimeError", "ArgumentTypeError": "TypeError"}.get(name, name)
         return [name, "dataloader_idx" in str(err) or "training_step" in str(err)]
     return None
 

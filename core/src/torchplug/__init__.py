@@ -11,6 +11,8 @@ from torchplug._errors import (
     SIGTERMException,
 )
 from torchplug._hooks import hookimpl
+from torchplug._optim import LightningOptimizer
+from torchplug._states import RunningStage, TrainerFn, TrainerState, TrainerStatus
 from torchplug._step import StepOps
 from torchplug._types import ClusterInfo, Restart, RunSpec, World
 from torchplug.callbacks._base import Callback
@@ -34,6 +36,7 @@ __all__ = [
     "DataModule",
     "LightningDataModule",
     "LightningModule",
+    "LightningOptimizer",
     "MisconfigurationError",
     "Module",
     "PluginError",
@@ -41,10 +44,14 @@ __all__ = [
     "ProcessFailedError",
     "Restart",
     "RunSpec",
+    "RunningStage",
     "SIGTERMException",
     "StepModule",
     "StepOps",
     "Trainer",
+    "TrainerFn",
+    "TrainerState",
+    "TrainerStatus",
     "World",
     "atomic_save",
     "hookimpl",

@@ -1,7 +1,13 @@
-"""Where a stage's dataloaders come from, how many batches each gives, and iterating them."""
+"""Where a stage's data comes from, checking it, how many batches each loader gives, and iterating them.
+
+Data is a loader, a list or dict of loaders (nested too), or a :class:`~torchplug.utilities.CombinedLoader`. Training
+reads several loaders together (``max_size_cycle`` unless a CombinedLoader says otherwise); evaluation reads them one
+after another, each with its ``dataloader_idx``.
+"""
 
 from __future__ import annotations
 
+import copy
 import inspect
 import itertools
 import math
@@ -9,33 +15,132 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from torchplug._errors import MisconfigurationError
+from torch.utils.data import DataLoader, SequentialSampler
+
+from torchplug._combined_loader import CombinedLoader, flatten, length
+from torchplug._errors import ArgumentTypeError, MisconfigurationError
 
 if TYPE_CHECKING:
     from torchplug.trainer import Trainer
 
+_ARGUMENT = {"fit": "train_dataloaders"}
+_EVAL_STAGE = {"val": "validate", "test": "test", "predict": "predict"}
 
-def dataloaders(trainer: Trainer, kind: str, given: Any, stage: str) -> list[Any]:
-    """The loaders of ``kind`` (train, val, test, predict): given, else the datamodule's, else the module's."""
-    source = given
-    if source is None and trainer.datamodule is not None:
-        source = getattr(trainer.datamodule, f"{kind}_dataloader")()
-    if source is None:
-        method = getattr(trainer.lightning_module, f"{kind}_dataloader", None)
-        source = method() if method is not None else None
-    if source is None:
-        return []
-    loaders = list(source) if isinstance(source, (list, tuple)) else [source]
-    return [trainer.hook.torchplug_setup_dataloader(trainer=trainer, dataloader=dl, stage=stage) for dl in loaders]
+
+def source(trainer: Trainer, kind: str, given: Any, fn: str) -> Any:
+    """The data of ``kind`` (train, val, test, predict): given, else the datamodule's, else the module's
+    ``<kind>_dataloader()``. ``None`` when nothing provides it; a TypeError naming its origin when it is not data."""
+    argument = "val_dataloaders" if (fn, kind) == ("fit", "val") else _ARGUMENT.get(fn, "dataloaders")
+    if given is not None:
+        _check_iterable(given, f"An invalid dataloader was passed to `Trainer.{fn}({argument}=...)`")
+        return given
+    for owner in (trainer.datamodule, trainer.lightning_module):
+        method = getattr(owner, f"{kind}_dataloader", None) if owner is not None else None
+        if method is None or not _implemented(owner, f"{kind}_dataloader"):
+            continue
+        data = method()
+        _check_iterable(data, f"An invalid dataloader was returned from `{type(owner).__name__}.{kind}_dataloader()`")
+        return data
+    return None
+
+
+def missing(kind: str, fn: str) -> ArgumentTypeError:
+    argument = _ARGUMENT.get(fn, "dataloaders")
+    return ArgumentTypeError(
+        f"An invalid dataloader was passed to `Trainer.{fn}({argument}=None)`: found None. Pass {argument}=, a "
+        f"datamodule, or implement {kind}_dataloader() in the module or datamodule"
+    )
+
+
+def _implemented(owner: Any, name: str) -> bool:
+    from torchplug._schedule import overrides
+    from torchplug.module import DataModule, Module
+
+    return overrides(owner, name, DataModule if isinstance(owner, DataModule) else Module)
+
+
+def _check_iterable(data: Any, what: str) -> None:
+    leaves = data.flattened if isinstance(data, CombinedLoader) else flatten(data)[0]
+    for leaf in leaves:
+        if isinstance(leaf, DataLoader):
+            continue
+        try:
+            iter(leaf)
+        except TypeError:
+            raise ArgumentTypeError(
+                f"{what}: found {leaf!r}, which is not iterable. Pass a torch DataLoader (or any iterable of "
+                "batches), or a list or dict of them"
+            ) from None
+
+
+def combined(trainer: Trainer, data: Any, stage: str, mode: str) -> CombinedLoader:
+    """``data`` as a CombinedLoader whose loaders went through the strategy (distributed samplers)."""
+    loader = data if isinstance(data, CombinedLoader) else CombinedLoader(data, mode)
+    loader.flattened = [trainer.hook.torchplug_setup_dataloader(trainer=trainer, dataloader=dl, stage=stage)
+                        for dl in loader.flattened]  # fmt: skip
+    return loader
+
+
+def without_shuffling(loader: CombinedLoader, kind: str) -> None:
+    """``overfit_batches``: read the same first batches every epoch (Lightning's warning when it changes a loader)."""
+    leaves = loader.flattened
+    if all(isinstance(getattr(dl, "sampler", None), SequentialSampler) for dl in leaves if hasattr(dl, "sampler")):
+        return
+    warnings.warn(
+        f"You requested to overfit but enabled {kind} dataloader shuffling. We are turning off the {kind} dataloader "
+        "shuffling for you.",
+        UserWarning,
+        stacklevel=4,
+    )
+    loader.flattened = [_sequential(dl) if isinstance(dl, DataLoader) else dl for dl in leaves]
+
+
+def _sequential(loader: DataLoader) -> DataLoader:
+    if isinstance(loader.sampler, SequentialSampler) or loader.batch_sampler is None:
+        return loader
+    return DataLoader(
+        loader.dataset, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
+        timeout=loader.timeout, worker_init_fn=loader.worker_init_fn, generator=loader.generator,
+        persistent_workers=loader.persistent_workers,
+    )  # fmt: skip
+
+
+class _IndexRecorder:
+    """A batch sampler that remembers the dataset indices of each batch it yields (workers may run ahead: the
+    indices are looked up by batch index)."""
+
+    def __init__(self, batch_sampler: Any) -> None:
+        self.batch_sampler, self.seen = batch_sampler, []
+
+    def __iter__(self) -> Iterator[Any]:
+        self.seen = []
+        for indices in self.batch_sampler:
+            self.seen.append(list(indices))
+            yield indices
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["batch_sampler"], name)
+
+
+def recording_indices(loader: Any) -> tuple[Any, _IndexRecorder | None]:
+    """``loader`` reading through an :class:`_IndexRecorder` (for prediction writers), and the recorder."""
+    if not isinstance(loader, DataLoader) or loader.batch_sampler is None:
+        return loader, None
+    recorder = _IndexRecorder(loader.batch_sampler)
+    clone = copy.copy(loader)
+    object.__setattr__(clone, "batch_sampler", recorder)  # DataLoader guards the attribute after construction
+    object.__setattr__(clone, "_iterator", None)
+    return clone, recorder
 
 
 def num_batches(loader: Any, limit: int | float, flag: str) -> int | float:
     """How many batches ``limit`` (an int count or a float fraction) selects; ``inf`` for a loader with no length."""
-    try:
-        length: int | float = len(loader)
-    except TypeError:
-        length = math.inf
-    if length == 0:
+    count = length(loader)
+    if count == 0:
         warnings.warn(
             f"the {_LOADER_NAMES.get(flag, 'a')} dataloader is empty (its length is 0): there is nothing to "
             f"{'train on' if flag == 'limit_train_batches' else 'run'}; make sure this was your intention",
@@ -43,27 +148,39 @@ def num_batches(loader: Any, limit: int | float, flag: str) -> int | float:
             stacklevel=3,
         )
     if isinstance(limit, int):
-        return min(length, limit)
-    if length == math.inf:
+        return min(count, limit)
+    if count == math.inf:
         if limit not in (0.0, 1.0):
             raise MisconfigurationError(
-                f"{flag}={limit!r}: a fraction needs a dataloader with a length; use an int number of batches"
+                f"{flag}={limit!r}: the dataloader has no length (an `IterableDataset`, or no __len__), so a "
+                f"fraction of it cannot be taken; `Trainer({flag})` must be `0.0`, `1.0` or an int"
             )
         return 0 if limit == 0.0 else math.inf
-    count = int(length * limit)
-    if count == 0 and limit > 0.0 and length > 0:
+    selected = int(count * limit)
+    if selected == 0 and limit > 0.0 and count > 0:
         raise MisconfigurationError(
-            f"{flag}={limit!r} selects no batch of the {length} of the {_LOADER_NAMES.get(flag, '')} dataloader "
-            f"({limit} * {length} < 1). Use at least {flag}={math.ceil(1e4 / length) / 1e4:g}, an int number of batches, or 0 to "
-            "skip it on purpose"
+            f"{flag}={limit!r} selects no batch of the {count} of the {_LOADER_NAMES.get(flag, '')} dataloader "
+            f"({limit} * {count} < 1). Use at least {flag}={math.ceil(1e4 / count) / 1e4:g}, an int number of "
+            "batches, or 0 to skip it on purpose"
         )
-    return count
+    return selected
 
 
 _LOADER_NAMES = {
     "limit_train_batches": "training", "limit_val_batches": "validation", "limit_test_batches": "test",
     "limit_predict_batches": "predict",
 }  # fmt: skip
+
+
+def set_epoch(loaders: Iterable[Any], epoch: int) -> None:
+    """Tell the loaders' samplers which epoch it is (``DistributedSampler`` reshuffles with it)."""
+    for loader in loaders:
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        samplers = {id(s): s for s in (getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None))}
+        for sampler in samplers.values():
+            method = getattr(sampler, "set_epoch", None)
+            if callable(method):
+                method(epoch)
 
 
 def with_is_last(loader: Iterable[Any], count: int | float) -> Iterator[tuple[Any, bool]]:
@@ -88,6 +205,59 @@ def limited(loader: Iterable[Any], count: int | float) -> Iterator[Any]:
     return iter(loader) if count == math.inf else itertools.islice(loader, int(count))
 
 
+def batches_of(loader: CombinedLoader) -> Iterable[Any]:
+    """What the training step reads: a single loader itself, the combined batches of several."""
+    leaves = loader.flattened
+    if len(leaves) == 1 and not isinstance(loader.iterables, (list, tuple, dict)):
+        return leaves[0]
+    return (batch for batch, _, _ in loader)
+
+
+class StepIterator:
+    """What a step that takes ``dataloader_iter`` reads: ``(batch, batch_idx, dataloader_idx)`` per ``next``. The
+    loop calls the step again while batches remain (it looks one ahead), so the step never sees an empty one;
+    ``last`` is what was read last (what the batch hooks get, ``(None, 0, 0)`` before the first read)."""
+
+    def __init__(self, items: Iterator[tuple[Any, int, int]], prepare: Callable[[Any, int], Any]) -> None:
+        self._items, self._prepare = items, prepare
+        self._ahead: list[tuple[Any, int, int]] = []
+        self.last: tuple[Any, int, int] = (None, 0, 0)
+
+    def has_next(self) -> bool:
+        if not self._ahead:
+            try:
+                self._ahead.append(next(self._items))
+            except StopIteration:
+                return False
+        return True
+
+    def __iter__(self) -> StepIterator:
+        return self
+
+    def __next__(self) -> tuple[Any, int, int]:
+        if not self.has_next():
+            raise StopIteration
+        batch, batch_idx, dataloader_idx = self._ahead.pop()
+        self.last = (self._prepare(batch, dataloader_idx), batch_idx, dataloader_idx)
+        return self.last
+
+
+def iterator_steps(batches: Iterable[Any], count: int | float, prepare: Callable[[Any, int], Any]) -> Iterator[Any]:
+    """``(dataloader_iter, False)`` for each training step while batches remain (the step reads them itself)."""
+    data = StepIterator(((b, i, 0) for i, b in enumerate(limited(batches, count))), prepare)
+    while data.has_next():
+        yield data, False
+
+
+def takes_iterator(method: Callable[..., Any]) -> bool:
+    """Whether a step takes the data iterator (``training_step(self, dataloader_iter)``), as Lightning detects it."""
+    try:
+        params = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+    return "dataloader_iter" in params
+
+
 def step_arguments(method: Callable[..., Any], several_loaders: bool) -> Callable[[Any, int, int], tuple[Any, ...]]:
     """How to call a ``<stage>_step``: with ``batch_idx`` when it takes one, ``dataloader_idx`` with several loaders.
 
@@ -105,3 +275,4 @@ def step_arguments(method: Callable[..., Any], several_loaders: bool) -> Callabl
     if wants_index:
         return lambda batch, batch_idx, dataloader_idx: (batch, batch_idx)
     return lambda batch, batch_idx, dataloader_idx: (batch,)
+

@@ -17,6 +17,12 @@ class PluginError(TypeError):
     """A plugin breaks torchplug's hook contract; the message names the plugin, its distribution and the mistake."""
 
 
+class ArgumentTypeError(MisconfigurationError, TypeError):
+    """An argument of the wrong type. Also a ``TypeError``, which is what Lightning raises for it."""
+
+
+class ConflictError(MisconfigurationError, RuntimeError):
+    """Parts of a configuration that cannot go together. Also a ``RuntimeError``, which is what Lightning raises."""
 class SIGTERMException(SystemExit):
     """Raised at a step boundary when the run stops on SIGTERM (or the job's requeue signal), after the step.
 

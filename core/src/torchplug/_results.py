@@ -261,7 +261,7 @@ class Results:
             self.step_metrics[key] = value
             trainer.logged_metrics[key] = value
         if metric.prog_bar:
-            trainer.progress_bar_metrics[key] = value
+            trainer._progress_bar_metrics[key] = value
         if self.training:
             callback_metrics = trainer.callback_metrics
             callback_metrics[key] = value
@@ -319,7 +319,7 @@ class Results:
             trainer.callback_metrics[metric.name] = value
             trainer.callback_metrics[key] = value
             if metric.prog_bar:
-                trainer.progress_bar_metrics[key] = value
+                trainer._progress_bar_metrics[key] = value
             if metric.logger:
                 logged[key] = value
                 trainer.logged_metrics[key] = value

@@ -21,7 +21,7 @@ from typing import Any
 import pluggy
 
 from torchplug import _plugins, registry
-from torchplug._errors import MisconfigurationError, PluginError, PluginLoadError
+from torchplug._errors import ArgumentTypeError, MisconfigurationError, PluginError, PluginLoadError
 from torchplug._types import RunSpec
 from torchplug.accelerators import Accelerator
 from torchplug.environments import ClusterEnvironment
@@ -116,8 +116,9 @@ def select(
 
     unknown = sorted(set(options) - used)
     if unknown:
-        raise MisconfigurationError(
-            f"Trainer got unexpected keyword argument(s) {', '.join(unknown)}: no selected backend takes them "
+        raise ArgumentTypeError(  # a TypeError too, as Python's own for an unknown keyword
+            f"Trainer.__init__() got an unexpected keyword argument {unknown[0]!r}"
+            f"{' (and ' + ', '.join(map(repr, unknown[1:])) + ')' if len(unknown) > 1 else ''}: no selected backend takes it "
             f"(accelerator {accelerator_name!r}, strategy {strategy_name!r}, precision {precision_name!r}). Check "
             "the spelling, or select the backend that has this option."
         )

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchplug import _hparams
+from torchplug import _hparams, _profiling
 from torchplug._checkpoint import check_weights_only_safe, read_header
 from torchplug._errors import CheckpointNotFoundError, MisconfigurationError
 
@@ -86,7 +86,7 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool, dry_run: bool = False)
             "epoch_start_rng": progress.epoch_start_rng if mid_epoch else None,
         }]  # fmt: skip
         if trainer.datamodule is not None:
-            checkpoint["datamodule"] = trainer.datamodule.state_dict()
+            checkpoint["datamodule"] = _profiling.call_datamodule(trainer, "state_dict")
     if trainer.datamodule is not None:
         checkpoint.update(_hparams.checkpoint_entries(trainer.datamodule))
     if dry_run:
@@ -382,7 +382,7 @@ def restore(loop: Loop, path: str) -> None:
     dropped = [f"callback {key!r}" for key in missing_callbacks]
     if "datamodule" in checkpoint:
         if trainer.datamodule is not None:
-            trainer.datamodule.load_state_dict(checkpoint["datamodule"])
+            _profiling.call_datamodule(trainer, "load_state_dict", checkpoint["datamodule"])
         elif checkpoint["datamodule"]:
             dropped.append("the datamodule's state (no datamodule in this run)")
     own = _this_rank(trainer, _ranks_of(checkpoint), path)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchplug.utilities import batch_mover, requires_closure
+from torchplug.utilities import batch_mover
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -37,9 +37,10 @@ class StepOps:
     * ``prepare_gradients(optimizer)``: make the gradients final before clipping and ``on_before_optimizer_step``:
       reduced across replicas when the strategy does not do it in backward (XLA), back at their true scale (AMP).
     * ``clip_gradients(optimizer, value, algorithm)``: clip by ``"norm"`` or ``"value"``.
-    * ``optimizer_step(optimizer, closure)``: step; ``closure`` computes the loss and prepares the gradients and
-      must run exactly once (or as often as the optimizer needs, LBFGS). Returns whether the step was taken
-      (``False`` when AMP skipped it for inf/NaN gradients; LR schedulers then do not advance).
+    * ``optimizer_step(optimizer, closure, **kwargs)``: step; ``closure`` computes the loss and prepares the
+      gradients and must run exactly once (or as often as the optimizer needs, LBFGS). ``kwargs`` are what the user
+      passed to ``optimizer.step(...)`` besides the closure; they go to the optimizer's ``step``. Returns whether
+      the step was taken (``False`` when AMP skipped it for inf/NaN gradients; LR schedulers then do not advance).
     * ``on_batch_end(stage, batch_idx)``: the batch is done (after the optimizer step and the LR schedulers),
       before the batch-end callbacks and before logged values are read; XLA cuts its graph here.
     """
@@ -50,7 +51,7 @@ class StepOps:
     no_sync: Callable[[], AbstractContextManager[Any]]
     prepare_gradients: Callable[[Any], None]
     clip_gradients: Callable[[Any, float, str], None]
-    optimizer_step: Callable[[Any, Callable[[], Any]], bool]
+    optimizer_step: Callable[..., bool]
     on_batch_end: Callable[[str, int], None]
 
     def traced(self, report: Callable[[str], None]) -> StepOps:
@@ -60,9 +61,9 @@ class StepOps:
             where = f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', repr(function))}"
 
             @functools.wraps(function)
-            def traced_operation(*args: Any) -> Any:
+            def traced_operation(*args: Any, **kwargs: Any) -> Any:
                 report(f"step.{name} -> {where}")
-                return function(*args)
+                return function(*args, **kwargs)
 
             return traced_operation
 
@@ -119,20 +120,11 @@ def clip_gradients(optimizer: Optimizer, value: float, algorithm: str) -> None:
         torch.nn.utils.clip_grad_norm_(params, value)
 
 
-def optimizer_step(optimizer: Optimizer, closure: Callable[[], Any]) -> bool:
-    """``optimizer.step(closure)``; for optimizers that do not need the closure, run it and step plainly."""
-    needs_closure = _NEEDS_CLOSURE.get(type(optimizer))
-    if needs_closure is None:
-        needs_closure = _NEEDS_CLOSURE[type(optimizer)] = requires_closure(optimizer)
-    if needs_closure:  # LBFGS evaluates the closure itself, possibly several times
-        optimizer.step(closure)
-    else:  # same result, without optimizer.step's closure handling on every step
-        closure()
-        optimizer.step()
+def optimizer_step(optimizer: Optimizer, closure: Callable[[], Any], **kwargs: Any) -> bool:
+    """``optimizer.step(closure=closure, **kwargs)``: the optimizer runs the closure (LBFGS several times; SAM
+    between its two steps), as in Lightning."""
+    optimizer.step(closure=closure, **kwargs)
     return True
-
-
-_NEEDS_CLOSURE: dict[type, bool] = {}
 
 
 def _overrides_backward(module: Any) -> bool:

@@ -32,7 +32,7 @@ _MODULE_HOOKS = (
     "on_fit_start", "on_fit_end", "on_train_start", "on_train_end",
     "on_train_epoch_start", "on_train_epoch_end", "on_validation_epoch_start", "on_validation_epoch_end",
     "on_test_epoch_start", "on_test_epoch_end", "on_predict_epoch_start", "on_predict_epoch_end",
-    "on_validation_start", "on_validation_end", "on_test_start", "on_test_end",
+    "on_validation_start", "on_validation_end", "on_test_start", "on_test_end", "on_predict_start", "on_predict_end",
     "on_train_batch_start", "on_train_batch_end", "on_validation_batch_start", "on_validation_batch_end",
     "on_test_batch_start", "on_test_batch_end", "on_predict_batch_start", "on_predict_batch_end",
     "on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad",
@@ -133,6 +133,8 @@ class Module(HyperparametersMixin, nn.Module):
     def on_test_end(self) -> None: ...
     def on_test_epoch_start(self) -> None: ...
     def on_test_epoch_end(self) -> None: ...
+    def on_predict_start(self) -> None: ...
+    def on_predict_end(self) -> None: ...
     def on_predict_epoch_start(self) -> None: ...
     def on_predict_epoch_end(self) -> None: ...
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None: ...
@@ -173,6 +175,14 @@ class Module(HyperparametersMixin, nn.Module):
 
     def configure_model(self) -> None:
         """Create or change layers right before setup (after ``setup``, before ``configure_optimizers``)."""
+
+    def configure_callbacks(self) -> Any:
+        """Callbacks this module needs: they replace the Trainer's callbacks of the same type (asked every stage)."""
+        return []
+
+    def on_validation_model_zero_grad(self) -> None:
+        """Before a validation inside ``fit``: release the gradients (Lightning's default)."""
+        self.zero_grad(set_to_none=True)
 
     # ---------------------------------------------------------------- how the loop trains (override to change)
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
@@ -556,6 +566,7 @@ class DataModule(HyperparametersMixin):
     def prepare_data(self) -> None: ...
     def setup(self, stage: str) -> None: ...
     def teardown(self, stage: str) -> None: ...
+    def on_exception(self, exception: BaseException) -> None: ...
 
     def train_dataloader(self) -> Any:
         return None
@@ -573,6 +584,16 @@ class DataModule(HyperparametersMixin):
         return {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+    # The batch transfer hooks, as on the module; a datamodule's override is used instead of the module's.
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return batch
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return move_data_to_device(batch, device)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return batch
 
     @classmethod
     def from_datasets(

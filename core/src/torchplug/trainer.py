@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import AbstractContextManager
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from torchplug import _heartbeat, _legacy, _loop, _selection, _state, _stopping
-from torchplug._errors import MisconfigurationError
+from torchplug import _flags, _heartbeat, _legacy, _loop, _selection, _state, _stopping, _trainer_setup
+from torchplug._errors import ArgumentTypeError, MisconfigurationError
+from torchplug._states import RunningStage, StageFlag, TrainerFn, TrainerState, TrainerStatus
 from torchplug._types import World
 from torchplug.callbacks._base import Callback
 from torchplug.module import DataModule, Module
@@ -24,6 +27,16 @@ if TYPE_CHECKING:
     from torchplug._optim import LRSchedulerConfig
 
 log = logging.getLogger("torchplug")
+
+# The Trainer arguments that _flags.apply checks and sets (the others select backends, callbacks and loggers).
+_LOOP_FLAGS = frozenset((
+    "fast_dev_run", "max_epochs", "min_epochs", "max_steps", "min_steps", "max_time", "limit_train_batches",
+    "limit_val_batches", "limit_test_batches", "limit_predict_batches", "overfit_batches", "val_check_interval",
+    "check_val_every_n_epoch", "num_sanity_val_steps", "log_every_n_steps", "enable_checkpointing",
+    "enable_progress_bar", "enable_model_summary", "accumulate_grad_batches", "gradient_clip_val",
+    "gradient_clip_algorithm", "deterministic", "benchmark", "inference_mode", "use_distributed_sampler", "profiler",
+    "detect_anomaly", "barebones", "reload_dataloaders_every_n_epochs", "default_root_dir", "logger",
+))  # fmt: skip
 
 
 _CARRIED = (
@@ -44,38 +57,6 @@ class _Launch:
         return _loop.run_stage(self.trainer, self.stage, **self.kwargs)
 
 
-def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise MisconfigurationError(f"{name}={value!r}: expected an int >= {minimum}{' or None' if allow_none else ''}")
-
-
-def _check_limit(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise MisconfigurationError(f"{name}={value!r}: expected an int (batches) or a float in [0.0, 1.0] (fraction)")
-    if isinstance(value, float) and not 0.0 <= value <= 1.0:
-        raise MisconfigurationError(
-            f"{name}={value!r}: a float is a fraction of the batches and must be in [0.0, 1.0]; "
-            "use an int for a number of batches"
-        )
-    if isinstance(value, int) and value < 0:
-        raise MisconfigurationError(f"{name}={value!r}: a number of batches cannot be negative")
-
-
-def _check_root_dir(path: str) -> None:
-    """``default_root_dir`` must be a folder or creatable as one: no part of it may be a file."""
-    current = os.path.abspath(path)
-    while not os.path.exists(current) and os.path.dirname(current) != current:
-        current = os.path.dirname(current)
-    if os.path.exists(current) and not os.path.isdir(current):
-        where = "is a file" if current == os.path.abspath(path) else f"is inside {current!r}, which is a file"
-        raise MisconfigurationError(
-            f"default_root_dir={path!r} {where}: it must be a folder (one that does not exist yet is created); "
-            "pass the folder logs and checkpoints should go to"
-        )
-
-
 class Trainer:
     """Trains a :class:`torchplug.Module` on the backends named by ``accelerator``, ``strategy`` and ``precision``.
 
@@ -83,6 +64,7 @@ class Trainer:
     ``auto_select_gpus=True``): each goes to the selected backend whose constructor takes it.
     """
 
+    @_flags.with_env_defaults
     def __init__(
         self,
         *,
@@ -92,30 +74,37 @@ class Trainer:
         num_nodes: int = 1,
         precision: str | int | Any = "32-true",
         plugins: list[Any] | Any | None = None,
-        logger: Any = True,
+        logger: Any = None,
         callbacks: list[Callback] | Callback | None = None,
         fast_dev_run: bool | int = False,
         max_epochs: int | None = None,
         min_epochs: int | None = None,
         max_steps: int = -1,
         min_steps: int | None = None,
-        limit_train_batches: int | float = 1.0,
-        limit_val_batches: int | float = 1.0,
-        limit_test_batches: int | float = 1.0,
-        limit_predict_batches: int | float = 1.0,
-        val_check_interval: int | float = 1.0,
+        max_time: str | timedelta | dict[str, int] | None = None,
+        limit_train_batches: int | float | None = None,
+        limit_val_batches: int | float | None = None,
+        limit_test_batches: int | float | None = None,
+        limit_predict_batches: int | float | None = None,
+        overfit_batches: int | float = 0.0,
+        val_check_interval: int | float | str | timedelta | dict[str, int] | None = None,
         check_val_every_n_epoch: int | None = 1,
-        num_sanity_val_steps: int = 2,
-        log_every_n_steps: int = 50,
-        enable_checkpointing: bool = True,
-        enable_progress_bar: bool = True,
-        enable_model_summary: bool = True,
+        num_sanity_val_steps: int | None = None,
+        log_every_n_steps: int | None = None,
+        enable_checkpointing: bool | None = None,
+        enable_progress_bar: bool | None = None,
+        enable_model_summary: bool | None = None,
         accumulate_grad_batches: int = 1,
         gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str = "norm",
-        deterministic: bool | str = False,
+        gradient_clip_algorithm: str | None = None,
+        deterministic: bool | str | None = None,
         benchmark: bool | None = None,
+        inference_mode: bool = True,
         use_distributed_sampler: bool = True,
+        profiler: Any = None,
+        detect_anomaly: bool = False,
+        barebones: bool = False,
+        reload_dataloaders_every_n_epochs: int = 0,
         default_root_dir: str | os.PathLike[str] | None = None,
         gpus: Any = None,
         tpu_cores: Any = None,
@@ -140,68 +129,9 @@ class Trainer:
         )  # fmt: skip
 
         # ---- flags ------------------------------------------------------------------------------------------
-        _check_int("num_nodes", args["num_nodes"], 1)
-        if isinstance(fast_dev_run, bool):
-            fast_dev_batches = 1 if fast_dev_run else 0
-        else:
-            _check_int("fast_dev_run", fast_dev_run, 0)
-            fast_dev_batches = fast_dev_run
-        if max_epochs is None:
-            max_epochs = -1 if max_steps != -1 else 1000
-        _check_int("max_epochs", max_epochs, -1)
-        _check_int("min_epochs", min_epochs, 0, allow_none=True)
-        _check_int("max_steps", max_steps, -1)
-        _check_int("min_steps", min_steps, 0, allow_none=True)
-        if min_epochs is not None and max_epochs != -1 and min_epochs > max_epochs:
-            raise MisconfigurationError(f"min_epochs={min_epochs} is larger than max_epochs={max_epochs}")
-        if min_steps is not None and max_steps != -1 and min_steps > max_steps:
-            raise MisconfigurationError(f"min_steps={min_steps} is larger than max_steps={max_steps}")
-        for name, value in (
-            ("limit_train_batches", limit_train_batches), ("limit_val_batches", limit_val_batches),
-            ("limit_test_batches", limit_test_batches), ("limit_predict_batches", limit_predict_batches),
-        ):  # fmt: skip
-            _check_limit(name, value)
-        if isinstance(val_check_interval, bool) or not isinstance(val_check_interval, (int, float)):
-            raise MisconfigurationError(f"val_check_interval={val_check_interval!r}: expected an int or a float")
-        if isinstance(val_check_interval, float) and not 0.0 < val_check_interval <= 1.0:
-            raise MisconfigurationError(
-                f"val_check_interval={val_check_interval!r}: a float is a fraction of the epoch in (0.0, 1.0]; "
-                "use an int for every N training batches"
-            )
-        if isinstance(val_check_interval, int) and val_check_interval < 1:
-            raise MisconfigurationError(f"val_check_interval={val_check_interval!r}: must be at least 1 batch")
-        _check_int("check_val_every_n_epoch", check_val_every_n_epoch, 1, allow_none=True)
-        _check_int("num_sanity_val_steps", num_sanity_val_steps, -1)
-        _check_int("log_every_n_steps", log_every_n_steps, 1)
-        _check_int("accumulate_grad_batches", accumulate_grad_batches, 1)
-        if gradient_clip_val is not None and (
-            isinstance(gradient_clip_val, bool) or not isinstance(gradient_clip_val, (int, float)) or gradient_clip_val < 0
-        ):
-            raise MisconfigurationError(f"gradient_clip_val={gradient_clip_val!r}: expected a number >= 0 or None")
-        if gradient_clip_algorithm not in ("norm", "value"):
-            raise MisconfigurationError(f"gradient_clip_algorithm={gradient_clip_algorithm!r}: use 'norm' or 'value'")
-        if deterministic not in (True, False, "warn"):
-            raise MisconfigurationError(f"deterministic={deterministic!r}: use True, False or 'warn'")
-
-        self.max_epochs, self.min_epochs, self.max_steps, self.min_steps = max_epochs, min_epochs, max_steps, min_steps
-        self.limit_train_batches, self.limit_val_batches = limit_train_batches, limit_val_batches
-        self.limit_test_batches, self.limit_predict_batches = limit_test_batches, limit_predict_batches
-        self.val_check_interval, self.check_val_every_n_epoch = val_check_interval, check_val_every_n_epoch
-        self.num_sanity_val_steps, self.log_every_n_steps = num_sanity_val_steps, log_every_n_steps
-        self.accumulate_grad_batches = accumulate_grad_batches
-        self.gradient_clip_val = float(gradient_clip_val) if gradient_clip_val else None
-        self.gradient_clip_algorithm = gradient_clip_algorithm
-        self.deterministic, self.benchmark = deterministic, benchmark
-        self.use_distributed_sampler = use_distributed_sampler
-        self.fast_dev_run = fast_dev_batches
-        if fast_dev_batches:
-            self.max_epochs, self.max_steps, self.num_sanity_val_steps = 1, fast_dev_batches, 0
-            self.limit_train_batches = self.limit_val_batches = fast_dev_batches
-            self.limit_test_batches = self.limit_predict_batches = fast_dev_batches
-            self.val_check_interval, self.check_val_every_n_epoch = 1.0, 1
-            logger, enable_checkpointing = False, False
-        self.default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
-        _check_root_dir(self.default_root_dir)
+        _flags.check_int("num_nodes", args["num_nodes"], 1)
+        self.state = TrainerState()
+        switches = _flags.apply(self, {k: v for k, v in self._init_args.items() if k in _LOOP_FLAGS})
 
         # ---- backends ----------------------------------------------------------------------------------------
         selection = _selection.select(
@@ -219,23 +149,25 @@ class Trainer:
         self.hook.torchplug_configure(trainer=self)
 
         # ---- callbacks and loggers -------------------------------------------------------------------------------
-        self.callbacks: list[Callback] = self._default_callbacks(
-            callbacks, enable_checkpointing, enable_progress_bar, enable_model_summary
-        )
-        self.enable_progress_bar, self.enable_checkpointing = enable_progress_bar, enable_checkpointing
-        self.loggers = self._make_loggers(logger)
+        self.callbacks: list[Callback] = _trainer_setup.default_callbacks(
+            callbacks, switches["enable_checkpointing"], switches["enable_progress_bar"],
+            switches["enable_model_summary"],
+        )  # fmt: skip
+        self.enable_progress_bar = switches["enable_progress_bar"]
+        self.enable_checkpointing = switches["enable_checkpointing"]
+        self.loggers = _trainer_setup.make_loggers(switches["logger"], self.default_root_dir)
+        if switches["fast_dev_batches"] and self.loggers:
+            from torchplug.loggers import DummyLogger
+
+            self.loggers = [DummyLogger()]  # fast_dev_run logs nothing, as in Lightning
 
         # ---- what a run leaves for the user to read -----------------------------------------------------------------
         self.current_epoch = 0
         self.global_step = 0
         self.should_stop = False
-        self.interrupted = False  # the last stage ended by an exception (a signal's stop included), as in Lightning
-        self.sanity_checking = False
-        self.training = False
-        self.stage: str | None = None
         self.callback_metrics: dict[str, torch.Tensor] = {}
-        self.logged_metrics: dict[str, float] = {}
-        self.progress_bar_metrics: dict[str, torch.Tensor] = {}
+        self.logged_metrics: dict[str, torch.Tensor] = {}
+        self._progress_bar_metrics: dict[str, torch.Tensor] = {}
         self.num_training_batches: int | float = 0
         self.num_val_batches: list[int | float] = []
         self.num_sanity_val_batches: list[int | float] = []
@@ -250,50 +182,12 @@ class Trainer:
         self._loop: _loop.Loop | None = None
         self._results: Any = None
         self._header_shown = False
+        self._data: dict[str, Any] = {}  # the loaders of the last run of each kind, as given (train, val, ...)
+        self._is_last_batch = False
+        self._fitted: Module | None = None  # the module the last successful fit trained
         self._checkpoints_saved = 0
         self._last_checkpoint: str | None = None  # the newest full checkpoint this trainer saved, and its step
         self._last_checkpoint_step = -1
-
-    # ==================================================================================================== construction
-    def _default_callbacks(
-        self, callbacks: Any, checkpointing: bool, progress_bar: bool, model_summary: bool
-    ) -> list[Callback]:
-        from torchplug import callbacks as cb
-
-        given = list(callbacks) if isinstance(callbacks, (list, tuple)) else ([callbacks] if callbacks else [])
-        for c in given:
-            if not isinstance(c, Callback):
-                raise MisconfigurationError(f"callbacks: {c!r} is not a torchplug.Callback")
-        result = list(given)
-        if checkpointing and not any(isinstance(c, cb.ModelCheckpoint) for c in given):
-            result.append(cb.ModelCheckpoint())
-        if not checkpointing and any(isinstance(c, cb.ModelCheckpoint) for c in given):
-            raise MisconfigurationError(
-                "`enable_checkpointing=False` but found `ModelCheckpoint` in callbacks; drop one of them"
-            )
-        if progress_bar and not any(isinstance(c, cb.ProgressBar) for c in given):
-            result.append(cb.ProgressBar())
-        if not progress_bar:
-            result = [c for c in result if not isinstance(c, cb.ProgressBar)]
-        if model_summary and not self.fast_dev_run and not any(isinstance(c, cb.ModelSummary) for c in given):
-            result.append(cb.ModelSummary())
-        # checkpoints last, so they see what every other callback did this step (Lightning's order)
-        return [c for c in result if not isinstance(c, cb.ModelCheckpoint)] + [
-            c for c in result if isinstance(c, cb.ModelCheckpoint)
-        ]
-
-    def _make_loggers(self, logger: Any) -> list[Any]:
-        from torchplug.loggers import CSVLogger, Logger
-
-        if logger is True:
-            return [CSVLogger(self.default_root_dir)]
-        if logger is False or logger is None:
-            return []
-        loggers = list(logger) if isinstance(logger, (list, tuple)) else [logger]
-        for item in loggers:
-            if not isinstance(item, Logger):
-                raise MisconfigurationError(f"logger={item!r}: expected True, False, a torchplug Logger or a list")
-        return loggers
 
     def __getstate__(self) -> dict[str, Any]:
         # A spawned process rebuilds the trainer (and its plugin manager) from the constructor arguments, then takes
@@ -371,10 +265,30 @@ class Trainer:
     def logger(self) -> Any:
         return self.loggers[0] if self.loggers else None
 
+    @logger.setter
+    def logger(self, logger: Any) -> None:
+        self.loggers = [] if logger is None else [logger]
+
+    @property
+    def loggers(self) -> list[Any]:
+        return self._loggers
+
+    @loggers.setter
+    def loggers(self, loggers: Any) -> None:
+        self._loggers = list(loggers) if loggers is not None else []
+
     @property
     def log_dir(self) -> str:
-        directory = self.logger.log_dir if self.logger is not None else None
-        return directory if directory is not None else self.default_root_dir
+        """The first logger's folder (a versioned one's ``log_dir``; another's ``save_dir``, as in Lightning), else
+        ``default_root_dir``."""
+        from torchplug.loggers._base import FolderLogger
+
+        logger = self.logger
+        candidates = [] if logger is None else (
+            [logger.log_dir] if isinstance(logger, FolderLogger) else [getattr(logger, "save_dir", None),
+                                                                       getattr(logger, "log_dir", None)])  # fmt: skip
+        found = next((c for c in candidates if isinstance(c, (str, os.PathLike))), None)
+        return os.fspath(found) if found is not None else self.default_root_dir
 
     @property
     def model(self) -> nn.Module | None:
@@ -394,10 +308,77 @@ class Trainer:
         return found[0] if found else None
 
     @property
-    def early_stopping_callback(self) -> Any:
+    def early_stopping_callbacks(self) -> list[Any]:
         from torchplug.callbacks import EarlyStopping
 
-        return next((c for c in self.callbacks if isinstance(c, EarlyStopping)), None)
+        return [c for c in self.callbacks if isinstance(c, EarlyStopping)]
+
+    @property
+    def early_stopping_callback(self) -> Any:
+        found = self.early_stopping_callbacks
+        return found[0] if found else None
+
+    @property
+    def progress_bar_callback(self) -> Any:
+        from torchplug.callbacks import ProgressBar
+
+        return next((c for c in self.callbacks if isinstance(c, ProgressBar)), None)
+
+    @property
+    def progress_bar_metrics(self) -> dict[str, float]:
+        """What the progress bar shows (``self.log(..., prog_bar=True)``), read to the host as numbers."""
+        return {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in self._progress_bar_metrics.items()}
+
+    # ---------------------------------------------------------------------------------------------------- state
+    @property
+    def interrupted(self) -> bool:
+        return self.state.status == TrainerStatus.INTERRUPTED
+
+    @interrupted.setter
+    def interrupted(self, value: bool) -> None:
+        if value:
+            self.state.status = TrainerStatus.INTERRUPTED
+        elif self.state.status == TrainerStatus.INTERRUPTED:
+            self.state.status = TrainerStatus.RUNNING
+
+    training = StageFlag(RunningStage.TRAINING)
+    sanity_checking = StageFlag(RunningStage.SANITY_CHECKING)
+    validating = StageFlag(RunningStage.VALIDATING)
+    testing = StageFlag(RunningStage.TESTING)
+    predicting = StageFlag(RunningStage.PREDICTING)
+
+    @property
+    def evaluating(self) -> bool:
+        return self.state.stage is not None and self.state.stage.evaluating
+
+    # ---------------------------------------------------------------------------------------------------- data
+    # The data of the last run of each kind, as given (a loader, or a list or dict of them), set up by the strategy.
+    train_dataloader = property(lambda self: self._data.get("train"))
+    val_dataloaders = property(lambda self: self._data.get("val"))
+    test_dataloaders = property(lambda self: self._data.get("test"))
+    predict_dataloaders = property(lambda self: self._data.get("predict"))
+
+    @property
+    def enable_validation(self) -> bool:
+        """Whether ``fit`` validates: a ``validation_step``, validation data, and ``limit_val_batches`` above 0."""
+        return _trainer_setup.validation_enabled(self)
+
+    @property
+    def is_last_batch(self) -> bool:
+        """True while the loop runs the last batch of the training epoch."""
+        return self._is_last_batch
+
+    @property
+    def estimated_stepping_batches(self) -> int | float:
+        """How many optimizer steps ``fit`` will take at most (``max_steps``, or epochs x batches / accumulation)."""
+        from torchplug import _estimate
+
+        return _estimate.stepping_batches(self)
+
+    def init_module(self, empty_init: bool | None = None) -> AbstractContextManager[None]:
+        """Create the model inside this block to make its parameters in the precision's dtype (``"64-true"``,
+        ``"16-true"``, ``"bf16-true"``) and, for a single device, directly on it."""
+        return _trainer_setup.init_module(self)
 
     @property
     def lr_schedulers(self) -> list[Any]:
@@ -411,54 +392,86 @@ class Trainer:
         val_dataloaders: Any = None,
         datamodule: DataModule | None = None,
         ckpt_path: str | os.PathLike[str] | None = None,
+        weights_only: bool | None = None,
     ) -> None:
+        """Train ``model``; ``train_dataloaders`` may be a loader, a list or dict of them, or a DataModule."""
         self._check_model(model, "fit")
+        if isinstance(train_dataloaders, DataModule):  # fit(model, dm), as Lightning accepts
+            if datamodule is not None:
+                raise MisconfigurationError("fit(): a DataModule was passed as train_dataloaders and as datamodule=")
+            train_dataloaders, datamodule = None, train_dataloaders
         if datamodule is not None and (train_dataloaders is not None or val_dataloaders is not None):
-            raise MisconfigurationError("fit(): pass either dataloaders or datamodule=, not both")
-        self._launch("fit", model=model, loaders={"train": train_dataloaders, "val": val_dataloaders},
+            raise MisconfigurationError(
+                "fit(): you cannot pass train_dataloaders or val_dataloaders together with datamodule=; pass one"
+            )
+        self._launch(TrainerFn.FITTING, model=model, loaders={"train": train_dataloaders, "val": val_dataloaders},
                      datamodule=datamodule, ckpt_path=ckpt_path)  # fmt: skip
 
-    def validate(self, model: Module | None = None, dataloaders: Any = None, datamodule: DataModule | None = None,
-                 ckpt_path: str | os.PathLike[str] | None = None, verbose: bool = True) -> list[dict[str, float]]:  # fmt: skip
-        return self._evaluate("validate", model, dataloaders, datamodule, ckpt_path)
+    def validate(self, model: Module | None = None, dataloaders: Any = None,
+                 ckpt_path: str | os.PathLike[str] | None = None, verbose: bool = True,
+                 datamodule: DataModule | None = None, weights_only: bool | None = None) -> list[dict[str, float]]:  # fmt: skip
+        return self._evaluate(TrainerFn.VALIDATING, model, dataloaders, datamodule, ckpt_path, verbose=verbose)
 
-    def test(self, model: Module | None = None, dataloaders: Any = None, datamodule: DataModule | None = None,
-             ckpt_path: str | os.PathLike[str] | None = None, verbose: bool = True) -> list[dict[str, float]]:  # fmt: skip
-        return self._evaluate("test", model, dataloaders, datamodule, ckpt_path)
+    def test(self, model: Module | None = None, dataloaders: Any = None,
+             ckpt_path: str | os.PathLike[str] | None = None, verbose: bool = True,
+             datamodule: DataModule | None = None, weights_only: bool | None = None) -> list[dict[str, float]]:  # fmt: skip
+        return self._evaluate(TrainerFn.TESTING, model, dataloaders, datamodule, ckpt_path, verbose=verbose)
 
     def predict(self, model: Module | None = None, dataloaders: Any = None, datamodule: DataModule | None = None,
-                ckpt_path: str | os.PathLike[str] | None = None) -> list[Any]:  # fmt: skip
-        return self._evaluate("predict", model, dataloaders, datamodule, ckpt_path)
+                return_predictions: bool | None = None, ckpt_path: str | os.PathLike[str] | None = None,
+                weights_only: bool | None = None) -> list[Any] | None:  # fmt: skip
+        """Run ``predict_step`` over the data; with ``return_predictions=False`` keep nothing (for prediction
+        writers on large data) and return None."""
+        if return_predictions is not None and not isinstance(return_predictions, bool):
+            raise ArgumentTypeError(f"predict(return_predictions={return_predictions!r}): expected True, False or None")
+        return self._evaluate(TrainerFn.PREDICTING, model, dataloaders, datamodule, ckpt_path,
+                              return_predictions=return_predictions is not False)  # fmt: skip
 
-    def _evaluate(self, stage: str, model: Any, dataloaders: Any, datamodule: Any, ckpt_path: Any) -> Any:
-        model = model if model is not None else self.lightning_module
+    def _evaluate(self, fn: TrainerFn, model: Any, dataloaders: Any, datamodule: Any, ckpt_path: Any,
+                  **options: Any) -> Any:  # fmt: skip
         if model is None:
-            raise MisconfigurationError(f"{stage}(): pass a model (no model was fitted with this trainer)")
-        self._check_model(model, stage)
+            if self.lightning_module is None:
+                raise ArgumentTypeError(
+                    f"`Trainer.{fn.value}()` requires a `LightningModule` (a torchplug.Module) when none was passed "
+                    f"in a previous run: call {fn.value}(model)"
+                )
+            model = self.lightning_module
+            if ckpt_path is None and self._fitted is model:
+                ckpt_path = _loop.default_eval_checkpoint(self, fn.value)
+        self._check_model(model, fn.value)
+        if isinstance(dataloaders, DataModule):
+            if datamodule is not None:
+                raise MisconfigurationError(f"{fn.value}(): a DataModule was passed as dataloaders and as datamodule=")
+            dataloaders, datamodule = None, dataloaders
         if datamodule is not None and dataloaders is not None:
-            raise MisconfigurationError(f"{stage}(): pass either dataloaders or datamodule=, not both")
-        return self._launch(stage, model=model, loaders={stage: dataloaders}, datamodule=datamodule,
-                            ckpt_path=ckpt_path)  # fmt: skip
+            raise MisconfigurationError(f"{fn.value}(): you cannot pass dataloaders together with datamodule=; pass one")
+        return self._launch(fn, model=model, loaders={fn.value: dataloaders}, datamodule=datamodule,
+                            ckpt_path=ckpt_path, options=options)  # fmt: skip
 
     @staticmethod
     def _check_model(model: Any, stage: str) -> None:
         if not isinstance(model, Module):
-            raise MisconfigurationError(
-                f"{stage}(model=...) expects a torchplug.Module (or LightningModule ported to torchplug), "
-                f"got {type(model).__name__}"
+            raise ArgumentTypeError(
+                f"`Trainer.{stage}()` requires a `LightningModule`: `model` must be a `LightningModule` (a "
+                f"torchplug.Module), got `{type(model).__qualname__}`"
             )
 
-    def _launch(self, stage: str, **kwargs: Any) -> Any:
-        self.stage = stage
+    def _launch(self, fn: TrainerFn, **kwargs: Any) -> Any:
+        self.state.fn, self.state.status = fn, TrainerStatus.RUNNING
         self.lightning_module = kwargs["model"]  # the caller's module, for strategies that return results to it
         try:
-            result = self.hook.torchplug_launch(trainer=self, function=_Launch(self, stage, kwargs))
+            result = self.hook.torchplug_launch(trainer=self, function=_Launch(self, fn.value, kwargs))
         except _stopping.Stopped:
             self.interrupted = True  # the stage's processes stopped on a signal (ddp_spawn's caller learns it here)
             raise
         if result is None:
             raise RuntimeError(f"strategy {self.strategy_name!r} answered torchplug_launch with None")
         return result[0]
+
+    @property
+    def stage(self) -> str | None:
+        """The running entry point's name (``"fit"``, ``"validate"``, ...), the value of ``state.fn``."""
+        return self.state.fn.value if self.state.fn is not None else None
 
     # ==================================================================================================== collectives
     def barrier(self, name: str = "") -> None:
@@ -471,7 +484,7 @@ class Trainer:
         """Write to every logger on global rank 0 (callbacks such as LearningRateMonitor use this too)."""
         if self.is_global_zero:
             for logger in self.loggers:
-                logger.log_metrics(metrics, step)
+                logger.log_metrics(metrics=metrics, step=step)
 
     # ==================================================================================================== checkpoints
     def save_checkpoint(self, filepath: str | os.PathLike[str], weights_only: bool = False) -> None:

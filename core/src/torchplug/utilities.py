@@ -15,8 +15,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import torch
-
-from torchplug._devices import parse_devices
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
@@ -25,6 +23,10 @@ from torch.utils.data import (
     RandomSampler,
     SequentialSampler,
 )
+
+from torchplug._combined_loader import CombinedLoader
+from torchplug._devices import parse_devices
+from torchplug._optim import LRSchedulerConfig
 
 _T = TypeVar("_T")
 
@@ -283,6 +285,8 @@ def seed_everything(seed: int | None = None, workers: bool = False) -> int:
 
 __all__ = [
     "AttributeDict",
+    "CombinedLoader",
+    "LRSchedulerConfig",
     "apply_to_collection",
     "batch_mover",
     "distributed_loader",

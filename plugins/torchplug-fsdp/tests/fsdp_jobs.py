@@ -79,6 +79,9 @@ class Net(Module):
         optimizer.step()
         return None
 
+    def validation_step(self, batch, batch_idx):  # validate() needs one (as Lightning); it logs nothing
+        self(batch[0])
+
     def on_after_backward(self):
         inject = self.inject_inf
         if inject and self.global_rank == inject["rank"] and self.global_step == inject["step"]:

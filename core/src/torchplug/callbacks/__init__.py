@@ -2,17 +2,19 @@
 
 from torchplug.callbacks._base import Callback
 from torchplug.callbacks.early_stopping import EarlyStopping
+from torchplug.callbacks.lambda_function import LambdaCallback
 from torchplug.callbacks.lr_monitor import LearningRateMonitor
 from torchplug.callbacks.model_checkpoint import ModelCheckpoint
 from torchplug.callbacks.model_summary import ModelSummary, summarize
 from torchplug.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
-from torchplug.callbacks.progress import ProgressBar
-
-TQDMProgressBar = ProgressBar  # Lightning's name for the same bar
+from torchplug.callbacks.prediction_writer import BasePredictionWriter
+from torchplug.callbacks.progress import ProgressBar, TQDMProgressBar
 
 __all__ = [
+    "BasePredictionWriter",
     "Callback",
     "EarlyStopping",
+    "LambdaCallback",
     "LearningRateMonitor",
     "ModelCheckpoint",
     "ModelSummary",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import sys
@@ -19,25 +20,40 @@ if TYPE_CHECKING:
 
 # Draw a terminal bar at most this often: metrics are read from the device only when a bar is drawn.
 _MIN_DRAW_INTERVAL_S = 0.1
+_PAD_SIZE = 5
+
+
+def _tqdm_base() -> type:
+    from tqdm import tqdm
+
+    return tqdm
 
 
 class ProgressBar(Callback):
     """Show progress on global rank 0: epoch, batch i/N, it/s, ETA and the metrics logged with ``prog_bar=True``.
 
-    In a terminal this draws ``tqdm`` bars: one per training epoch (its total counts the epoch's validation batches
-    too, like Lightning's main bar) and a separate, transient one for validation, and one for ``test``/``predict``.
-    When stdout is not a terminal, \\r-redrawn bars would turn into unreadable noise, so it prints plain lines instead,
-    each time another 10% of the epoch is done or ``line_interval_s`` seconds have passed, e.g.
-    ``Epoch 0/2: batch 50/100 (50%) 812.3 it/s ETA 0:00:01 loss=0.123 v_num=0``. ``plain=True``/``False`` forces
-    one style. ``refresh_rate`` updates a terminal bar every N batches (0 hides it).
+    In a terminal this draws ``tqdm`` bars: one per training epoch, a transient one for validation, and one for
+    ``validate``/``test``/``predict``. When stdout is not a terminal, \\r-redrawn bars would turn into unreadable noise,
+    so it prints plain lines instead, each time another 10% of the epoch is done or ``line_interval_s`` seconds have
+    passed, e.g. ``Epoch 0/2: batch 50/100 (50%) 812.3 it/s ETA 0:00:01 loss=0.123 v_num=0``. ``plain=True``/``False``
+    forces one style. ``refresh_rate`` updates a terminal bar every N batches (0 hides it; the ``TQDM_MINITERS``
+    environment variable raises it, as in Lightning).
+
+    Lightning's ``TQDMProgressBar`` API: ``train_progress_bar``/``val_progress_bar``/``test_progress_bar``/
+    ``predict_progress_bar`` (the bar last made of that kind: ``n``, ``total``, ``leave``, ``desc``),
+    ``init_train_tqdm()`` and the other ``init_*_tqdm()`` (the tqdm a terminal bar is drawn with: override to style
+    it), ``total_*_batches``, ``get_metrics(trainer, pl_module)``, ``is_enabled``/``is_disabled``, ``print``.
     """
 
     line_interval_s: float = 30.0
 
-    def __init__(self, refresh_rate: int = 1, leave: bool = True, *, plain: bool | None = None) -> None:
+    def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = True, *,
+                 plain: bool | None = None) -> None:  # fmt: skip
         if isinstance(refresh_rate, bool) or not isinstance(refresh_rate, int) or refresh_rate < 0:
             raise MisconfigurationError(f"ProgressBar(refresh_rate={refresh_rate!r}): use an int >= 0 (0 hides it)")
-        self.refresh_rate = refresh_rate
+        minimum = os.environ.get("TQDM_MINITERS")
+        self.refresh_rate = max(int(minimum), refresh_rate) if minimum else refresh_rate
+        self.process_position = process_position
         self.leave = leave
         self._plain_setting = plain
         self._enabled = True
@@ -45,14 +61,30 @@ class ProgressBar(Callback):
         self._file: TextIO = sys.stdout
         self._plain = False
         self._bars: dict[str, _Progress] = {}
+        self._made: dict[str, _Progress] = {}
         self._trainer: Trainer | None = None
         self._device_values: dict[str, str] = {}
         self._device_read_interval = -1
+        self._metrics_takes_module: bool | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A trainer holding the bar must pickle and deep-copy: terminals, open bars and the trainer stay behind.
+        state = dict(self.__dict__)
+        state.update(_file=None, _bars={}, _made={}, _trainer=None, _active=False)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._file = sys.stdout
 
     # ---------------------------------------------------------------------------------------------------- switches
     @property
     def is_enabled(self) -> bool:
         return self._enabled and self.refresh_rate > 0
+
+    @property
+    def is_disabled(self) -> bool:
+        return not self.is_enabled
 
     def disable(self) -> None:
         self._enabled = False
@@ -64,7 +96,9 @@ class ProgressBar(Callback):
     def setup(self, trainer: Trainer, pl_module: Module, stage: str) -> None:
         self._trainer = trainer
         self._file = sys.stdout
-        self._active = self.is_enabled and trainer.is_global_zero
+        if not trainer.is_global_zero:
+            self.disable()  # one bar per job: rank 0's (the others count silently)
+        self._active = self.is_enabled
         isatty = getattr(self._file, "isatty", None)
         self._plain = self._plain_setting if self._plain_setting is not None else not (isatty and isatty())
 
@@ -76,11 +110,7 @@ class ProgressBar(Callback):
 
     # ---------------------------------------------------------------------------------------------------- training
     def on_train_epoch_start(self, trainer: Trainer, pl_module: Module) -> None:
-        if not self._active:
-            return
-        train = trainer.num_training_batches
-        total = train + self._val_batches_this_epoch(trainer) if train != math.inf else math.inf
-        self._open("train", self._epoch_label(trainer), total, leave=self.leave)
+        self._open("train", self._epoch_label(trainer), self.total_train_batches, leave=self.leave)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: Module, outputs: Any, batch: Any, batch_idx: int
@@ -90,27 +120,24 @@ class ProgressBar(Callback):
             if bar.train_done == 0 and batch_idx > 0:
                 bar.resumed_at(batch_idx)  # resumed mid-epoch: the rate counts only batches run here
             bar.train_done = batch_idx + 1
-            bar.advance_to(bar.train_done + bar.val_done, self._metrics, force=False, every=self.refresh_rate)
+            bar.advance_to(bar.train_done, self._metrics, force=False, every=self.refresh_rate)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: Module) -> None:
-        bar = self._bars.pop("train", None)
-        if bar is not None:
-            bar.finish(self._metrics())
+        self._finish("train", with_metrics=True)
 
     def on_train_end(self, trainer: Trainer, pl_module: Module) -> None:
         self._close_all()
 
     # ---------------------------------------------------------------------------------------------------- evaluation
     def on_validation_start(self, trainer: Trainer, pl_module: Module) -> None:
-        if not self._active:
-            return
         if trainer.sanity_checking:
-            if not self._plain:  # a sanity check is not worth a line in a log
-                self._open("val", "Sanity Checking", _total(trainer.num_sanity_val_batches), leave=False)
+            # a sanity check is not worth a line in a log: counted silently there
+            self._open("val", "Sanity Checking", _total(trainer.num_sanity_val_batches), leave=False,
+                       quiet=self._plain)  # fmt: skip
         elif getattr(trainer, "stage", None) == "fit":
-            self._open("val", "Validation", _total(trainer.num_val_batches), leave=False, quiet=True)
+            self._open("val", "Validation", self.total_val_batches, leave=False, quiet=True)
         else:
-            self._open("val", "Validation", _total(trainer.num_val_batches), leave=True)
+            self._open("val", "Validation", self.total_val_batches, leave=True)
 
     def on_validation_batch_end(
         self, trainer: Trainer, pl_module: Module, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -118,22 +145,16 @@ class ProgressBar(Callback):
         bar = self._bars.get("val")
         if bar is not None:
             bar.advance_to(bar.n + 1, self._no_metrics, force=False, every=self.refresh_rate)
-        main = self._bars.get("train")
-        if main is not None and not trainer.sanity_checking:
-            main.val_done += 1
-            main.advance_to(main.train_done + main.val_done, self._metrics, force=False, every=self.refresh_rate)
 
     def on_validation_end(self, trainer: Trainer, pl_module: Module) -> None:
-        bar = self._bars.pop("val", None)
-        if bar is not None:
-            bar.finish(self._metrics() if bar.leave else {})
+        bar = self._bars.get("val")
+        self._finish("val", with_metrics=bar is not None and bar.leave)
         main = self._bars.get("train")
-        if main is not None and not trainer.sanity_checking:
+        if main is not None and main.shows and not trainer.sanity_checking:
             main.advance_to(main.n, self._metrics, force=True, every=1)  # show the fresh validation metrics
 
     def on_test_start(self, trainer: Trainer, pl_module: Module) -> None:
-        if self._active:
-            self._open("test", "Testing", _total(trainer.num_test_batches), leave=True)
+        self._open("test", "Testing", self.total_test_batches, leave=True)
 
     def on_test_batch_end(
         self, trainer: Trainer, pl_module: Module, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -143,13 +164,10 @@ class ProgressBar(Callback):
             bar.advance_to(bar.n + 1, self._metrics, force=False, every=self.refresh_rate)
 
     def on_test_end(self, trainer: Trainer, pl_module: Module) -> None:
-        bar = self._bars.pop("test", None)
-        if bar is not None:
-            bar.finish(self._metrics())
+        self._finish("test", with_metrics=True)
 
     def on_predict_start(self, trainer: Trainer, pl_module: Module) -> None:
-        if self._active:
-            self._open("predict", "Predicting", _total(trainer.num_predict_batches), leave=True)
+        self._open("predict", "Predicting", self.total_predict_batches, leave=True)
 
     def on_predict_batch_end(
         self, trainer: Trainer, pl_module: Module, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -159,22 +177,121 @@ class ProgressBar(Callback):
             bar.advance_to(bar.n + 1, self._no_metrics, force=False, every=self.refresh_rate)
 
     def on_predict_end(self, trainer: Trainer, pl_module: Module) -> None:
-        bar = self._bars.pop("predict", None)
-        if bar is not None:
-            bar.finish({})
+        self._finish("predict", with_metrics=False)
 
     # ---------------------------------------------------------------------------------------------------- helpers
-    def get_metrics(self, trainer: Trainer) -> dict[str, Any]:
+    def get_metrics(self, trainer: Trainer, pl_module: Module | None = None) -> dict[str, Any]:
         """What the bars show: ``prog_bar=True`` metrics and the logger's version as ``v_num`` (Lightning's names).
 
-        Override to change it; called only when a bar or line is drawn.
+        Override to change it; called only when a bar or line is drawn. (Values may be device tensors: they are
+        read to the host when drawn, at most once per logging interval.)
         """
-        metrics: dict[str, Any] = dict(trainer.progress_bar_metrics)
+        metrics: dict[str, Any] = dict(getattr(trainer, "_progress_bar_metrics", None) or trainer.progress_bar_metrics)
         logger = getattr(trainer, "logger", None)
         version = getattr(logger, "version", None) if logger is not None else None
-        if version is not None:
+        if version is not None and version != "":
             metrics["v_num"] = version
         return metrics
+
+    # ---------------------------------------------------------------------------------------------------- Lightning's API
+    @property
+    def train_progress_bar(self) -> _Progress:
+        return self._bar_of("train")
+
+    @property
+    def val_progress_bar(self) -> _Progress:
+        return self._bar_of("val")
+
+    @property
+    def test_progress_bar(self) -> _Progress:
+        return self._bar_of("test")
+
+    @property
+    def predict_progress_bar(self) -> _Progress:
+        return self._bar_of("predict")
+
+    def _bar_of(self, kind: str) -> _Progress:
+        bar = self._made.get(kind)
+        if bar is None:
+            raise TypeError(f"The `{kind}_progress_bar` reference has not been set yet ({type(self).__name__})")
+        return bar
+
+    @property
+    def total_train_batches(self) -> int | float:
+        trainer = self._trainer
+        total = _count(getattr(trainer, "num_training_batches", 0))
+        max_steps = getattr(trainer, "max_steps", -1)
+        if total == math.inf and max_steps is not None and max_steps > 0:  # no length: the steps left
+            return max_steps - trainer.global_step
+        return total
+
+    @property
+    def trainer(self) -> Trainer:
+        if self._trainer is None:
+            raise TypeError(f"The `{type(self).__name__}._trainer` reference has not been set yet.")
+        return self._trainer
+
+    @property
+    def pl_module(self) -> Module:
+        return self.trainer.lightning_module
+
+    @property
+    def total_val_batches(self) -> int | float:
+        trainer = self._trainer
+        if trainer is None:
+            return 0
+        if getattr(trainer, "stage", None) == "fit" and not getattr(trainer, "sanity_checking", False):
+            loop = getattr(trainer, "_loop", None)  # Lightning counts 0 in an epoch that does not validate
+            if loop is not None and not (getattr(loop, "val_enabled", True) and loop._val_due_this_epoch()):
+                return 0
+        return _count(_total(getattr(trainer, "num_val_batches", [])))
+
+    @property
+    def total_test_batches(self) -> int | float:
+        return _count(_total(getattr(self._trainer, "num_test_batches", [])))
+
+    @property
+    def total_predict_batches(self) -> int | float:
+        return _count(_total(getattr(self._trainer, "num_predict_batches", [])))
+
+    def init_sanity_tqdm(self) -> Tqdm:
+        return self._tqdm("Sanity Checking", leave=False, position=2 * self.process_position)
+
+    def init_train_tqdm(self) -> Tqdm:
+        return self._tqdm("Training", leave=self.leave, position=2 * self.process_position)
+
+    def init_validation_tqdm(self) -> Tqdm:
+        # inside fit the validation bar sits under the training bar and disappears when done
+        fitting = getattr(self._trainer, "stage", None) == "fit"
+        return self._tqdm("Validation", leave=not fitting, position=2 * self.process_position + int(fitting))
+
+    def init_test_tqdm(self) -> Tqdm:
+        return self._tqdm("Testing", leave=True, position=2 * self.process_position)
+
+    def init_predict_tqdm(self) -> Tqdm:
+        return self._tqdm("Predicting", leave=True, position=2 * self.process_position)
+
+    def _tqdm(self, desc: str, leave: bool, position: int) -> Tqdm:
+        file = self._file or sys.stdout
+        try:
+            columns, lines = os.get_terminal_size(file.fileno())
+        except (AttributeError, OSError, ValueError):
+            columns, lines = 0, 0
+        return Tqdm(
+            desc=desc, position=position, disable=self.is_disabled, leave=leave, file=file,
+            # Follow resizes; a terminal that reports a 0x0 size (a fresh pty, some CI runners) would get no bar
+            # at all from tqdm, so it gets a fixed 100x40 instead.
+            dynamic_ncols=bool(columns and lines), ncols=None if columns else 100, nrows=None if lines else 40,
+            smoothing=0,  # the epoch's average speed: steadier than tqdm's moving average, and what ETA needs
+            mininterval=0,  # this class decides when to draw
+        )  # fmt: skip
+
+    def print(self, *args: Any, sep: str = " ", **kwargs: Any) -> None:
+        """Print without breaking an active terminal bar (``LightningModule.print`` comes here)."""
+        if any(isinstance(bar, _Bar) for bar in self._bars.values()):
+            Tqdm.write(sep.join(map(str, args)), file=self._file, **kwargs)
+        else:
+            print(*args, sep=sep, file=self._file, **kwargs)
 
     def _metrics(self) -> dict[str, str]:
         assert self._trainer is not None
@@ -184,7 +301,7 @@ class ProgressBar(Callback):
         interval = trainer.global_step // max(getattr(trainer, "log_every_n_steps", 1), 1)
         fresh = not getattr(trainer, "training", False) or interval != self._device_read_interval
         shown: dict[str, str] = {}
-        for name, value in self.get_metrics(trainer).items():
+        for name, value in self._read_metrics(trainer).items():
             on_device = isinstance(value, torch.Tensor) and value.device.type != "cpu"
             if on_device and not fresh and name in self._device_values:
                 shown[name] = self._device_values[name]
@@ -196,21 +313,40 @@ class ProgressBar(Callback):
             self._device_read_interval = interval
         return shown
 
+    def _read_metrics(self, trainer: Trainer) -> dict[str, Any]:
+        if self._metrics_takes_module is None:
+            try:
+                self._metrics_takes_module = len(inspect.signature(self.get_metrics).parameters) >= 2
+            except (TypeError, ValueError):
+                self._metrics_takes_module = True
+        if self._metrics_takes_module:
+            return self.get_metrics(trainer, getattr(trainer, "lightning_module", None))
+        return self.get_metrics(trainer)  # type: ignore[call-arg]  # an override from before Lightning's signature
+
     @staticmethod
     def _no_metrics() -> dict[str, str]:
         return {}
+
+    def _finish(self, key: str, with_metrics: bool) -> None:
+        bar = self._bars.pop(key, None)
+        if bar is not None:
+            bar.finish(self._metrics() if with_metrics and bar.shows else {})
 
     def _open(self, key: str, label: str, total: float, leave: bool, quiet: bool = False) -> None:
         previous = self._bars.pop(key, None)
         if previous is not None:
             previous.close()
-        if self._plain:
+        if not self._active or (quiet and self._plain and label == "Sanity Checking"):
+            bar: _Progress = _Progress(label, total, leave)  # counts, shows nothing (disabled, not rank 0)
+        elif self._plain:
             # In a log nothing is redrawn, so an epoch's closing line always stays (it is the one worth reading).
             leave = leave or key == "train"
-            self._bars[key] = _Lines(label, total, self._file, self.line_interval_s, quiet=quiet, leave=leave)
+            bar = _Lines(label, total, self._file, self.line_interval_s, quiet=quiet, leave=leave)
         else:
-            position = 1 if key == "val" and "train" in self._bars else 0
-            self._bars[key] = _Bar(label, total, self._file, leave=leave, position=position)
+            make = {"train": self.init_train_tqdm, "test": self.init_test_tqdm, "predict": self.init_predict_tqdm,
+                    "val": self.init_sanity_tqdm if label == "Sanity Checking" else self.init_validation_tqdm}[key]  # fmt: skip
+            bar = _Bar(make(), label, total)
+        self._bars[key] = self._made[key] = bar
 
     def _close_all(self) -> None:
         for bar in self._bars.values():
@@ -224,58 +360,58 @@ class ProgressBar(Callback):
             return f"Epoch {trainer.current_epoch}/{max_epochs - 1}"
         return f"Epoch {trainer.current_epoch}"
 
+
+class Tqdm(_tqdm_base()):  # type: ignore[misc]
+    """tqdm with Lightning's number format for the metrics after the bar: floats padded to a steady width
+    (``1.0`` → ``1.000``, ``0.1`` → ``0.100``), scientific notation kept short (``1e-5``)."""
+
     @staticmethod
-    def _val_batches_this_epoch(trainer: Trainer) -> int | float:
-        """Validation batches that will run during this training epoch (0 when validation skips it)."""
-        val = _total(getattr(trainer, "num_val_batches", []) or [])
-        every = getattr(trainer, "check_val_every_n_epoch", 1)
-        if not val or (every is not None and (trainer.current_epoch + 1) % every != 0):
-            return 0
-        train, interval = trainer.num_training_batches, getattr(trainer, "val_check_interval", 1.0)
-        if every is None or train == math.inf:
-            return val if every is not None else 0
-        per_run = max(1, int(train * interval)) if isinstance(interval, float) else int(interval)
-        return val * max(1, int(train // per_run))
+    def format_num(n: Any) -> str:
+        padded = isinstance(n, (float, str))
+        text = n if isinstance(n, str) else _tqdm_base().format_num(n)
+        if padded and "e" not in text:
+            if "." not in text and len(text) < _PAD_SIZE:
+                try:
+                    float(text)
+                except ValueError:
+                    return text
+                text += "."
+            text += "0" * (_PAD_SIZE - len(text))
+        return text
 
 
 class _Progress:
-    """One bar or one sequence of lines: counts batches and redraws when its policy says so."""
+    """One bar or one sequence of lines: counts batches and redraws when its policy says so. This base class only
+    counts (a disabled bar, another rank's): ``n`` and ``total`` as Lightning's tqdm bars have them."""
+
+    shows = False
 
     def __init__(self, label: str, total: float, leave: bool) -> None:
-        self.label, self.total, self.leave = label, total, leave
+        self.desc, self.leave = label, leave
+        self.total: int | float = int(total) if total != math.inf else math.inf
         self.n = 0
         self.train_done = 0
-        self.val_done = 0
 
     def resumed_at(self, n: int) -> None: ...
-    def advance_to(self, n: int, metrics: Any, force: bool, every: int) -> None: ...
+
+    def advance_to(self, n: int, metrics: Any, force: bool, every: int) -> None:
+        self.n = n
+
     def finish(self, metrics: dict[str, str]) -> None: ...
     def close(self) -> None: ...
 
 
 class _Bar(_Progress):
-    def __init__(self, label: str, total: float, file: TextIO, leave: bool, position: int) -> None:
-        from tqdm import tqdm
+    """A terminal bar, drawn by the tqdm that the callback's ``init_*_tqdm`` made."""
 
-        super().__init__(label, total, leave)
-        try:
-            columns, lines = os.get_terminal_size(file.fileno())
-        except (AttributeError, OSError, ValueError):
-            columns, lines = 0, 0
-        self._tqdm = tqdm(
-            desc=label,
-            total=None if total == math.inf else int(total),
-            file=file,
-            leave=leave,
-            position=position,
-            # Follow resizes; a terminal that reports a 0x0 size (a fresh pty, some CI runners) would get no bar
-            # at all from tqdm, so it gets a fixed 100x40 instead.
-            dynamic_ncols=bool(columns and lines),
-            ncols=None if columns else 100,
-            nrows=None if lines else 40,
-            smoothing=0,  # the epoch's average speed: steadier than tqdm's moving average, and what ETA needs
-            mininterval=0,  # this class decides when to draw
-        )
+    shows = True
+
+    def __init__(self, bar: Any, label: str, total: float) -> None:
+        super().__init__(label, total, bool(getattr(bar, "leave", True)))
+        bar.reset(total=None if total == math.inf else int(total))
+        if label != "Training":
+            bar.set_description(label, refresh=False)
+        self._tqdm = bar
         self._last_draw = 0.0
 
     def resumed_at(self, n: int) -> None:
@@ -306,6 +442,8 @@ class _Bar(_Progress):
 
 
 class _Lines(_Progress):
+    shows = True
+
     def __init__(self, label: str, total: float, file: TextIO, interval_s: float, quiet: bool, leave: bool) -> None:
         super().__init__(label, total, leave)
         self._file, self._interval_s, self._quiet = file, interval_s, quiet
@@ -337,7 +475,7 @@ class _Lines(_Progress):
     def _print(self, metrics: dict[str, str], final: bool = False) -> None:
         elapsed = max(time.monotonic() - self._start, 1e-9)
         rate = (self.n - self._first_n) / elapsed
-        parts = [f"{self.label}:"]
+        parts = [f"{self.desc}:"]
         if self.total == math.inf:
             parts.append(f"batch {self.n}")
         else:
@@ -354,6 +492,10 @@ class _Lines(_Progress):
 
 def _total(counts: list[int | float] | None) -> float:
     return float(sum(counts)) if counts else 0
+
+
+def _count(value: int | float) -> int | float:
+    return value if value == math.inf else int(value)
 
 
 def _format_seconds(seconds: float) -> str:
@@ -373,4 +515,8 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-__all__ = ["ProgressBar"]
+class TQDMProgressBar(ProgressBar):
+    """Lightning's name for torchplug's bar (the Trainer's default): the same behaviour and API."""
+
+
+__all__ = ["ProgressBar", "TQDMProgressBar", "Tqdm"]

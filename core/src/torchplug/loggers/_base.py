@@ -84,3 +84,62 @@ def _next_version(root: str) -> int:
         if match and os.path.isdir(os.path.join(root, name)):
             versions.append(int(match.group(1)))
     return max(versions) + 1 if versions else 0
+
+
+class DummyExperiment:
+    """An experiment that records nothing: every method exists and does nothing, item access works."""
+
+    def _nothing(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._nothing
+
+    def __getitem__(self, index: Any) -> DummyExperiment:
+        return self
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        return None
+
+
+class DummyLogger(Logger):
+    """A logger that logs nothing, accepting any call (what ``fast_dev_run`` puts in place of the loggers), so code
+    that calls ``self.logger.experiment.add_image(...)`` or a logger-specific method runs unchanged."""
+
+    def __init__(self) -> None:
+        self._experiment = DummyExperiment()
+
+    @property
+    def experiment(self) -> DummyExperiment:
+        return self._experiment
+
+    @property
+    def name(self) -> str:
+        return ""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    def log_metrics(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def __getitem__(self, index: Any) -> DummyLogger:
+        return self
+
+    def __iter__(self) -> Any:
+        yield self
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def method(*args: Any, **kwargs: Any) -> None:
+            return None
+
+        return method

@@ -12,7 +12,8 @@ the combinations with every other installed backend, checkpoints and bitwise res
 several processes, what happens when a rank fails; every check that trains runs in a process of its own with a
 deadline. :func:`run_processes` runs a function in N processes joined by a gloo process group and returns each
 rank's result or traceback. ``BoringModel``, ``regression_loader``, ``QUIET`` and the ``quiet_trainer_kwargs`` and
-``clean_env`` fixtures are for a backend's own tests.
+``clean_env`` fixtures are for a backend's own tests; :func:`subprocess_env` is the environment for a child
+interpreter that must import what this process imports.
 """
 
 from torchplug.testing._fixtures import (

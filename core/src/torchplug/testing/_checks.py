@@ -216,9 +216,9 @@ class RankStateProbe:
         ops = yield
         step = ops.optimizer_step
 
-        def counted_step(optimizer: Any, closure: Callable[[], Any]) -> bool:
+        def counted_step(optimizer: Any, closure: Callable[[], Any], **kwargs: Any) -> bool:
             self.steps += 1
-            return step(optimizer, closure)
+            return step(optimizer, closure, **kwargs)
 
         ops.optimizer_step = counted_step
         return ops

@@ -23,8 +23,8 @@ class LocalSGDStrategy(DDPStrategy):
         ops = yield from super().torchplug_step_ops(trainer)
         step = ops.optimizer_step
 
-        def step_then_average(optimizer, closure):
-            taken = step(optimizer, closure)
+        def step_then_average(optimizer, closure, **kwargs):
+            taken = step(optimizer, closure, **kwargs)
             if (trainer.global_step + 1) % self.local_sgd_period == 0:
                 for parameter in trainer.lightning_module.parameters():
                     dist.all_reduce(parameter.data)

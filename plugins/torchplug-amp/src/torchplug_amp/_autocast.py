@@ -124,18 +124,18 @@ class MixedPrecision(AutocastPrecision):
             self._unscale(optimizer)
             clip_gradients(optimizer, value, algorithm)
 
-        def scaled_step(optimizer: Optimizer, closure: Callable[[], Any]) -> bool:
+        def scaled_step(optimizer: Optimizer, closure: Callable[[], Any], **kwargs: Any) -> bool:
             # GradScaler.step refuses closures: run it here, exactly once.
             closure()
             if not _has_gradients(optimizer):
                 # Nothing was backpropagated (training_step returned None): step as full precision would.
-                optimizer.step()
+                optimizer.step(**kwargs)
                 return True
             self._unscale(optimizer)
             # After unscale_, GradScaler records per device whether it found inf/NaN; scaler.step skips exactly
             # then. Reading it is the one host sync scaler.step makes anyway.
             found_inf = sum(float(v.item()) for v in scaler._found_inf_per_device(optimizer).values())
-            scaler.step(optimizer)
+            scaler.step(optimizer, **kwargs)
             scaler.update()
             self._unscaled.clear()
             return found_inf == 0

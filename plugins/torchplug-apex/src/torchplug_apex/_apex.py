@@ -214,11 +214,11 @@ class ApexPrecision(Precision):
 
 
 
-def _apex_step(optimizer: Optimizer, closure: Callable[[], Any]) -> bool:
+def _apex_step(optimizer: Optimizer, closure: Callable[[], Any], **kwargs: Any) -> bool:
     closure()  # apex's step() refuses a closure
     # When scale_loss finds inf/NaN it lowers the scale and replaces optimizer.step by a one-shot skip, marking
     # _amp_stash.already_patched (apex/amp/handle.py, 25.04): that step is not taken.
     stash = getattr(optimizer, "_amp_stash", None)
     skipped = bool(getattr(stash, "already_patched", False))
-    optimizer.step()
+    optimizer.step(**kwargs)
     return not skipped

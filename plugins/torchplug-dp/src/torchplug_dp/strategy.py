@@ -41,6 +41,9 @@ class DataParallelStrategy(Strategy):
     combined output itself. ``self.log`` works in the steps: values logged on each GPU are combined the same way.
     """
 
+    # replicas run in threads, which do not inherit inference mode: evaluation runs under no_grad
+    supports_inference_mode = False
+
     def __init__(self) -> None:
         self._module: DataParallel | None = None
 

@@ -19,6 +19,9 @@ class SingleXLAStrategy(Strategy):
     On a TPU host the process opens only the chip it trains on, so other jobs can use the other chips.
     """
 
+    # XLA's lazy tensors do not support inference mode (as in Lightning): evaluation runs under no_grad
+    supports_inference_mode = False
+
     @hookimpl
     def torchplug_configure(self, trainer: Trainer) -> None:
         require_xla_accelerator(trainer)

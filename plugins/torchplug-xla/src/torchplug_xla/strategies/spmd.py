@@ -31,6 +31,9 @@ class XLASPMDStrategy(Strategy):
     replicated. Runs on one host (``num_nodes=1``).
     """
 
+    # XLA's lazy tensors do not support inference mode (as in Lightning): evaluation runs under no_grad
+    supports_inference_mode = False
+
     def __init__(self) -> None:
         self._mesh: Any = None
         self._specs: dict[int, Any] = {}

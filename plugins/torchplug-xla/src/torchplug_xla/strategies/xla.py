@@ -38,6 +38,9 @@ class XLAStrategy(Strategy):
     was initialised without a common seed. ``start_method`` is the multiprocessing start method of the replicas.
     """
 
+    # XLA's lazy tensors do not support inference mode (as in Lightning): evaluation runs under no_grad
+    supports_inference_mode = False
+
     def __init__(self, sync_module_states: bool = True, start_method: str = "spawn") -> None:
         if start_method not in ("spawn", "fork", "forkserver"):
             raise MisconfigurationError(
