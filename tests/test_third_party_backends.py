@@ -9,7 +9,6 @@ backends, one defect each, which it catches, naming each defect.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap

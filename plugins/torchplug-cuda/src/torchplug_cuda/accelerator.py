@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from torchplug import MisconfigurationError, StepOps, hookimpl
 from torchplug.accelerators import Accelerator
-from torchplug.utilities import apply_to_collection, batch_mover, parse_devices
+from torchplug.utilities import batch_mover, parse_devices
 from torchplug_cuda import _gpus
 from torchplug_cuda._memory import MODES, memory_metrics
 from torchplug_cuda._select import pick_free_gpus
