@@ -92,7 +92,7 @@ class _Timer(torchplug.Callback):
 def with_torchplug(loader: DataLoader, log: bool) -> float:
     timer = _Timer()
     trainer = torchplug.Trainer(
-        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[timer],
     )  # fmt: skip
     trainer.fit(TorchplugNet(log), loader)

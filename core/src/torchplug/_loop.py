@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchplug import _config, _heartbeat, _hparams, _optim, _plugins, _profiling, _state, _stopping
+from torchplug import _config, _heartbeat, _hparams, _optim, _plugins, _profiling, _state, _step, _stopping
 from torchplug._errors import MisconfigurationError
 from torchplug._evaluation import Evaluation
 from torchplug._schedule import Schedule, overrides
@@ -159,6 +159,7 @@ class Loop(Training, Schedule, Evaluation):
             datamodule.trainer = trainer
         self.wrapped: Any = None
         self.ops: StepOps = None  # type: ignore[assignment]
+        self.prepare_gradients: Any = None
         self.handles: list[_optim.LightningOptimizer] = []
         self.resume: _state.Resume | None = None
         self.step_taken = True
@@ -251,6 +252,8 @@ class Loop(Training, Schedule, Evaluation):
         self.wrapped = hook.torchplug_wrap_module(trainer=trainer, module=step_module)
         ops = hook.torchplug_step_ops(trainer=trainer)
         self.ops = ops.traced(_plugins.trace) if _plugins.tracing() else ops
+        # what a step calls between the closure and the optimizer's step; None when nothing is to be done
+        self.prepare_gradients = None if self.ops.prepare_gradients is _step._nothing else self.ops.prepare_gradients
         self._bind_batch_preparation()
         self.heartbeat = _heartbeat.start(trainer)  # None unless a supervisor watches this process
         self.stop_check = _stopping.StopCheck(trainer)

@@ -225,7 +225,8 @@ class LightningOptimizer:
         loop = self._loop
         if loop is None:  # made outside a run: the optimizer's own step, with a closure as in a run
             return self.optimizer.step(closure=closure if closure is not None else _no_loss, **kwargs)
-        vars(self).update(_closure=closure, _pending=True, _result=None)
+        state = self.__dict__  # (not through __setattr__, which forwards names it does not know to the optimizer)
+        state["_closure"], state["_pending"], state["_result"] = closure, True, None
         loop.step_taken = loop.ops.optimizer_step(self.optimizer, self._after_closure, **kwargs)
         if self._pending and loop.module.automatic_optimization:  # (a user's own step may not use its closure)
             step = loop.ops.optimizer_step
@@ -245,8 +246,9 @@ class LightningOptimizer:
         Optimizers such as LBFGS call it several times per step; each call runs all of it again. The closure runs
         with gradients enabled even when the optimizer's ``step`` disabled them.
         """
-        vars(self)["_pending"] = False
-        closure = self._closure
+        state = self.__dict__
+        state["_pending"] = False
+        closure = state["_closure"]
         if closure is None:
             loss = None
         elif torch.is_grad_enabled():
@@ -254,10 +256,11 @@ class LightningOptimizer:
         else:  # an optimizer whose step disabled gradients (Hugging Face's AdamW)
             with torch.enable_grad():
                 loss = closure()
-        vars(self)["_result"] = loss
+        state["_result"] = loss
         # between the closure and the step: final gradients, on_before_optimizer_step, clipping
-        loop, optimizer = self._loop, self.optimizer
-        loop.ops.prepare_gradients(optimizer)
+        loop, optimizer = state["_loop"], state["optimizer"]
+        if loop.prepare_gradients is not None:
+            loop.prepare_gradients(optimizer)
         if loop.pre_step_hooks:
             loop.call("on_before_optimizer_step", optimizer)
         if loop.clip and loop.module.automatic_optimization:

@@ -47,12 +47,13 @@ LOGGING_HOOKS: dict[str, tuple[bool, bool, tuple[bool, ...], tuple[bool, ...]]] 
 }  # fmt: skip
 
 
-_LEVELS: dict[tuple[str | None, bool | None, bool | None], tuple[bool, bool]] = {}  # answers already checked
+#: ``logging_levels``' answers already checked, by ``(hook, on_step, on_epoch)`` (Module.log reads it first).
+LEVELS_CHECKED: dict[tuple[str | None, bool | None, bool | None], tuple[bool, bool]] = {}
 
 
 def logging_levels(hook: str | None, name: str, on_step: bool | None, on_epoch: bool | None) -> tuple[bool, bool]:
     """``on_step``/``on_epoch`` for a ``self.log`` in ``hook`` (its defaults where not given), or a clear error."""
-    known = _LEVELS.get((hook, on_step, on_epoch))
+    known = LEVELS_CHECKED.get((hook, on_step, on_epoch))
     if known is not None:
         return known
     given = (hook, on_step, on_epoch)
@@ -77,7 +78,7 @@ def logging_levels(hook: str | None, name: str, on_step: bool | None, on_epoch: 
         raise MisconfigurationError(
             f"`self.log({name!r}, on_step=False, on_epoch=False)` is not useful: it logs nothing; set one of them"
         )
-    _LEVELS[given] = (on_step, on_epoch)
+    LEVELS_CHECKED[given] = (on_step, on_epoch)
     return on_step, on_epoch
 
 
@@ -246,7 +247,11 @@ class Results:
             if not metric.on_step or not isinstance(value, torch.Tensor):
                 return
         else:
-            value = self._as_tensor(name, value, sync_dist)
+            if type(value) is torch.Tensor and value.ndim == 0 and value.is_floating_point():  # the common case
+                if value.requires_grad:
+                    value = value.detach()
+            else:
+                value = self._as_tensor(name, value, sync_dist)
             if metric.on_epoch:  # this process's own value: the epoch aggregate is reduced across processes once
                 metric.values.append(value)
                 if batch_size is None and metric.op == "mean":

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchplug import _data, _flags, _optim, _profiling, _state
+from torchplug import _data, _flags, _optim, _profiling, _state, _step, _stopping
 from torchplug._errors import MisconfigurationError
 from torchplug._results import Results
 
@@ -118,7 +118,8 @@ class Training:
 
     def _train_batches(self, batches: Any) -> None:
         trainer, progress, ops = self.trainer, self.trainer.progress, self.ops
-        step, on_batch_end, check_val = self.training_step, ops.on_batch_end, self.val_enabled
+        step, check_val = self.training_step, self.val_enabled
+        on_batch_end = None if ops.on_batch_end is _step._nothing else ops.on_batch_end  # no call for nothing
         reads_iterator, automatic = self.train_takes_iterator, self.module.automatic_optimization
         if reads_iterator:  # the step reads (and prepares) the batches itself; the hooks get what it read last
             prepare: Any = lambda batch: batch  # noqa: E731
@@ -133,12 +134,15 @@ class Training:
         results = trainer._results
         beat, stop_check = self.heartbeat, self.stop_check
         stop_due = stop_check.due
+        # one process: a signal's request is an attribute read, not a call
+        stop_request = None if stop_check.shared else _stopping._REQUEST
         for batch, is_last in batches:
             batch_idx = progress.batches_done
             trainer._is_last_batch = is_last
             batch = prepare(batch)
             stepped_before = trainer.global_step
-            results.new_batch(None if reads_iterator else batch)  # a step's iterator is not read for a batch size
+            # results.new_batch, inline: a step's iterator is not read for a batch size
+            results.batch, results._batch_size = (None if reads_iterator else batch), None
             if batch is None:  # as in Lightning: no step for it, the batch-end hooks see no output
                 warnings.warn("train_dataloader yielded None. If this was on purpose, ignore this warning...",
                               UserWarning, stacklevel=2)  # fmt: skip
@@ -151,7 +155,8 @@ class Training:
                         _optim.step_schedulers(self, "epoch", plateau=False)
                     break
                 output = step(batch, batch_idx, is_last)
-            on_batch_end("train", batch_idx)
+            if on_batch_end is not None:
+                on_batch_end("train", batch_idx)
             progress.batches_done = batch_idx + 1
             progress.total_batches += 1
             if schedulers and self._epoch_complete():
@@ -174,7 +179,9 @@ class Training:
             if beat is not None:
                 beat()
             # A signal stops the run after an optimizer step, never inside an accumulation window.
-            if trainer.global_step != stepped_before and not is_last and stop_due():
+            if trainer.global_step != stepped_before and not is_last and (
+                stop_request.signum if stop_request is not None else stop_due()
+            ):
                 raise stop_check.stop()
         if reads_iterator and progress.batches_done and self._val_due(0, True):
             self.validate_during_fit()  # a step that reads the iterator itself: validation ends the epoch

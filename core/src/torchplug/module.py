@@ -318,7 +318,8 @@ class Module(HyperparametersMixin, nn.Module):
         across processes with ``reduce_fx`` (mean, sum, max, min). A Metric is reported per step with the value
         of its last ``forward`` and per epoch with ``compute()``; it is reset after each epoch.
         """
-        _results.check_value(name, value)
+        if type(value) is not torch.Tensor:  # (a tensor is always accepted: no call for the common case)
+            _results.check_value(name, value)
         trainer = self._trainer
         if trainer is None:
             warnings.warn(
@@ -329,9 +330,9 @@ class Module(HyperparametersMixin, nn.Module):
             )
             return
         loop = trainer._loop
-        on_step, on_epoch = _results.logging_levels(
-            loop.current_hook if loop is not None else None, name, on_step, on_epoch
-        )
+        hook = loop.current_hook if loop is not None else None
+        levels = _results.LEVELS_CHECKED.get((hook, on_step, on_epoch))  # answered before: a dict lookup
+        on_step, on_epoch = levels if levels is not None else _results.logging_levels(hook, name, on_step, on_epoch)
         if add_dataloader_idx and "/dataloader_idx_" in name:
             raise MisconfigurationError(
                 f"You called `self.log` with the key `{name}` but it should not contain information about "

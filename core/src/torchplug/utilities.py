@@ -170,25 +170,27 @@ def batch_mover(device: torch.device | str, non_blocking: bool = False) -> Calla
     tensor_type = torch.Tensor
     if device.type == "cpu":
 
-        def in_place(batch: Any) -> bool:
-            for item in batch:
-                if type(item) is not tensor_type or not item.is_cpu:
-                    return False
-            return True
+        def to_device(batch: Any) -> Any:
+            kind = type(batch)
+            if kind is list or kind is tuple:
+                for item in batch:
+                    if type(item) is not tensor_type or not item.is_cpu:
+                        break
+                else:
+                    return batch  # every item a tensor on the CPU already
+            return move_data_to_device(batch, device, non_blocking)
 
     else:
 
-        def in_place(batch: Any) -> bool:
-            for item in batch:
-                if type(item) is not tensor_type or item.device != device:
-                    return False
-            return True
-
-    def to_device(batch: Any) -> Any:
-        kind = type(batch)
-        if (kind is list or kind is tuple) and in_place(batch):
-            return batch
-        return move_data_to_device(batch, device, non_blocking)
+        def to_device(batch: Any) -> Any:
+            kind = type(batch)
+            if kind is list or kind is tuple:
+                for item in batch:
+                    if type(item) is not tensor_type or item.device != device:
+                        break
+                else:
+                    return batch
+            return move_data_to_device(batch, device, non_blocking)
 
     return to_device
 
