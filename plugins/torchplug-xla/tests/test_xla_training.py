@@ -8,6 +8,8 @@ SPMD and spawned replicas run in fresh processes in ``test_xla_processes.py``.
 from __future__ import annotations
 
 import copy
+import csv
+import math
 import os
 import subprocess
 import sys
@@ -25,6 +27,7 @@ import torchplug  # noqa: E402
 from torchplug import MisconfigurationError  # noqa: E402
 from torchplug._checkpoint import load_checkpoint  # noqa: E402
 from torchplug.callbacks import ModelCheckpoint  # noqa: E402
+from torchplug.loggers import CSVLogger  # noqa: E402
 from torchplug_xla import XLAAccelerator  # noqa: E402
 
 
@@ -117,8 +120,9 @@ def test_xla_strategy_with_one_replica_trains_like_single_xla():
 
 # ---------------------------------------------------------------------------------------------------- graphs
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_steady_state_steps_neither_recompile_nor_read_the_device(optimizer):
-    """One compiled graph per step from the start; the host reads values only at the logging interval."""
+def test_steady_state_steps_neither_recompile_nor_read_the_device(optimizer, tmp_path):
+    """One compiled graph per step from the start; the host reads values only at the logging interval, where a
+    logger writes them (with no logger and no progress bar, logged values stay on the device: nothing reads them)."""
 
     class Scheduled(Regressor):
         def configure_optimizers(self):
@@ -130,7 +134,8 @@ def test_steady_state_steps_neither_recompile_nor_read_the_device(optimizer):
 
     probe = Probe()
     model = Scheduled(optimizer=optimizer)
-    run = trainer(max_epochs=2, log_every_n_steps=5, gradient_clip_val=1.0, callbacks=[probe])
+    logger = CSVLogger(tmp_path)
+    run = trainer(max_epochs=2, log_every_n_steps=5, gradient_clip_val=1.0, callbacks=[probe], logger=logger)
     run.fit(model, loader(512))
     steps = [row[0] for row in probe.rows]
     assert steps == list(range(1, 33))
@@ -142,6 +147,10 @@ def test_steady_state_steps_neither_recompile_nor_read_the_device(optimizer):
         if following is not None and step % 5:
             assert following == count, f"the device was read after step {step}: {read}"
     assert read[-1] - read[0] >= 5  # and it was read at the intervals
+    with open(os.path.join(logger.log_dir, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(row["step"]) for row in rows] == [4, 9, 14, 19, 24, 29]  # what was read is what was written
+    assert all(math.isfinite(float(row["train_loss"])) for row in rows)
 
 
 def test_accumulation_micro_batches_are_cut_into_one_graph_each():
