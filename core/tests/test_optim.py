@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from torchplug import Callback, LightningOptimizer, MisconfigurationError, Trainer
 from torchplug.testing import QUIET, BoringModel, regression_loader
@@ -121,6 +122,71 @@ def test_the_handle_is_lightnings_optimizer_and_always_passes_the_closure():
 
     with pytest.raises(MisconfigurationError, match="The closure hasn't been executed"):
         Trainer(**QUIET, max_steps=1).fit(NoClosure(), regression_loader(16, 8))
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])
+def test_torchs_optimizers_train_exactly_as_when_step_runs_the_closure(name):
+    """torch's own optimizers get their closure called just before ``step()`` (no grad-mode context per step): the
+    weights are bitwise those of a hand-written loop that passes the closure to ``step``."""
+
+    def make(module):
+        return getattr(torch.optim, name)(module.parameters(), lr=0.05)
+
+    class Model(BoringModel):
+        def configure_optimizers(self):
+            return make(self)
+
+    torch.manual_seed(0)
+    model = Model()
+    torch.manual_seed(0)
+    reference = BoringModel()
+    optimizer = make(reference)
+    for batch in regression_loader(64, 8):
+
+        def closure(batch=batch):
+            optimizer.zero_grad()
+            loss = reference._loss(batch)
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+    Trainer(**QUIET, accelerator="cpu", max_epochs=1).fit(model, regression_loader(64, 8))
+    for got, expected in zip(model.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(got, expected)
+
+
+def test_optimizer_step_pre_hooks_still_run_before_the_closure():
+    """A step pre-hook (the optimizer's own or torch's global one) runs before the forward, as in ``step(closure)``."""
+    events = []
+
+    class Model(BoringModel):
+        def __init__(self, own_hook):
+            super().__init__()
+            self.own_hook = own_hook
+
+        def training_step(self, batch, batch_idx):
+            events.append("closure")
+            return super().training_step(batch, batch_idx)
+
+        def configure_optimizers(self):
+            optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+            if self.own_hook:
+                optimizer.register_step_pre_hook(lambda *args: events.append("pre"))
+            optimizer.register_step_post_hook(lambda *args: events.append("post"))
+            return optimizer
+
+    Trainer(**QUIET, accelerator="cpu", max_steps=2).fit(Model(own_hook=True), regression_loader(16, 8))
+    assert events == ["pre", "closure", "post"] * 2
+    events.clear()
+    handle = register_optimizer_step_pre_hook(lambda *args: events.append("global"))
+    try:
+        Trainer(**QUIET, accelerator="cpu", max_steps=2).fit(Model(own_hook=False), regression_loader(16, 8))
+    finally:
+        handle.remove()
+    assert events == ["global", "closure", "post"] * 2
+    events.clear()
+    Trainer(**QUIET, accelerator="cpu", max_steps=2).fit(Model(own_hook=False), regression_loader(16, 8))
+    assert events == ["closure", "post"] * 2
 
 
 def test_schedulers_step_at_lightnings_times():

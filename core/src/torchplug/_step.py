@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.optim import optimizer as _torch_optimizer
 
 from torchplug.utilities import batch_mover
 
@@ -122,9 +123,39 @@ def clip_gradients(optimizer: Optimizer, value: float, algorithm: str) -> None:
 
 def optimizer_step(optimizer: Optimizer, closure: Callable[[], Any], **kwargs: Any) -> bool:
     """``optimizer.step(closure=closure, **kwargs)``: the optimizer runs the closure (LBFGS several times; SAM
-    between its two steps), as in Lightning."""
+    between its two steps), as in Lightning.
+
+    For torch's own first-order optimizers, whose ``step`` begins by calling the closure once with gradients
+    enabled, the closure is called here and then ``step()``: the same order of work without entering a grad-mode
+    context per step. Only where nothing could tell the difference: the optimizer's exact class is one of those,
+    its ``step`` is not patched on the instance (apex), no step pre-hook is registered (they run before the closure
+    in ``step``) and no other argument is passed.
+    """
+    if not kwargs and type(optimizer) in _CLOSURE_FIRST:
+        state = optimizer.__dict__
+        hooks = state.get("_optimizer_step_pre_hooks")
+        # not patched on the instance (apex's amp does), no step pre-hook (they run before the closure in step)
+        if "step" not in state and hooks is not None and not hooks and not _GLOBAL_PRE_HOOKS:
+            closure()
+            optimizer.step()
+            return True
     optimizer.step(closure=closure, **kwargs)
     return True
+
+
+def _torch_closure_first_optimizers() -> frozenset[type]:
+    """torch.optim classes whose ``step(closure)`` starts with ``with torch.enable_grad(): loss = closure()``."""
+    names = ("SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "ASGD", "NAdam", "RAdam", "RMSprop", "Rprop",
+             "SparseAdam", "Adafactor")  # fmt: skip
+    return frozenset(cls for cls in (getattr(torch.optim, name, None) for name in names) if isinstance(cls, type))
+
+
+_CLOSURE_FIRST = _torch_closure_first_optimizers()
+# torch's registry of global step pre-hooks (register_optimizer_step_pre_hook adds to this dict, never rebinds it);
+# where a torch build lacks it, closure-first is never used
+_GLOBAL_PRE_HOOKS: Any = getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None)
+if _GLOBAL_PRE_HOOKS is None:
+    _CLOSURE_FIRST = frozenset()
 
 
 def _overrides_backward(module: Any) -> bool:
