@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from torchplug import Callback, Module, Trainer, registry
-from torchplug.testing import QUIET, regression_loader
+from torchplug.testing import QUIET, regression_loader, subprocess_env
 from torchplug_amp import STATE_KEY, BF16MixedPrecision, MixedPrecision
 
 
@@ -274,6 +274,9 @@ with open(os.path.join(out_dir, f"rank{trainer.global_rank}.json"), "w") as f:
 """
 
 
+_RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK")
+
+
 @pytest.mark.skipif(
     "ddp_cpu" not in registry.installed_names("strategy"),
     reason="strategy 'ddp_cpu' is not installed (it comes with plugins/torchplug-ddp)",
@@ -288,6 +291,7 @@ def test_ddp_cpu_with_two_processes(precision, dtype, scale, tmp_path):
     done = subprocess.run(
         [sys.executable, str(script), precision, str(tmp_path)],
         cwd=tmp_path,
+        env={k: v for k, v in subprocess_env().items() if k not in _RENDEZVOUS},  # a job of its own
         capture_output=True,
         text=True,
         timeout=240,

@@ -525,7 +525,7 @@ def test_every_opt_level_trains_skips_an_overflow_and_resumes(amp, level, tmp_pa
 
 
 @_step_replaced
-def test_o2_under_one_process_ddp_wraps_the_initialized_model(amp):
+def test_o2_under_one_process_ddp_wraps_the_initialized_model(amp, clean_env):
     """The CPU counterpart of test_apex_gpu.py's ``test_one_process_ddp_over_nccl`` (gloo here): DDP wraps the model
     apex cast, after ``amp.initialize`` (apex refuses a model that is already wrapped)."""
     seen = {}

@@ -84,9 +84,16 @@ def quiet_trainer_kwargs(tmp_path: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def clean_env() -> Iterator[None]:
-    """Restore ``os.environ`` after the test (distributed tests set MASTER_ADDR, RANK, …)."""
+    """Restore ``os.environ`` after the test (distributed tests set MASTER_ADDR, RANK, …) and destroy the process
+    group the test left (a world of one run in the test process keeps its group, and its store's port, for the
+    rest of the process, as in a user's script; a later test's child would inherit MASTER_PORT and find it taken)."""
+    import torch.distributed as dist
+
     saved = dict(os.environ)
+    had_group = dist.is_available() and dist.is_initialized()
     yield
+    if not had_group and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
     os.environ.clear()
     os.environ.update(saved)
 
