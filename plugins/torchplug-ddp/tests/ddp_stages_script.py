@@ -2,7 +2,7 @@
 
 ``python ddp_stages_script.py '<json config>' <out dir>``; the config holds:
 
-* ``scenario``: ``fit_validate``, ``fit_test``, ``fit_fit_one_trainer`` (the second ``fit`` of the same trainer
+* ``scenario``: ``fit_validate``, ``fit_test``, ``fit_validate_test``, ``fit_fit_one_trainer`` (the second ``fit`` of the same trainer
   trains two more epochs: ``max_epochs`` raised from 2 to 4) or ``fit_fit_two_trainers`` (a second Trainer fits the
   same model for two more epochs);
 * ``seed``: whether the script calls ``seed_everything`` (without it every process starts from other weights, and
@@ -92,10 +92,11 @@ def main(config, out, initial=None):
     trainer.fit(model, loader)
     record("fit", trainer)
     scenario = config["scenario"]
-    if scenario == "fit_validate":
-        record("validate", trainer, trainer.validate(model, loader))
-    elif scenario == "fit_test":
-        record("test", trainer, trainer.test(model, loader))
+    if scenario in ("fit_validate", "fit_test", "fit_validate_test"):
+        if "validate" in scenario:
+            record("validate", trainer, trainer.validate(model, loader))
+        if "test" in scenario:
+            record("test", trainer, trainer.test(model, loader))
     elif scenario == "fit_fit_one_trainer":
         trainer.max_epochs = 4
         trainer.fit(model, loader)

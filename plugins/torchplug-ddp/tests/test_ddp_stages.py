@@ -1,5 +1,5 @@
 """Several stages in one script under ddp_cpu with two processes, with and without ``seed_everything``: fit then
-validate, fit then test, two fits on one Trainer, two fits on two Trainers.
+validate then test, two fits on one Trainer, two fits on two Trainers.
 
 The other process runs the whole script too, so every stage meets it again; the process group of the first stage
 is kept and reused by the next (``torchplug.distributed.ProcessGroupStrategy``). Each script runs in a fresh
@@ -16,7 +16,7 @@ import torch
 from ddp_test_support import processes_mentioning, run
 
 SCRIPT = Path(__file__).with_name("ddp_stages_script.py")
-SCENARIOS = ["fit_validate", "fit_test", "fit_fit_one_trainer", "fit_fit_two_trainers"]
+SCENARIOS = ["fit_validate_test", "fit_fit_one_trainer", "fit_fit_two_trainers"]
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -79,17 +79,18 @@ def test_stages_in_one_script_under_ddp_cpu(tmp_path, python, scenario, seed):
         else [["0", "1"], ["0", "1"]] if scenario == "fit_fit_two_trainers"
         else [["0", "1"]]
     )  # fmt: skip
-    if scenario == "fit_test":
-        assert r0["stages"][1]["answer"][0]["test_samples"] == 64.0  # every sample tested once, by one rank
+    if scenario == "fit_validate_test":
+        assert [s["stage"] for s in r0["stages"]] == ["fit", "validate", "test"]
+        assert r0["stages"][2]["answer"][0]["test_samples"] == 64.0  # every sample tested once, by one rank
     check_against_the_reference(r0, reference(tmp_path, r0["initial"], **config))
 
 
-@pytest.mark.parametrize("scenario", ["fit_validate", "fit_test"])
-def test_stages_in_one_script_under_ddp_spawn(tmp_path, python, scenario):
+def test_stages_in_one_script_under_ddp_spawn(tmp_path, python):
     """Each stage spawns its processes anew; what each stage leaves comes back to the caller before the next."""
-    config = {"scenario": scenario, "seed": True, "batch_size": 4,
+    config = {"scenario": "fit_validate_test", "seed": True, "batch_size": 4,
               "trainer": {"strategy": "ddp_spawn", "accelerator": "cpu", "devices": 2}}  # fmt: skip
     reports = run_script(tmp_path, python, **config)
     assert sorted(reports) == ["caller"]
     got = reports["caller"]
+    assert [s["stage"] for s in got["stages"]] == ["fit", "validate", "test"]
     check_against_the_reference(got, reference(tmp_path, got["initial"], **config))
