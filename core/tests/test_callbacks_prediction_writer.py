@@ -21,12 +21,12 @@ class Writer(BasePredictionWriter):
 
 def test_writer_intervals_and_batch_indices():
     writer = Writer("batch_and_epoch")
-    trainer = Trainer(**QUIET, callbacks=[writer])
+    trainer = Trainer(accelerator="cpu", **QUIET, callbacks=[writer])
     assert trainer.predict(BoringModel(), regression_loader(12, 4), return_predictions=False) is None
     assert writer.batches == [([0, 1, 2, 3], 0, 0, (4, 1)), ([4, 5, 6, 7], 1, 0, (4, 1)), ([8, 9, 10, 11], 2, 0, (4, 1))]
     assert writer.epochs == [(3, [[[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]])]
     writer = Writer("epoch")
-    Trainer(**QUIET, callbacks=[writer]).predict(BoringModel(), regression_loader(8, 4))
+    Trainer(accelerator="cpu", **QUIET, callbacks=[writer]).predict(BoringModel(), regression_loader(8, 4))
     assert writer.batches == [] and len(writer.epochs) == 1
     with pytest.raises(MisconfigurationError, match=r"`write_interval` should be one of \['batch'"):
         Writer("sometimes")
@@ -36,7 +36,7 @@ def test_lambda_callback_calls_its_functions():
     calls = []
     callback = LambdaCallback(on_fit_start=lambda trainer, module: calls.append("fit"),
                               on_train_batch_end=lambda trainer, module, out, batch, idx: calls.append(idx))  # fmt: skip
-    Trainer(**QUIET, max_epochs=1, callbacks=[callback]).fit(BoringModel(), regression_loader(16, 8))
+    Trainer(accelerator="cpu", **QUIET, max_epochs=1, callbacks=[callback]).fit(BoringModel(), regression_loader(16, 8))
     assert calls == ["fit", 0, 1]
     with pytest.raises(MisconfigurationError, match="'on_nothing' is not a callback hook"):
         LambdaCallback(on_nothing=print)

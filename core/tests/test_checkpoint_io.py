@@ -260,7 +260,7 @@ def test_full_disk_during_fit_stops_with_the_file_and_keeps_earlier_checkpoints(
             self.big = torch.nn.Linear(256, 256)
 
     checkpoint = ModelCheckpoint(dirpath=small_disk, filename="{epoch}")
-    trainer = Trainer(default_root_dir=tmp_path, logger=False, max_epochs=3, callbacks=[checkpoint],
+    trainer = Trainer(accelerator="cpu", default_root_dir=tmp_path, logger=False, max_epochs=3, callbacks=[checkpoint],
                       enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     with pytest.raises(CheckpointWriteError, match=re.escape(f"{str(small_disk / 'epoch=1.ckpt')!r}: the disk is full")):
         trainer.fit(Wide(), regression_loader(16))

@@ -41,7 +41,7 @@ class Several(BoringModel):
 
 def test_several_training_and_evaluation_loaders():
     model = Several()
-    trainer = Trainer(**QUIET, max_epochs=1, num_sanity_val_steps=0)
+    trainer = Trainer(accelerator="cpu", **QUIET, max_epochs=1, num_sanity_val_steps=0)
     trainer.fit(model, {"a": regression_loader(32, 8), "b": regression_loader(16, 8)},
                 [regression_loader(16, 8), regression_loader(8, 8)])  # fmt: skip
     assert trainer.num_training_batches == 4 and trainer.num_val_batches == [2, 1]  # max_size_cycle
@@ -50,7 +50,7 @@ def test_several_training_and_evaluation_loaders():
     assert set(trainer.callback_metrics) == {"val_loss/dataloader_idx_0", "val_loss/dataloader_idx_1", "train_loss"}
     assert isinstance(trainer.val_dataloaders, list) and set(trainer.train_dataloader) == {"a", "b"}
     with pytest.raises(MisconfigurationError, match="`FitLoop` does not support"):
-        Trainer(**QUIET, max_epochs=1).fit(Several(), CombinedLoader([regression_loader(8, 8)], "sequential"))
+        Trainer(accelerator="cpu", **QUIET, max_epochs=1).fit(Several(), CombinedLoader([regression_loader(8, 8)], "sequential"))
 
 
 def test_data_checks_name_their_origin():
@@ -59,25 +59,25 @@ def test_data_checks_name_their_origin():
             return object()
 
     with pytest.raises(TypeError, match=r"invalid dataloader was passed to `Trainer.test\(dataloaders"):
-        Trainer(**QUIET).test(BoringModel(), dataloaders=object())
+        Trainer(accelerator="cpu", **QUIET).test(BoringModel(), dataloaders=object())
     with pytest.raises(TypeError, match=r"invalid dataloader was returned from `NoData.train_dataloader\(\)"):
-        Trainer(**QUIET, max_steps=1).fit(NoData())
+        Trainer(accelerator="cpu", **QUIET, max_steps=1).fit(NoData())
     with pytest.raises(TypeError, match=r"found None"):
-        Trainer(**QUIET, max_steps=1).fit(BoringModel())
+        Trainer(accelerator="cpu", **QUIET, max_steps=1).fit(BoringModel())
 
     class RequiresIndex(BoringModel):
         def validation_step(self, batch, batch_idx, dataloader_idx):
             pass
 
     with pytest.raises(RuntimeError, match="have included `dataloader_idx` in `RequiresIndex.validation_step"):
-        Trainer(**QUIET).validate(RequiresIndex(), regression_loader(8, 8))
+        Trainer(accelerator="cpu", **QUIET).validate(RequiresIndex(), regression_loader(8, 8))
 
     class NoIndex(BoringModel):
         def validation_step(self, batch, batch_idx):
             pass
 
     with pytest.raises(RuntimeError, match="no `dataloader_idx` argument in `NoIndex.validation_step"):
-        Trainer(**QUIET).validate(NoIndex(), [regression_loader(8, 8), regression_loader(8, 8)])
+        Trainer(accelerator="cpu", **QUIET).validate(NoIndex(), [regression_loader(8, 8), regression_loader(8, 8)])
 
 
 def test_a_datamodule_passed_positionally_and_its_transfer_hooks():
@@ -94,7 +94,7 @@ def test_a_datamodule_passed_positionally_and_its_transfer_hooks():
             return batch
 
     data = Data()
-    trainer = Trainer(**QUIET, max_epochs=1)
+    trainer = Trainer(accelerator="cpu", **QUIET, max_epochs=1)
     trainer.fit(BoringModel(), data)
     assert trainer.datamodule is data and data.transferred == 2
 
@@ -111,7 +111,7 @@ def test_samplers_hear_each_epoch_for_training_and_evaluation():
             calls.append((self.name, epoch))
 
     data = regression_data(16)
-    Trainer(**QUIET, max_epochs=2, num_sanity_val_steps=0).fit(
+    Trainer(accelerator="cpu", **QUIET, max_epochs=2, num_sanity_val_steps=0).fit(
         BoringModel(), DataLoader(data, sampler=Sampler(data, "train"), batch_size=8),
         DataLoader(data, sampler=Sampler(data, "val"), batch_size=8),
     )  # fmt: skip
@@ -135,20 +135,20 @@ def test_steps_that_read_the_iterator_themselves():
             self.calls.append(("val", batch_idx, dataloader_idx))
 
     model = Reads()
-    trainer = Trainer(**QUIET, max_epochs=1, num_sanity_val_steps=0)
+    trainer = Trainer(accelerator="cpu", **QUIET, max_epochs=1, num_sanity_val_steps=0)
     trainer.fit(model, regression_loader(32, 8), regression_loader(16, 8))
     assert model.calls == [(0, 1), (2, 3), ("val", 0, 0), ("val", 1, 0)] and trainer.global_step == 2
 
 
 def test_return_predictions_false_keeps_nothing():
-    trainer = Trainer(**QUIET)
+    trainer = Trainer(accelerator="cpu", **QUIET)
     assert trainer.predict(BoringModel(), regression_loader(16, 8), return_predictions=False) is None
     predictions = trainer.predict(BoringModel(), regression_loader(16, 8))
     assert [tuple(p.shape) for p in predictions] == [(8, 1), (8, 1)] and predictions[0].device == torch.device("cpu")
 
 
 def test_an_empty_training_loader_warns_and_trains_nothing() -> None:
-    trainer = Trainer(**QUIET, max_epochs=1)
+    trainer = Trainer(accelerator="cpu", **QUIET, max_epochs=1)
     with pytest.warns(UserWarning, match=r"the training dataloader is empty \(its length is 0\): there is nothing to train on"):
         trainer.fit(BoringModel(), DataLoader(regression_data(0), batch_size=4))
     assert trainer.global_step == 0
@@ -160,7 +160,7 @@ def test_an_empty_training_loader_warns_and_trains_nothing() -> None:
      ("limit_test_batches", 0.05, "0.125", "test")],  # fmt: skip
 )
 def test_a_fraction_that_selects_no_batch_is_refused(flag: str, value: float, minimum: str, stage: str) -> None:
-    trainer = Trainer(**QUIET, max_epochs=1, **{flag: value})
+    trainer = Trainer(accelerator="cpu", **QUIET, max_epochs=1, **{flag: value})
     model = BoringModel()
     run = {
         "fit": lambda: trainer.fit(model, regression_loader(64, 8)),
@@ -174,14 +174,14 @@ def test_a_fraction_that_selects_no_batch_is_refused(flag: str, value: float, mi
 
 def test_the_suggested_minimum_selects_a_batch() -> None:
     with pytest.raises(MisconfigurationError, match=r"Use at least limit_train_batches=0.1112") as error:
-        Trainer(**QUIET, max_epochs=1, limit_train_batches=0.1).fit(BoringModel(), regression_loader(72, 8))  # 9 batches
+        Trainer(accelerator="cpu", **QUIET, max_epochs=1, limit_train_batches=0.1).fit(BoringModel(), regression_loader(72, 8))  # 9 batches
     assert "0.1 * 9 < 1" in str(error.value)
-    trainer = Trainer(**QUIET, max_epochs=1, limit_train_batches=0.1112)
+    trainer = Trainer(accelerator="cpu", **QUIET, max_epochs=1, limit_train_batches=0.1112)
     trainer.fit(BoringModel(), regression_loader(72, 8))
     assert trainer.global_step == 1
 
 
 def test_zero_on_purpose_is_no_error() -> None:
-    trainer = Trainer(**QUIET, max_epochs=1, limit_train_batches=0.0)
+    trainer = Trainer(accelerator="cpu", **QUIET, max_epochs=1, limit_train_batches=0.0)
     trainer.fit(BoringModel(), regression_loader(64, 8))
     assert trainer.global_step == 0

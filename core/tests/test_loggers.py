@@ -195,16 +195,16 @@ def test_dummy_logger_accepts_anything_and_fast_dev_run_uses_it(tmp_path: Path) 
     experiment = DummyExperiment()
     experiment["key"] = "value"
     assert experiment["key"] is experiment
-    assert isinstance(torchplug.Trainer(fast_dev_run=True, default_root_dir=tmp_path).logger, DummyLogger)
+    assert isinstance(torchplug.Trainer(accelerator="cpu", fast_dev_run=True, default_root_dir=tmp_path).logger, DummyLogger)
 
 
 def test_default_logger_is_lightnings_and_any_logger_like_object_is_accepted(tmp_path: Path) -> None:
     from unittest.mock import Mock
 
-    trainer = torchplug.Trainer(default_root_dir=tmp_path)
+    trainer = torchplug.Trainer(accelerator="cpu", default_root_dir=tmp_path)
     assert isinstance(trainer.logger, TensorBoardLogger)  # tensorboard is installed here, as Lightning picks it
     mock = Mock(save_dir=str(tmp_path / "mock"))
-    trainer = torchplug.Trainer(default_root_dir=tmp_path, logger=mock, max_steps=1, enable_progress_bar=False)
+    trainer = torchplug.Trainer(accelerator="cpu", default_root_dir=tmp_path, logger=mock, max_steps=1, enable_progress_bar=False)
     assert trainer.logger is mock and trainer.log_dir == str(tmp_path / "mock")
     trainer.loggers = None
     assert trainer.loggers == []

@@ -57,7 +57,7 @@ class Added(Callback):
 def test_hook_order_with_configure_callbacks_and_model_modes():
     calls = []
     model = Traced(calls)
-    trainer = Trainer(**QUIET, max_epochs=1, num_sanity_val_steps=1)
+    trainer = Trainer(accelerator="cpu", **QUIET, max_epochs=1, num_sanity_val_steps=1)
     trainer.fit(model, regression_loader(8, 8), regression_loader(8, 8))
     assert calls == [
         "configure_callbacks", "configure_model", "Added.on_fit_start",
@@ -74,7 +74,7 @@ def test_hook_order_with_configure_callbacks_and_model_modes():
 
 def test_mock_callbacks_and_metrics_reset_per_stage():
     callback = Mock(spec=Callback)
-    trainer = Trainer(**QUIET, max_steps=1, callbacks=[callback])
+    trainer = Trainer(accelerator="cpu", **QUIET, max_steps=1, callbacks=[callback])
     trainer.fit(BoringModel(), regression_loader(8, 8))
     assert callback.on_train_start.call_count == 1 and "train_loss" in trainer.callback_metrics
     resets = []
@@ -83,26 +83,26 @@ def test_mock_callbacks_and_metrics_reset_per_stage():
         def on_test_start(self, trainer, pl_module):
             resets.append((dict(trainer.callback_metrics), dict(trainer.logged_metrics), trainer.progress_bar_metrics))
 
-    trainer = Trainer(**QUIET, max_steps=1, callbacks=[Checks()])
+    trainer = Trainer(accelerator="cpu", **QUIET, max_steps=1, callbacks=[Checks()])
     trainer.fit(BoringModel(), regression_loader(8, 8))
     trainer.test(BoringModel(), regression_loader(8, 8))
     assert resets == [({}, {}, {})] and isinstance(trainer.logged_metrics["test_loss"], torch.Tensor)
 
 
 def test_evaluating_after_fit_without_a_model(tmp_path):
-    trainer = Trainer(**{**QUIET, "enable_checkpointing": True}, max_epochs=2, default_root_dir=tmp_path,
+    trainer = Trainer(accelerator="cpu", **{**QUIET, "enable_checkpointing": True}, max_epochs=2, default_root_dir=tmp_path,
                       callbacks=[ModelCheckpoint(monitor="val_loss")])  # fmt: skip
     trainer.fit(BoringModel(), regression_loader(16, 8), regression_loader(8, 8))
     with pytest.warns(UserWarning, match="The best model of the previous `fit` call will be used"):
         trainer.validate(dataloaders=regression_loader(8, 8), verbose=False)
     assert trainer.ckpt_path == trainer.checkpoint_callback.best_model_path
-    trainer = Trainer(**QUIET, max_epochs=1)
+    trainer = Trainer(accelerator="cpu", **QUIET, max_epochs=1)
     trainer.fit(BoringModel(), regression_loader(16, 8))
     with pytest.warns(UserWarning, match="saved no checkpoint .* the weights in memory"):
         trainer.test(dataloaders=regression_loader(8, 8), verbose=False)
     assert trainer.ckpt_path is None
     with pytest.raises(TypeError, match=r"`Trainer.validate\(\)` requires a `LightningModule`"):
-        Trainer(**QUIET).validate()
+        Trainer(accelerator="cpu", **QUIET).validate()
 
 
 class ReturnsPerSampleLoss(BoringModel):
@@ -141,5 +141,5 @@ class ManualDetached(BoringModel):
 )
 def test_a_loss_that_cannot_be_backpropagated_names_training_step(model: BoringModel, match: str) -> None:
     with pytest.raises(MisconfigurationError, match=match) as error:
-        Trainer(**QUIET, max_steps=1).fit(model, regression_loader(16))
+        Trainer(accelerator="cpu", **QUIET, max_steps=1).fit(model, regression_loader(16))
     assert isinstance(error.value.__cause__, RuntimeError)  # torch's own error stays attached

@@ -322,7 +322,7 @@ def test_steps_are_called_by_their_signature() -> None:
         def validation_step(self, batch, batch_idx, dataloader_idx=0):
             seen.append(("val", dataloader_idx))
 
-    Trainer(**QUIET, max_epochs=1, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0).fit(
+    Trainer(accelerator="cpu", **QUIET, max_epochs=1, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0).fit(
         Signatures(), regression_loader(16, 8), [regression_loader(8, 8), regression_loader(8, 8)]
     )
     assert seen == ["train", ("val", 0), ("val", 1)]
@@ -332,26 +332,26 @@ def test_steps_are_called_by_their_signature() -> None:
             pass
 
     with pytest.raises(RuntimeError, match=r"only a single `val_dataloader`.*`Requires.validation_step\(\)`"):
-        Trainer(**QUIET).validate(Requires(), regression_loader(8, 8))
+        Trainer(accelerator="cpu", **QUIET).validate(Requires(), regression_loader(8, 8))
 
     class Lacks(BoringModel):
         def on_test_batch_end(self, outputs, batch, batch_idx):
             pass
 
     with pytest.raises(RuntimeError, match=r"multiple `test_dataloader`.*`Lacks.on_test_batch_end\(\)`"):
-        Trainer(**QUIET).test(Lacks(), [regression_loader(8, 8), regression_loader(8, 8)])
+        Trainer(accelerator="cpu", **QUIET).test(Lacks(), [regression_loader(8, 8), regression_loader(8, 8)])
 
 
 def test_steps_set_to_none_on_the_instance() -> None:
     model = BoringModel()
     model.validation_step = None
-    trainer = Trainer(**QUIET, max_epochs=1)
+    trainer = Trainer(accelerator="cpu", **QUIET, max_epochs=1)
     with pytest.warns(UserWarning, match="val_dataloader` but have no `validation_step`"):
         trainer.fit(model, regression_loader(16, 8), regression_loader(8, 8))
     assert trainer.num_val_batches == []
     model.training_step = None
     with pytest.raises(MisconfigurationError, match=r"No `training_step\(\)` method defined"):
-        Trainer(**QUIET, max_epochs=1).fit(model, regression_loader(16, 8))
+        Trainer(accelerator="cpu", **QUIET, max_epochs=1).fit(model, regression_loader(16, 8))
 
 
 def test_a_none_batch_is_skipped_with_a_warning() -> None:
@@ -365,7 +365,7 @@ def test_a_none_batch_is_skipped_with_a_warning() -> None:
         return None if items[0][0][0] > 0 else torch.utils.data.default_collate(items)
 
     loader = DataLoader(regression_data(8), batch_size=1, collate_fn=collate)
-    trainer = Trainer(**QUIET, max_epochs=1)
+    trainer = Trainer(accelerator="cpu", **QUIET, max_epochs=1)
     with pytest.warns(UserWarning, match="train_dataloader yielded None"):
         trainer.fit(Skips(), loader)
     assert trainer.global_step == outputs.count(False) and any(outputs)
@@ -388,7 +388,7 @@ def test_modes_the_user_set_are_kept_and_evaluation_runs_in_eval() -> None:
 
     model = Frozen()
     with pytest.warns(UserWarning, match=r"Found 1 module\(s\) in eval mode at the start of training \(frozen\)"):
-        Trainer(**QUIET, max_epochs=1, limit_train_batches=1, limit_val_batches=1).fit(
+        Trainer(accelerator="cpu", **QUIET, max_epochs=1, limit_train_batches=1, limit_val_batches=1).fit(
             model, regression_loader(8, 8), regression_loader(8, 8)
         )
     assert seen == [("val", False, False), ("train", True, False, True), ("val", False, False)]
@@ -402,7 +402,7 @@ def test_modes_the_user_set_are_kept_and_evaluation_runs_in_eval() -> None:
             seen.append("own train")
 
     seen.clear()
-    Trainer(**QUIET).validate(OwnEval(), regression_loader(8, 8))
+    Trainer(accelerator="cpu", **QUIET).validate(OwnEval(), regression_loader(8, 8))
     assert seen == ["own eval", "own train"]
 
 
@@ -423,7 +423,7 @@ def test_module_members() -> None:
             return super().training_step(batch, batch_idx)
 
     model = Members()
-    Trainer(**QUIET, max_steps=1).fit(model, regression_loader(8, 8))
+    Trainer(accelerator="cpu", **QUIET, max_steps=1).fit(model, regression_loader(8, 8))
     assert printed == ["hello"]
     scripted = model.to_torchscript()  # a module that ran with a trainer scripts
     assert torch.allclose(scripted(model.example_input_array), model(model.example_input_array))

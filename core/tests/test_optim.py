@@ -25,7 +25,7 @@ def test_no_optimizer_warns_and_trains_without_one():
 
     model = NoOptimizer()
     before = model.layer.weight.detach().clone()
-    trainer = Trainer(**QUIET, max_epochs=1)
+    trainer = Trainer(accelerator="cpu", **QUIET, max_epochs=1)
     with pytest.warns(UserWarning, match=r"configure_optimizers` returned `None`, this fit will run with no optimizer"):
         trainer.fit(model, regression_loader(16, 8))
     assert trainer.global_step == 2 and torch.equal(model.layer.weight, before) and trainer.optimizers == []
@@ -45,11 +45,11 @@ def test_plateau_forms_strictness_and_unknown_keys():
             return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "missing", "strict": False,
                                                        "unknown": 1}}  # fmt: skip
 
-    trainer = Trainer(**QUIET, max_epochs=3)
+    trainer = Trainer(accelerator="cpu", **QUIET, max_epochs=3)
     trainer.fit(Plateau("top-level monitor"), regression_loader(16, 8))
     assert trainer.lr_scheduler_configs[0].monitor == "train_loss" and trainer.lr_scheduler_configs[0].reduce_on_plateau
     with pytest.warns(RuntimeWarning) as seen:
-        Trainer(**QUIET, max_epochs=1).fit(Plateau("not strict"), regression_loader(16, 8))
+        Trainer(accelerator="cpu", **QUIET, max_epochs=1).fit(Plateau("not strict"), regression_loader(16, 8))
     messages = [str(w.message) for w in seen]
     assert any("unsupported keys in the lr scheduler dict: {'unknown'}" in m for m in messages)
     assert any("conditioned on metric missing which is not available but strict is set to `False`" in m
@@ -61,7 +61,7 @@ def test_plateau_forms_strictness_and_unknown_keys():
             return [opt], [torch.optim.lr_scheduler.ReduceLROnPlateau(opt)]
 
     with pytest.raises(MisconfigurationError, match="must include a monitor when a `ReduceLROnPlateau`"):
-        Trainer(**QUIET, max_epochs=1).fit(Missing(), regression_loader(16, 8))
+        Trainer(accelerator="cpu", **QUIET, max_epochs=1).fit(Missing(), regression_loader(16, 8))
 
 
 class Sam(torch.optim.SGD):
@@ -101,7 +101,7 @@ def test_the_handle_is_lightnings_optimizer_and_always_passes_the_closure():
             return Sam(self.parameters())
 
     model = Manual()
-    trainer = Trainer(**QUIET, max_epochs=1)
+    trainer = Trainer(accelerator="cpu", **QUIET, max_epochs=1)
     trainer.fit(model, regression_loader(16, 8))
     assert trainer.optimizers[0].seen == [0.05, 0.05] and trainer.global_step == 2
 
@@ -109,7 +109,7 @@ def test_the_handle_is_lightnings_optimizer_and_always_passes_the_closure():
         def configure_optimizers(self):
             return Sam(self.parameters())
 
-    trainer = Trainer(**QUIET, max_epochs=1)
+    trainer = Trainer(accelerator="cpu", **QUIET, max_epochs=1)
     trainer.fit(Automatic(), regression_loader(16, 8))
     assert trainer.optimizers[0].seen == [None, None]
 
@@ -121,7 +121,7 @@ def test_the_handle_is_lightnings_optimizer_and_always_passes_the_closure():
             pass
 
     with pytest.raises(MisconfigurationError, match="The closure hasn't been executed"):
-        Trainer(**QUIET, max_steps=1).fit(NoClosure(), regression_loader(16, 8))
+        Trainer(accelerator="cpu", **QUIET, max_steps=1).fit(NoClosure(), regression_loader(16, 8))
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])
@@ -206,9 +206,9 @@ def test_schedulers_step_at_lightnings_times():
             opt = torch.optim.SGD(self.parameters(), lr=1.0)
             return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)]
 
-    Trainer(**QUIET, max_epochs=1, callbacks=[Watch()]).fit(Step(), regression_loader(16, 8))
+    Trainer(accelerator="cpu", **QUIET, max_epochs=1, callbacks=[Watch()]).fit(Step(), regression_loader(16, 8))
     assert seen == [("batch_end", 0, 1.0), ("batch_end", 1, 0.5), ("epoch_end", 0.5)]
-    trainer = Trainer(**QUIET, max_steps=1)
+    trainer = Trainer(accelerator="cpu", **QUIET, max_steps=1)
     trainer.fit(Step(), regression_loader(16, 8))
     assert trainer.optimizers[0].param_groups[0]["lr"] == 1.0
 

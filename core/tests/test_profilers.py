@@ -17,7 +17,7 @@ def test_simple_profiler_times_hooks_datamodule_calls_and_epochs(tmp_path):
             pass
 
     profiler = SimpleProfiler(dirpath=tmp_path, filename="report")
-    trainer = Trainer(**QUIET, max_epochs=2, profiler=profiler)
+    trainer = Trainer(accelerator="cpu", **QUIET, max_epochs=2, profiler=profiler)
     trainer.fit(Hooked(), datamodule=Data())
     durations = profiler.recorded_durations
     assert len(durations["run_training_epoch"]) == 2
@@ -29,7 +29,7 @@ def test_simple_profiler_times_hooks_datamodule_calls_and_epochs(tmp_path):
 
 
 def test_without_a_profiler_nothing_is_timed_and_unknown_names_are_refused():
-    trainer = Trainer(**QUIET)
+    trainer = Trainer(accelerator="cpu", **QUIET)
     assert isinstance(trainer.profiler, PassThroughProfiler)
     with pytest.raises(MisconfigurationError, match="profiler='advanced': torchplug has the 'simple' profiler"):
-        Trainer(profiler="advanced")
+        Trainer(accelerator="cpu", profiler="advanced")

@@ -225,4 +225,4 @@ def test_lightnings_progress_bar_api(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert [Tqdm.format_num(x) for x in (1, 1.0, 0.1, 1e-5, "10000", "abc")] == ["1", "1.000", "0.100", "1e-5",
                                                                                   "10000", "abc"]  # fmt: skip
     with pytest.raises(torchplug.MisconfigurationError, match="`enable_progress_bar=False` but found `TQDMProgressBar`"):
-        torchplug.Trainer(callbacks=[TQDMProgressBar()], enable_progress_bar=False)
+        torchplug.Trainer(accelerator="cpu", callbacks=[TQDMProgressBar()], enable_progress_bar=False)

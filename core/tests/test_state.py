@@ -88,13 +88,13 @@ def test_best_in_a_new_process_comes_from_the_callbacks_own_folder(tmp_path: Pat
     first, _ = _fit(tmp_path, logger=False, max_epochs=3,
                     callbacks=[ModelCheckpoint(dirpath=folder, monitor="val_loss", save_top_k=2)])  # fmt: skip
     best = first.checkpoint_callback.best_model_path
-    fresh = Trainer(default_root_dir=tmp_path, logger=False, callbacks=[ModelCheckpoint(dirpath=folder, monitor="val_loss", save_top_k=2)], **QUIET)  # fmt: skip
+    fresh = Trainer(accelerator="cpu", default_root_dir=tmp_path, logger=False, callbacks=[ModelCheckpoint(dirpath=folder, monitor="val_loss", save_top_k=2)], **QUIET)  # fmt: skip
     fresh.validate(BoringModel(), regression_loader(8), ckpt_path="best")
     assert fresh.ckpt_path == best
 
 
 def test_best_without_a_checkpoint_callback_is_refused(tmp_path: Path) -> None:
-    trainer = Trainer(default_root_dir=tmp_path, logger=False, enable_checkpointing=False, **QUIET)
+    trainer = Trainer(accelerator="cpu", default_root_dir=tmp_path, logger=False, enable_checkpointing=False, **QUIET)
     with pytest.raises(MisconfigurationError, match=r"test\(ckpt_path='best'\): `ModelCheckpoint` is not configured"):
         trainer.test(BoringModel(), regression_loader(8), ckpt_path="best")
 
@@ -107,7 +107,7 @@ def test_best_with_save_top_k_0_is_refused(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ paths
 def test_missing_path_is_a_file_not_found_error_naming_it(tmp_path: Path) -> None:
-    trainer = Trainer(default_root_dir=tmp_path, logger=False, **QUIET)
+    trainer = Trainer(accelerator="cpu", default_root_dir=tmp_path, logger=False, **QUIET)
     with pytest.raises(FileNotFoundError, match=r"fit\(ckpt_path='lats'\) does not exist; did you mean ckpt_path='last'"):
         trainer.fit(BoringModel(), regression_loader(8), ckpt_path="lats")
     with pytest.raises(MisconfigurationError, match=r"fit\(ckpt_path=3\): expected the path of a checkpoint, 'last' or 'best'"):
@@ -117,7 +117,7 @@ def test_missing_path_is_a_file_not_found_error_naming_it(tmp_path: Path) -> Non
 def test_directory_that_is_not_a_checkpoint_names_what_is_in_it(tmp_path: Path) -> None:
     _fit(tmp_path, logger=False, callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}")])
     (tmp_path / "ckpt" / "notes.txt").write_text("x")
-    trainer = Trainer(default_root_dir=tmp_path, logger=False, **QUIET)
+    trainer = Trainer(accelerator="cpu", default_root_dir=tmp_path, logger=False, **QUIET)
     with pytest.raises(MisconfigurationError) as error:
         trainer.fit(BoringModel(), regression_loader(8), ckpt_path=tmp_path / "ckpt")
     message = str(error.value)
@@ -153,7 +153,7 @@ def test_directory_checkpoint_loads_with_its_plugin_and_is_named_without(tmp_pat
                           callbacks=[ModelCheckpoint(dirpath=folder, filename="{epoch}", save_top_k=-1, save_last=True)])  # fmt: skip
         assert trainer.global_step == 4
     # without it, the directory is recognised as a checkpoint the strategy of this run cannot read
-    trainer = Trainer(default_root_dir=tmp_path, logger=False, **QUIET)
+    trainer = Trainer(accelerator="cpu", default_root_dir=tmp_path, logger=False, **QUIET)
     with pytest.raises(MisconfigurationError, match="is a directory checkpoint written by the strategy 'single_device'"):
         trainer.validate(BoringModel(), regression_loader(8), ckpt_path=folder / "epoch=0.ckpt")
 
@@ -203,7 +203,7 @@ class Counts(BoringModel):
 )
 def test_state_a_checkpoint_cannot_hold_is_found_at_fit_start(tmp_path: Path, callback: Callback, where: str) -> None:
     Counts.steps = 0
-    trainer = Trainer(default_root_dir=tmp_path, logger=False, max_epochs=3, callbacks=[callback], **QUIET)
+    trainer = Trainer(accelerator="cpu", default_root_dir=tmp_path, logger=False, max_epochs=3, callbacks=[callback], **QUIET)
     with pytest.raises(TypeError, match=where) as error:
         trainer.fit(Counts(), regression_loader(16))
     assert "Found at fit start" in str(error.value)
@@ -223,6 +223,6 @@ class AssertsAtSave(BoringModel):
 
 def test_a_save_hook_that_cannot_run_before_training_does_not_stop_the_dry_run(tmp_path: Path) -> None:
     AssertsAtSave.saved_at = []
-    trainer = Trainer(default_root_dir=tmp_path, logger=False, max_epochs=2, **QUIET)
+    trainer = Trainer(accelerator="cpu", default_root_dir=tmp_path, logger=False, max_epochs=2, **QUIET)
     trainer.fit(AssertsAtSave(), regression_loader(16))
     assert AssertsAtSave.saved_at == [2, 4]

@@ -34,7 +34,7 @@ class Records(Callback):
 
 def test_state_in_every_part_of_every_entry_point():
     records = Records()
-    trainer = Trainer(**QUIET, max_steps=1, limit_val_batches=1, callbacks=[records])
+    trainer = Trainer(accelerator="cpu", **QUIET, max_steps=1, limit_val_batches=1, callbacks=[records])
     assert trainer.state == TrainerState(status=TrainerStatus.INITIALIZING, fn=None, stage=None)
     model = BoringModel()
     trainer.fit(model, regression_loader(8, 8), regression_loader(8, 8))
@@ -61,7 +61,7 @@ def test_an_exception_interrupts_and_the_flags_follow_the_stage():
             assert self.trainer.training and not self.trainer.evaluating
             raise ValueError("boom")
 
-    trainer = Trainer(**QUIET, max_steps=1)
+    trainer = Trainer(accelerator="cpu", **QUIET, max_steps=1)
     with pytest.raises(ValueError, match="boom"):
         trainer.fit(Fails(), regression_loader(16, 8))
     assert trainer.interrupted and trainer.state.status == "interrupted" and not trainer.state.finished

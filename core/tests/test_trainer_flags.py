@@ -51,7 +51,7 @@ def test_max_epochs_and_counters():
 
 
 def test_default_max_epochs_is_1000_and_max_steps_wins():
-    assert Trainer(**QUIET).max_epochs is None  # as Lightning reports it until fit resolves it
+    assert Trainer(accelerator="cpu", **QUIET).max_epochs is None  # as Lightning reports it until fit resolves it
     with pytest.warns(UserWarning, match="`max_epochs` was not set. Setting it to 1000 epochs"):
         trainer, _ = fit(limit_train_batches=1, val=False)
     assert trainer.max_epochs == 1000 and trainer.current_epoch == 1000
@@ -150,12 +150,12 @@ def test_limit_val_test_predict_batches():
 )
 def test_out_of_range_values_name_the_flag(flag, value, match):
     with pytest.raises(MisconfigurationError, match=match):
-        Trainer(**{**QUIET, flag: value})
+        Trainer(accelerator="cpu", **{**QUIET, flag: value})
 
 
 def test_min_larger_than_max():
     with pytest.raises(MisconfigurationError, match="min_epochs=3 is larger than max_epochs=2"):
-        Trainer(**QUIET, min_epochs=3, max_epochs=2)
+        Trainer(accelerator="cpu", **QUIET, min_epochs=3, max_epochs=2)
 
 
 def test_gradient_clip_val_norm_and_value():
@@ -289,7 +289,7 @@ def test_deterministic_warn_only():
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
     with pytest.raises(MisconfigurationError, match="deterministic='yes'"):
-        Trainer(**QUIET, deterministic="yes")
+        Trainer(accelerator="cpu", **QUIET, deterministic="yes")
 
 
 def test_epoch_end_order_lets_monitors_see_metrics_logged_in_on_train_epoch_end():
@@ -393,26 +393,27 @@ def test_manual_optimization_refuses_flags_it_would_ignore(flag, value):
 
 # ---------------------------------------------------------------------------------------------------- Lightning's flags
 def test_flags_read_back_as_lightning_reports_them(tmp_path, monkeypatch):
-    trainer = Trainer(**QUIET, fast_dev_run=1, num_sanity_val_steps=-1, default_root_dir="~/elsewhere")
+    trainer = Trainer(accelerator="cpu", **QUIET, fast_dev_run=1, num_sanity_val_steps=-1, default_root_dir="~/elsewhere")
     assert trainer.fast_dev_run is True and trainer.max_steps == 1 and trainer.num_sanity_val_steps == 0
     assert trainer.default_root_dir == os.path.expanduser("~/elsewhere")
-    trainer = Trainer(**QUIET, fast_dev_run=3, limit_train_batches=3.0, num_sanity_val_steps=-1)
+    trainer = Trainer(accelerator="cpu", **QUIET, fast_dev_run=3, limit_train_batches=3.0, num_sanity_val_steps=-1)
     assert trainer.fast_dev_run == 3 and trainer.limit_val_batches == 3
-    assert Trainer(**QUIET, num_sanity_val_steps=-1).num_sanity_val_steps == math.inf
-    assert Trainer(**QUIET, limit_train_batches=3.0).limit_train_batches == 3
+    assert Trainer(accelerator="cpu", **QUIET, num_sanity_val_steps=-1).num_sanity_val_steps == math.inf
+    assert Trainer(accelerator="cpu", **QUIET, limit_train_batches=3.0).limit_train_batches == 3
     monkeypatch.setenv("PL_TRAINER_MAX_STEPS", "7")
     monkeypatch.setenv("PL_TRAINER_LOGGER", "False")
-    assert Trainer().max_steps == 7 and Trainer().logger is None and Trainer(max_steps=3).max_steps == 3
+    assert Trainer(accelerator="cpu").max_steps == 7 and Trainer(accelerator="cpu").logger is None
+    assert Trainer(accelerator="cpu", max_steps=3).max_steps == 3
 
 
 def test_barebones_turns_off_what_costs_speed_and_refuses_it_back():
-    trainer = Trainer(barebones=True)
+    trainer = Trainer(accelerator="cpu", barebones=True)
     assert not trainer.loggers and not trainer.checkpoint_callbacks and trainer.progress_bar_callback is None
     assert trainer.num_sanity_val_steps == 0 and trainer.log_every_n_steps == 0
     with pytest.raises(MisconfigurationError, match=r"`Trainer\(barebones=True, enable_checkpointing=True\)` was passed"):
-        Trainer(barebones=True, enable_checkpointing=True)
+        Trainer(accelerator="cpu", barebones=True, enable_checkpointing=True)
     with pytest.raises(MisconfigurationError, match=r"profiler='simple'\)` was passed"):
-        Trainer(barebones=True, profiler="simple")
+        Trainer(accelerator="cpu", barebones=True, profiler="simple")
 
 
 def test_overfit_batches_trains_and_validates_on_the_same_unshuffled_batches():
@@ -426,7 +427,7 @@ def test_overfit_batches_trains_and_validates_on_the_same_unshuffled_batches():
         def validation_step(self, batch, batch_idx, dataloader_idx=0):
             seen["val"].append(batch[0][0, 0].item())
 
-    trainer = Trainer(**QUIET, max_epochs=2, overfit_batches=2, num_sanity_val_steps=0)
+    trainer = Trainer(accelerator="cpu", **QUIET, max_epochs=2, overfit_batches=2, num_sanity_val_steps=0)
     with pytest.warns(UserWarning, match="requested to overfit but enabled train dataloader shuffling"):
         trainer.fit(Seen(), regression_loader(64, 8, shuffle=True), regression_loader(64, 8))
     assert trainer.num_training_batches == 2 and trainer.num_val_batches == [2]
@@ -446,10 +447,10 @@ def test_reload_dataloaders_every_n_epochs():
             asked.append(("val", self.current_epoch))
             return regression_loader(8, 8)
 
-    Trainer(**QUIET, max_epochs=4, reload_dataloaders_every_n_epochs=2, num_sanity_val_steps=0).fit(Reloads())
+    Trainer(accelerator="cpu", **QUIET, max_epochs=4, reload_dataloaders_every_n_epochs=2, num_sanity_val_steps=0).fit(Reloads())
     assert asked == [("train", 0), ("val", 0), ("train", 2), ("val", 2)]
     with pytest.raises(MisconfigurationError, match="reload_dataloaders_every_n_epochs=-1: should be an int >= 0"):
-        Trainer(reload_dataloaders_every_n_epochs=-1)
+        Trainer(accelerator="cpu", reload_dataloaders_every_n_epochs=-1)
 
 
 def test_time_based_validation_and_max_time(monkeypatch):
@@ -470,7 +471,7 @@ def test_time_based_validation_and_max_time(monkeypatch):
     trainer, model = fit(max_epochs=10, max_time={"seconds": 5}, val=False)
     assert trainer.current_epoch == 1 and trainer.global_step == 5
     with pytest.raises(MisconfigurationError, match="invalid time format"):
-        Trainer(val_check_interval="1:2")
+        Trainer(accelerator="cpu", val_check_interval="1:2")
 
 
 def test_inference_mode_and_detect_anomaly():
@@ -484,10 +485,10 @@ def test_inference_mode_and_detect_anomaly():
             modes.append(torch.is_anomaly_enabled())
             return super().training_step(batch, batch_idx)
 
-    trainer = Trainer(**QUIET, limit_val_batches=1)
+    trainer = Trainer(accelerator="cpu", **QUIET, limit_val_batches=1)
     trainer.validate(Checks(), regression_loader(8, 8))
-    Trainer(**QUIET, limit_val_batches=1, inference_mode=False).validate(Checks(), regression_loader(8, 8))
-    Trainer(**QUIET, max_steps=1, detect_anomaly=True).fit(Checks(), regression_loader(8, 8))
+    Trainer(accelerator="cpu", **QUIET, limit_val_batches=1, inference_mode=False).validate(Checks(), regression_loader(8, 8))
+    Trainer(accelerator="cpu", **QUIET, max_steps=1, detect_anomaly=True).fit(Checks(), regression_loader(8, 8))
     assert modes == [(True, False), (False, False), True] and not torch.is_anomaly_enabled()
 
 
@@ -500,12 +501,12 @@ def test_estimated_stepping_batches_in_configure_optimizers():
             return super().configure_optimizers()
 
     for kwargs in ({"max_epochs": 3}, {"max_steps": 5}, {"max_epochs": 2, "accumulate_grad_batches": 3}):
-        Trainer(**QUIET, **kwargs).fit(Asks(), regression_loader(56, 8))
+        Trainer(accelerator="cpu", **QUIET, **kwargs).fit(Asks(), regression_loader(56, 8))
     assert estimates == [21, 5, 6]
 
 
 def test_init_module_makes_the_model_in_the_precisions_dtype():
-    with Trainer(**QUIET, precision="64-true").init_module():
+    with Trainer(accelerator="cpu", **QUIET, precision="64-true").init_module():
         model = BoringModel()
     assert model.layer.weight.dtype == torch.float64 and torch.get_default_dtype() == torch.float32
 
@@ -514,7 +515,7 @@ def test_default_root_dir_that_is_a_file_is_refused(tmp_path):
     file = tmp_path / "notes.txt"
     file.write_text("x")
     with pytest.raises(MisconfigurationError, match=rf"default_root_dir='{file}' is a file: it must be a folder"):
-        Trainer(**QUIET, default_root_dir=file)
+        Trainer(accelerator="cpu", **QUIET, default_root_dir=file)
     with pytest.raises(MisconfigurationError, match=rf"default_root_dir='{file}/runs' is inside '{file}', which is a file"):
-        Trainer(**QUIET, default_root_dir=file / "runs")
-    Trainer(**QUIET, default_root_dir=tmp_path / "new" / "folder")  # a folder that does not exist yet is fine
+        Trainer(accelerator="cpu", **QUIET, default_root_dir=file / "runs")
+    Trainer(accelerator="cpu", **QUIET, default_root_dir=tmp_path / "new" / "folder")  # a folder that does not exist yet is fine

@@ -111,10 +111,10 @@ def test_loss_falls_with_float32_parameters(precision, dtype, tmp_path):
 
 
 def test_legacy_names_select_16_mixed(tmp_path):
-    assert isinstance(Trainer(precision=16, **QUIET).precision_plugin, MixedPrecision)
-    assert isinstance(Trainer(precision="bf16", **QUIET).precision_plugin, BF16MixedPrecision)
+    assert isinstance(Trainer(accelerator="cpu", precision=16, **QUIET).precision_plugin, MixedPrecision)
+    assert isinstance(Trainer(accelerator="cpu", precision="bf16", **QUIET).precision_plugin, BF16MixedPrecision)
     with pytest.warns(DeprecationWarning, match="use_amp"):
-        assert isinstance(Trainer(use_amp=True, **QUIET).precision_plugin, MixedPrecision)
+        assert isinstance(Trainer(accelerator="cpu", use_amp=True, **QUIET).precision_plugin, MixedPrecision)
 
 
 def test_overflow_skips_exactly_one_step_halves_the_scale_and_holds_the_scheduler(tmp_path):
