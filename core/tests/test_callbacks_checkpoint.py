@@ -377,7 +377,7 @@ _KILLED_CHILD = textwrap.dedent(
 
     torchplug.seed_everything(0)
     checkpoint = ModelCheckpoint(dirpath=folder, filename="{epoch}", monitor="score", save_top_k=2, save_last=True)
-    trainer = torchplug.Trainer(max_epochs=8, logger=False, callbacks=[Started(), checkpoint], num_sanity_val_steps=0,
+    trainer = torchplug.Trainer(accelerator="cpu", max_epochs=8, logger=False, callbacks=[Started(), checkpoint], num_sanity_val_steps=0,
                                 enable_progress_bar=False, enable_model_summary=False, default_root_dir=folder + "-root")
     trainer.fit(Scored(), regression_loader(16), regression_loader(8), ckpt_path="last")
     print("done", trainer.global_step, flush=True)

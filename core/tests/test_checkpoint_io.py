@@ -344,7 +344,7 @@ _CANNOT_DELETE = textwrap.dedent(
                 os.seteuid(65534)
 
     folder = sys.argv[1]
-    trainer = torchplug.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+    trainer = torchplug.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
                                 default_root_dir=folder,
                                 callbacks=[BecomeNobody(), ModelCheckpoint(dirpath=folder, filename="{epoch}")])
     with warnings.catch_warnings(record=True) as caught:

@@ -24,7 +24,7 @@ QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "num_sanit
 
 def _fit(root: Path, ckpt_path: Any = None, lr: float = 0.1, **kwargs: Any) -> tuple[Trainer, BoringModel]:
     kwargs.setdefault("callbacks", [ModelCheckpoint(save_last=True)])
-    trainer = Trainer(default_root_dir=root, max_epochs=kwargs.pop("max_epochs", 1), **QUIET, **kwargs)
+    trainer = Trainer(accelerator="cpu", default_root_dir=root, max_epochs=kwargs.pop("max_epochs", 1), **QUIET, **kwargs)
     model = BoringModel(lr=lr)
     trainer.fit(model, regression_loader(16), regression_loader(8), ckpt_path=ckpt_path)
     return trainer, model

@@ -59,7 +59,7 @@ class Record(Callback):
 
 
 def trainer_for(tmp_path, *callbacks, **kwargs):
-    options = dict(max_epochs=2, default_root_dir=str(tmp_path), enable_progress_bar=False,
+    options = dict(accelerator="cpu", max_epochs=2, default_root_dir=str(tmp_path), enable_progress_bar=False,
                    enable_model_summary=False, logger=False, enable_checkpointing=False)  # fmt: skip
     options.update(kwargs)
     return Trainer(callbacks=list(callbacks), **options)
@@ -223,7 +223,7 @@ class SlowSave(Callback):
             time.sleep(120)  # a save that takes long: a second Ctrl-C must not wait for it
 
 if __name__ == "__main__":
-    trainer = Trainer(max_epochs=1000, default_root_dir=OUT, enable_progress_bar=False, enable_model_summary=False,
+    trainer = Trainer(accelerator="cpu", max_epochs=1000, default_root_dir=OUT, enable_progress_bar=False, enable_model_summary=False,
                       logger=False, callbacks=[SlowSave()])
     trainer.fit(Model(), DataLoader(regression_data(64), batch_size=4))
 """
