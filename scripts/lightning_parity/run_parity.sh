@@ -29,9 +29,6 @@ case "$mode" in
         python="${PYTHON:-$repo/.venv-oracle/bin/python}"
         shim="$here/oracle_shim"
         label=oracle
-        # The oracle environment (make setup-oracle) has Lightning but not the test runner torchplug's .venv has.
-        "$python" -m pip --disable-pip-version-check -q install \
-            pytest==9.2.0 pytest-xdist==3.8.0 pytest-timeout==2.4.0 tensorboard
         ;;
     *)
         echo "run_parity.sh: unknown mode '$mode' (nothing, or --oracle)" >&2
@@ -43,11 +40,26 @@ out="${OUT:-$repo/.lightning-parity/$label}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 
+# Lightning's test requirements (its requirements/pytorch/test.txt and extra.txt, less coverage, GPU-only and
+# network-only packages), installed beside the environment rather than into it, so that .venv and .venv-oracle stay
+# as the Makefile builds them; packages the environment already has keep their versions (constraints).
+deps="$repo/.lightning-parity/test-deps-$label"
+if [ ! -e "$deps/.installed" ]; then
+    "$python" -m pip --disable-pip-version-check -q freeze --exclude-editable | grep -v '^-e ' > "$out/constraints.txt"
+    "$python" -m pip --disable-pip-version-check -q install --target "$deps" -c "$out/constraints.txt" \
+        pytest==9.2.0 pytest-xdist==3.8.0 pytest-timeout==2.4.0 pytest-rerunfailures==16.1 \
+        "cloudpickle>=1.3,<3.2.0" "scikit-learn>0.22.1,<1.9.0" "onnx>1.12.0,<1.21.0" "onnxruntime>=1.12.0,<1.24.0" \
+        "onnxscript>=0.1.0,<0.6.0" "onnx-ir<0.1.16" "psutil<7.3.0" "pandas>2.0,<3.1.0" "tensorboard>=2.11" \
+        "omegaconf>=2.2.3,<2.4.0" "hydra-core>=1.2.0,<1.4.0" "jsonargparse[signatures]>=4.39.0,<4.46.0" \
+        "rich>=12.3.0,<14.4.0" "tensorboardX>=2.2,<2.7.0" matplotlib fastapi uvicorn
+    touch "$deps/.installed"
+fi
+
 python3 "$here/select_tests.py" "$src" > "$out/selection.tsv"
 
 export LIGHTNING_PARITY_SRC="$src"
 export LIGHTNING_PARITY_SELECTION="$out/selection.tsv"
-export PYTHONPATH="$shim:$here:$src/tests"
+export PYTHONPATH="$shim:$here:$src/tests:$deps"
 start=$(date +%s)
 # Exit status 1 (some tests failed) is the expected case; anything else is reported below.
 status=0

@@ -55,12 +55,13 @@ def read_junit(path: str):
 
 
 def _error_line(problem) -> str:
-    """The exception line of a failure: ``E   Type: message`` in the traceback, else the message attribute."""
+    """The exception line of a failure: ``E   Type: message`` in the traceback, else its last line."""
     text = problem.text or ""
     for line in text.splitlines():
         if line.startswith("E   ") and line[4:].strip():
             return line[4:].strip()[:240]
-    return _first_line(problem.get("message", "")) or _first_line(text)
+    last = [line.strip() for line in text.splitlines() if line.strip()]
+    return last[-1][:240] if last else _first_line(problem.get("message", ""))
 
 
 def outcome(node_id: str, items: dict, collection_errors: dict):
