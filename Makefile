@@ -101,7 +101,7 @@ test-wheels: wheels $(WHEELS_VENV)/.installed
 	scripts/test_installed.sh $(WHEELS_PY) dist/wheels $(DIST) -m "not xla" $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
-	$(PY) -m pip -q install ruff && $(VENV)/bin/ruff check core plugins tests benchmarks examples
+	$(PY) -m pip -q install ruff && $(VENV)/bin/ruff check core plugins tests benchmarks examples scripts
 
 # Lightning is only a point of comparison for the benchmarks, never a dependency.
 bench: $(VENV)/.installed

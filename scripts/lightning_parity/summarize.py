@@ -115,7 +115,7 @@ def main(argv: list) -> int:
         )
     causes = collections.Counter()
     example = {}
-    for node_id, api, result, message in public:
+    for node_id, _api, result, message in public:
         if result in ("failed", "error"):
             key = cause(message)
             causes[key] += 1

@@ -148,7 +148,7 @@ def _torch_at_least(version: str) -> bool:
 
 #: RunIf conditions that need hardware or a launcher this machine does not have; such tests are out of scope.
 _RUNIF_HARDWARE = {
-    "min_cuda_gpus", "bf16_cuda", "tpu", "mps", "standalone", "deepspeed", "bitsandbytes", "min_cuda_gpus",
+    "min_cuda_gpus", "bf16_cuda", "tpu", "mps", "standalone", "deepspeed", "bitsandbytes",
 }
 #: RunIf conditions that name an optional package.
 _RUNIF_PACKAGES = {
@@ -252,7 +252,9 @@ def environment_flag(name: str):
 
             return bool(torch.profiler.kineto_available())
         return _package_available(_FLAG_PACKAGES.get(package, package.lower()))
-    from importlib.metadata import PackageNotFoundError, version as installed
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
     from packaging.version import Version
 
     if match["lib"] == "PYTHON":
