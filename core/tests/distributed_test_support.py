@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from torchplug.testing import subprocess_env
+from torchplug.testing import processes_mentioning, subprocess_env  # noqa: F401 (re-exported for the tests)
 
 PYTHON = sys.executable
 
@@ -75,22 +75,6 @@ def clear_distributed_variables(monkeypatch: Any) -> None:
             monkeypatch.delenv(name)
 
 
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that mention ``text`` (a tmp_path is unique to one test)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{entry}/stat") as fh:
-                state = fh.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if text in cmdline and state != "Z":
-            found.append(f"{entry}: {cmdline}")
-    return found
 
 
 def no_processes_left(text: str, seconds: float = 10.0) -> list[str]:

@@ -6,14 +6,13 @@ independent of the core's."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
-from torchplug.testing import subprocess_env
+from torchplug.testing import processes_mentioning, subprocess_env  # noqa: F401 (re-exported for the tests)
 
 PYTHON = sys.executable
 
@@ -65,19 +64,3 @@ def _distributed_variable(name: str) -> bool:
     )  # fmt: skip
 
 
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that mention ``text`` (a tmp_path is unique to one test)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{entry}/stat") as fh:
-                state = fh.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if text in cmdline and state != "Z":
-            found.append(f"{entry}: {cmdline}")
-    return found

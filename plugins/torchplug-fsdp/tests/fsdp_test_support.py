@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from torchplug.testing import processes_mentioning  # noqa: F401 (re-exported for the tests)
+
 PYTHON = sys.executable
 JOBS = Path(__file__).with_name("fsdp_jobs.py")
 
@@ -67,22 +69,6 @@ def _distributed_variable(name: str) -> bool:
     )  # fmt: skip
 
 
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that mention ``text`` (a tmp_path is unique to one test)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{entry}/stat") as fh:
-                state = fh.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if text in cmdline and state != "Z":
-            found.append(f"{entry}: {cmdline}")
-    return found
 
 
 @contextlib.contextmanager

@@ -13,7 +13,8 @@ several processes, what happens when a rank fails; every check that trains runs 
 deadline. :func:`run_processes` runs a function in N processes joined by a gloo process group and returns each
 rank's result or traceback. ``BoringModel``, ``regression_loader``, ``QUIET`` and the ``quiet_trainer_kwargs`` and
 ``clean_env`` fixtures are for a backend's own tests; :func:`subprocess_env` is the environment for a child
-interpreter that must import what this process imports.
+interpreter that must import what this process imports, and :func:`processes_mentioning` finds what a job left
+running.
 """
 
 from torchplug.testing._fixtures import (
@@ -25,7 +26,7 @@ from torchplug.testing._fixtures import (
     regression_loader,
     subprocess_env,
 )
-from torchplug.testing._processes import RankResult, run_processes
+from torchplug.testing._processes import RankResult, processes_mentioning, run_processes
 
 # This module is the pytest plugin (the pytest11 entry point): pytest finds its hooks and fixtures here.
 from torchplug.testing._suite import _torchplug_kit, conformance, pytest_configure, pytest_pycollect_makeitem  # noqa: F401
@@ -36,6 +37,7 @@ __all__ = [
     "RankResult",
     "clean_env",
     "conformance",
+    "processes_mentioning",
     "quiet_trainer_kwargs",
     "regression_data",
     "regression_loader",

@@ -184,3 +184,25 @@ def _rank_main(rank: int, world_size: int, port: int, backend: str | None, timeo
         with open(temporary, "wb") as fh:
             pickle.dump(("error", f"fn returned a value that cannot be pickled:\n{traceback.format_exc()}"), fh)
     os.replace(temporary, os.path.join(workdir, f"rank{rank}.pickle"))
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """``"pid: command line"`` of every live process (zombies left out) whose command line mentions ``text``, this
+    process excepted; on Linux, from ``/proc`` (empty elsewhere). A test's ``tmp_path`` is unique to it, so
+    ``processes_mentioning(str(tmp_path)) == []`` after a job says that the job left no process behind."""
+    found: list[str] = []
+    if not os.path.isdir("/proc"):
+        return found
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if text in cmdline and state != "Z":
+            found.append(f"{entry}: {cmdline}")
+    return found
