@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -11,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from torchplug import ProcessFailedError
-from torchplug.testing import RankResult, run_processes
+from torchplug.testing import RankResult, processes_mentioning, run_processes
 
 
 def gather_ranks(rank, offset):
@@ -90,3 +92,20 @@ def test_what_cannot_be_pickled_is_refused_before_anything_starts():
 def test_a_rank_result_is_plain_data():
     result = RankResult(rank=2, value=[1, 2])
     assert result.ok and result.get() == [1, 2]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc (Linux)")
+def test_processes_mentioning_finds_a_live_process_and_not_a_dead_one(tmp_path):
+    marker = str(tmp_path / "marker")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", marker])
+    try:
+        deadline = time.monotonic() + 10
+        while not processes_mentioning(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [found] = processes_mentioning(marker)
+        assert found.startswith(f"{child.pid}: ") and marker in found
+    finally:
+        child.kill()
+        child.wait()
+    assert processes_mentioning(marker) == []
+
