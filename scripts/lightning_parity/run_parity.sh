@@ -6,7 +6,10 @@
 #
 # LIGHTNING_SRC_DIR holds Lightning's src/ and tests/ at one commit (README.md says how to extract them).
 # Writes to OUT (default .lightning-parity/torchplug or .lightning-parity/oracle): selection.tsv, junit.xml,
-# results.txt and summary.txt. PYTEST_ARGS adds pytest options (e.g. PYTEST_ARGS="-n 1").
+# results.txt and summary.txt. PYTEST_ARGS adds pytest options (e.g. PYTEST_ARGS="-n 1"). PARITY_TESTS narrows the
+# run to some of Lightning's test paths (e.g. PARITY_TESTS="tests_pytorch/tuner tests_pytorch/test_cli.py"; the rest
+# count as not run). DEPS names an existing folder of Lightning's test requirements to reuse (by default
+# .lightning-parity/test-deps-LABEL of this checkout, installed on first use).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -43,7 +46,7 @@ out="$(cd "$out" && pwd)"
 # Lightning's test requirements (its requirements/pytorch/test.txt and extra.txt, less coverage, GPU-only and
 # network-only packages), installed beside the environment rather than into it, so that .venv and .venv-oracle stay
 # as the Makefile builds them; packages the environment already has keep their versions (constraints).
-deps="$repo/.lightning-parity/test-deps-$label"
+deps="${DEPS:-$repo/.lightning-parity/test-deps-$label}"
 if [ ! -e "$deps/.installed" ]; then
     "$python" -m pip --disable-pip-version-check -q freeze --exclude-editable | grep -v '^-e ' > "$out/constraints.txt"
     "$python" -m pip --disable-pip-version-check -q install --target "$deps" -c "$out/constraints.txt" \
@@ -59,12 +62,13 @@ python3 "$here/select_tests.py" "$src" > "$out/selection.tsv"
 
 export LIGHTNING_PARITY_SRC="$src"
 export LIGHTNING_PARITY_SELECTION="$out/selection.tsv"
-export PYTHONPATH="$shim:$here:$src/tests:$deps"
+# A PYTHONPATH given by the caller (a checkout's sources ahead of the installed ones) comes after the shim.
+export PYTHONPATH="$shim:$here:$src/tests:$deps${PYTHONPATH:+:$PYTHONPATH}"
 start=$(date +%s)
 # Exit status 1 (some tests failed) is the expected case; anything else is reported below.
 status=0
 (cd "$src/tests" && "$python" -m pytest -c "$here/pytest.ini" --rootdir . -p parity_select \
-    -n 2 --timeout 60 -q --junitxml "$out/junit.xml" ${PYTEST_ARGS:-} tests_pytorch) > "$out/pytest.log" 2>&1 ||
+    -n 2 --timeout 60 -q --junitxml "$out/junit.xml" ${PYTEST_ARGS:-} ${PARITY_TESTS:-tests_pytorch}) > "$out/pytest.log" 2>&1 ||
     status=$?
 wall=$(( $(date +%s) - start ))
 

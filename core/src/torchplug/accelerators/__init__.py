@@ -43,4 +43,7 @@ class Accelerator:
         return "single_device" if len(device_ids) == 1 and num_nodes == 1 else "ddp"
 
 
-__all__ = ["Accelerator"]
+# The built-in accelerator, importable from here as the base is (``cpu`` imports the base above).
+from torchplug.accelerators.cpu import CPUAccelerator  # noqa: E402
+
+__all__ = ["Accelerator", "CPUAccelerator"]

@@ -27,4 +27,7 @@ class Strategy:
         return True
 
 
-__all__ = ["StepModule", "Strategy"]
+# The built-in strategy, importable from here as the base is (``single_device`` imports the base above).
+from torchplug.strategies.single_device import SingleDeviceStrategy  # noqa: E402
+
+__all__ = ["SingleDeviceStrategy", "StepModule", "Strategy"]
