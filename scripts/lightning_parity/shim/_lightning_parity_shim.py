@@ -56,6 +56,8 @@ ALIASES = {
     "lightning.pytorch.trainer.states": ["torchplug"],
     "lightning.pytorch.utilities": ["torchplug.utilities"],
     "lightning.pytorch.utilities.exceptions": [],
+    "lightning.pytorch.utilities.model_summary": ["torchplug.utilities.model_summary"],
+    "lightning.pytorch.utilities.model_summary.model_summary": ["torchplug.utilities.model_summary"],
     # torchplug's backends are packages of their own: a port imports DDPStrategy from torchplug_ddp, and so on.
     "lightning.pytorch.accelerators": ["torchplug.accelerators", "torchplug_cuda"],
     "lightning.pytorch.strategies": ["torchplug.strategies", "torchplug_ddp", "torchplug_fsdp", "torchplug_dp"],
@@ -82,7 +84,7 @@ SPLIT_PACKAGES = {
     "lightning.fabric.plugins.environments",
 }
 #: Lightning utility modules whose public names torchplug keeps in ``torchplug.utilities``.
-UTILITY_MODULES = ("rank_zero", "combined_loader", "types", "parsing", "seed", "apply_func", "model_summary")
+UTILITY_MODULES = ("rank_zero", "combined_loader", "types", "parsing", "seed", "apply_func")
 
 #: Lightning name -> torchplug object ("module:attribute"), where torchplug spells a name differently.
 RENAMES = {
