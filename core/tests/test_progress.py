@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import torchplug
-from torchplug.callbacks import ProgressBar
+from torchplug.callbacks import ProgressBar, TQDMProgressBar
 from torchplug.testing import subprocess_env
 
 
@@ -64,7 +64,9 @@ _LINE = re.compile(
 )
 
 
-def test_plain_lines_when_stdout_is_not_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plain_lines_when_stdout_is_not_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     trainer = _trainer(tmp_path)  # the default callbacks include a ProgressBar
     trainer.fit(Net(), _loader(20), _loader(5))
     out = capsys.readouterr().out
@@ -84,20 +86,22 @@ def test_plain_lines_when_stdout_is_not_a_terminal(tmp_path: Path, capsys: pytes
     assert "ETA" in lines[0] and "hidden" not in out
 
 
-def test_time_based_lines_and_metrics_read_only_when_shown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_time_based_lines_and_metrics_read_only_when_shown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     reads = []
 
-    class Counting(ProgressBar):
+    class Counting(TQDMProgressBar):
         def get_metrics(self, trainer: Any) -> dict[str, Any]:
             reads.append(trainer.global_step)
             return super().get_metrics(trainer)
 
-    bar = Counting()
+    bar = Counting(plain=None)
     _trainer(tmp_path, bar, max_epochs=1, logger=False).fit(Net(), _loader(100))
     assert len(capsys.readouterr().out.splitlines()) == 10  # 10%, 20%, ..., 90%, and the final line
     assert len(reads) == 10  # device values are read when a line is printed, not at every one of 100 steps
 
-    bar = Counting()
+    bar = Counting(plain=None)
     bar.line_interval_s = 0.0  # a line whenever the interval has passed: here every batch
     _trainer(tmp_path, bar, max_epochs=1, logger=False).fit(Net(), _loader(7))
     lines = capsys.readouterr().out.splitlines()
@@ -106,7 +110,9 @@ def test_time_based_lines_and_metrics_read_only_when_shown(tmp_path: Path, capsy
     ]
 
 
-def test_validate_test_predict_have_their_own_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_test_predict_have_their_own_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     trainer = _trainer(tmp_path, logger=False)
     model = Net()
     trainer.validate(model, _loader(4))
@@ -120,7 +126,9 @@ def test_validate_test_predict_have_their_own_lines(tmp_path: Path, capsys: pyte
 
 
 def test_tqdm_bar_when_forced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _trainer(tmp_path, ProgressBar(plain=False), max_epochs=1, logger=False).fit(Net(), _loader(6), _loader(2))
+    _trainer(tmp_path, TQDMProgressBar(plain=False), max_epochs=1, logger=False).fit(
+        Net(), _loader(6), _loader(2)
+    )
     out = capsys.readouterr().out
     assert "\r" in out
     assert re.search(r"Epoch 0/0: 100%\|.*\| 6/6 \[[\d:]+<[\d:]+, +[\d.]+it/s, loss=[\d.e-]+, val_loss=", out)
@@ -128,13 +136,15 @@ def test_tqdm_bar_when_forced(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_silent_when_disabled_or_not_rank_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _trainer(tmp_path, enable_progress_bar=False, max_epochs=1, logger=False).fit(Net(), _loader(3), _loader(1))
+    _trainer(tmp_path, enable_progress_bar=False, max_epochs=1, logger=False).fit(
+        Net(), _loader(3), _loader(1)
+    )
     assert capsys.readouterr().out == ""
-    _trainer(tmp_path, ProgressBar(refresh_rate=0), max_epochs=1, logger=False).fit(Net(), _loader(3))
+    _trainer(tmp_path, TQDMProgressBar(refresh_rate=0), max_epochs=1, logger=False).fit(Net(), _loader(3))
     assert capsys.readouterr().out == ""
 
     # A process of global rank 1 (stand-in trainer: only the attributes the bar reads) prints nothing.
-    bar = ProgressBar(plain=True)
+    bar = TQDMProgressBar(plain=True)
     rank1 = SimpleNamespace(is_global_zero=False, num_training_batches=3, num_val_batches=[], current_epoch=0,
                             max_epochs=1, progress_bar_metrics={}, logger=None)  # fmt: skip
     bar.setup(rank1, None, "fit")  # type: ignore[arg-type]
@@ -195,7 +205,9 @@ def test_a_real_terminal_gets_a_bar(tmp_path: Path) -> None:
     assert "batch 4/4 (100%)" not in out  # not the plain-line style
 
 
-def test_lightnings_progress_bar_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_lightnings_progress_bar_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import copy
     import pickle
 
@@ -204,7 +216,9 @@ def test_lightnings_progress_bar_api(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     trainer = _trainer(tmp_path, max_epochs=2, logger=False)
     bar = trainer.progress_bar_callback
-    assert isinstance(bar, TQDMProgressBar) and bar.refresh_rate == 1 and bar.is_enabled and not bar.is_disabled
+    assert (
+        isinstance(bar, TQDMProgressBar) and bar.refresh_rate == 1 and bar.is_enabled and not bar.is_disabled
+    )
     model = Net()
     trainer.fit(model, _loader(6), _loader(3))
     assert (bar.train_progress_bar.n, bar.train_progress_bar.total) == (6, 6)
@@ -224,5 +238,7 @@ def test_lightnings_progress_bar_api(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert TQDMProgressBar(refresh_rate=2).refresh_rate == 5
     assert [Tqdm.format_num(x) for x in (1, 1.0, 0.1, 1e-5, "10000", "abc")] == ["1", "1.000", "0.100", "1e-5",
                                                                                   "10000", "abc"]  # fmt: skip
-    with pytest.raises(torchplug.MisconfigurationError, match="`enable_progress_bar=False` but found `TQDMProgressBar`"):
+    with pytest.raises(
+        torchplug.MisconfigurationError, match="`enable_progress_bar=False` but found `TQDMProgressBar`"
+    ):
         torchplug.Trainer(accelerator="cpu", callbacks=[TQDMProgressBar()], enable_progress_bar=False)

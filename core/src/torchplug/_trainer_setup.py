@@ -43,7 +43,7 @@ def default_callbacks(callbacks: Any, checkpointing: bool, progress_bar: bool, m
             "callbacks list; drop one of them"
         )
     if progress_bar and not bars:
-        result.append(cb.TQDMProgressBar())
+        result.append(cb.TQDMProgressBar(plain=None))  # tqdm in a terminal, plain lines in a log
     if model_summary and not any(isinstance(c, cb.ModelSummary) for c in given):
         result.append(cb.ModelSummary())
     stateful = [c for c in result if getattr(type(c), "state_dict", None) not in (None, Callback.state_dict)]
