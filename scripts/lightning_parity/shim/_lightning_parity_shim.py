@@ -47,6 +47,7 @@ ALIASES = {
     "lightning.pytorch.callbacks.progress": ["torchplug.callbacks", "torchplug.callbacks.progress"],
     "lightning.pytorch.callbacks.progress.progress_bar": ["torchplug.callbacks.progress"],
     "lightning.pytorch.callbacks.progress.tqdm_progress": ["torchplug.callbacks.progress"],
+    "lightning.pytorch.callbacks.progress.rich_progress": ["torchplug.callbacks.rich_progress"],
     "lightning.pytorch.loggers": ["torchplug.loggers"],
     "lightning.pytorch.loggers.csv_logs": ["torchplug.loggers", "torchplug.loggers.csv_logs"],
     "lightning.pytorch.loggers.tensorboard": ["torchplug.loggers", "torchplug.loggers.tensorboard"],
