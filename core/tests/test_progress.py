@@ -242,3 +242,60 @@ def test_lightnings_progress_bar_api(
         torchplug.MisconfigurationError, match="`enable_progress_bar=False` but found `TQDMProgressBar`"
     ):
         torchplug.Trainer(accelerator="cpu", callbacks=[TQDMProgressBar()], enable_progress_bar=False)
+
+
+def test_progress_bar_base_class_counts_per_dataloader_and_prints_through_tqdm(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[tuple[str, int, int | float, int | float]] = []
+
+    class Counting(ProgressBar):
+        """A bar of one's own: Lightning's base-class API, nothing drawn."""
+
+        def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+                                      dataloader_idx: int = 0) -> None:  # fmt: skip
+            if self.has_dataloader_changed(dataloader_idx):
+                stage = "sanity" if trainer.sanity_checking else "val"
+                seen.append(
+                    (stage, dataloader_idx, self.total_val_batches_current_dataloader, self.total_val_batches)
+                )
+
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+            self.reset_dataloader_idx_tracker()
+
+    class TwoLoaders(Net):
+        def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+            self.print("in validation", end="|")
+
+    bar = Counting()
+    trainer = _trainer(tmp_path, bar, max_epochs=1, logger=False, num_sanity_val_steps=1)
+    trainer.fit(TwoLoaders(), _loader(3), [_loader(2), _loader(4)])
+    assert seen == [("sanity", 0, 1, 6), ("sanity", 1, 1, 6), ("val", 0, 2, 6), ("val", 1, 4, 6)]
+    assert bar.trainer is trainer and bar.is_enabled and bar.total_train_batches == 3
+    assert "in validation|" in capsys.readouterr().out  # the base class prints plainly
+    bar.disable()
+    assert bar.is_disabled
+
+    with pytest.raises(TypeError, match="reference has not been set yet"):
+        Counting().trainer  # noqa: B018
+
+
+def test_module_print_goes_through_the_tqdm_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchplug.callbacks.progress import Tqdm
+
+    written: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(Tqdm, "write", classmethod(lambda cls, s, **kw: written.append((s, kw))))
+
+    class Printing(Net):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            self.print("step", batch_idx, sep="=", end="")
+            return super().training_step(batch, batch_idx)
+
+    _trainer(tmp_path, TQDMProgressBar(), max_epochs=1, logger=False).fit(Printing(), _loader(2))
+    assert written == [("step=0", {"end": ""}), ("step=1", {"end": ""})]
+
+    written.clear()  # a hidden bar does not take the text
+    _trainer(tmp_path, TQDMProgressBar(refresh_rate=0), max_epochs=1, logger=False).fit(
+        Printing(), _loader(2)
+    )
+    assert written == []
