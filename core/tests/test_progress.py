@@ -299,3 +299,26 @@ def test_module_print_goes_through_the_tqdm_bar(tmp_path: Path, monkeypatch: pyt
         Printing(), _loader(2)
     )
     assert written == []
+
+
+def test_a_bar_per_evaluation_dataloader(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    class TwoLoaders(Net):
+        def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+            self.log("val_loss", self.layer(batch[0]).pow(2).mean())
+
+        def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+            self.log("test_loss", self.layer(batch[0]).pow(2).mean())
+
+    bar = TQDMProgressBar(plain=True)
+    trainer = _trainer(tmp_path, bar, max_epochs=1, logger=False)
+    trainer.validate(TwoLoaders(), [_loader(2), _loader(3)])
+    lines = [line for line in capsys.readouterr().out.splitlines() if "took" in line]
+    assert [line.split(":")[0] for line in lines] == ["Validation DataLoader 0", "Validation DataLoader 1"]
+    assert "batch 2/2 " in lines[0] and "batch 3/3 " in lines[1]
+    assert (bar.val_progress_bar.desc, bar.val_progress_bar.n, bar.val_progress_bar.total) == (
+        "Validation DataLoader 1", 3, 3,
+    )  # fmt: skip
+    trainer.test(TwoLoaders(), [_loader(1), _loader(4)])
+    assert (bar.test_progress_bar.desc, bar.test_progress_bar.total) == ("Testing DataLoader 1", 4)
+    trainer.test(TwoLoaders(), _loader(4))  # one loader: no index in the name
+    assert (bar.test_progress_bar.desc, bar.test_progress_bar.total) == ("Testing", 4)

@@ -254,14 +254,41 @@ class TQDMProgressBar(ProgressBar):
 
     # ---------------------------------------------------------------------------------------------------- evaluation
     def on_validation_start(self, trainer: Trainer, pl_module: Module) -> None:
+        self.reset_dataloader_idx_tracker()
+        self._open_validation(trainer, 0)
+
+    def _open_validation(self, trainer: Trainer, dataloader_idx: int) -> None:
+        counts = self._val_counts()
         if trainer.sanity_checking:
             # a sanity check is not worth a line in a log: counted silently there
-            self._open("val", "Sanity Checking", _total(trainer.num_sanity_val_batches), leave=False,
-                       quiet=self._plain)  # fmt: skip
-        elif getattr(trainer, "stage", None) == "fit":
-            self._open("val", "Validation", self.total_val_batches, leave=False, quiet=True)
+            label, total = self._per_dataloader(
+                self.sanity_check_description, counts, _total(counts), dataloader_idx
+            )
+            self._open("val", label, total, leave=False, quiet=self._plain, sanity=True)
+            return
+        label, total = self._per_dataloader(
+            self.validation_description, counts, self.total_val_batches, dataloader_idx
+        )
+        if getattr(trainer, "stage", None) == "fit":
+            self._open("val", label, total, leave=False, quiet=True)
         else:
-            self._open("val", "Validation", self.total_val_batches, leave=True)
+            self._open("val", label, total, leave=True)
+
+    @staticmethod
+    def _per_dataloader(
+        label: str, counts: list[int | float], total: float, dataloader_idx: int
+    ) -> tuple[str, float]:
+        """With several dataloaders, each gets a bar of its own, named by its index (Lightning's bars)."""
+        if len(counts) > 1:
+            return f"{label} DataLoader {dataloader_idx}", _at(counts, dataloader_idx)
+        return label, total
+
+    def on_validation_batch_start(
+        self, trainer: Trainer, pl_module: Module, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self.has_dataloader_changed(dataloader_idx) and dataloader_idx > 0:
+            self._finish("val", with_metrics=False)
+            self._open_validation(trainer, dataloader_idx)
 
     def on_validation_batch_end(
         self,
@@ -284,7 +311,20 @@ class TQDMProgressBar(ProgressBar):
             main.advance_to(main.n, self._metrics, force=True, every=1)  # show the fresh validation metrics
 
     def on_test_start(self, trainer: Trainer, pl_module: Module) -> None:
-        self._open("test", "Testing", self.total_test_batches, leave=True)
+        self.reset_dataloader_idx_tracker()
+        self._open_evaluation("test", self.test_description, "num_test_batches", 0)
+
+    def on_test_batch_start(
+        self, trainer: Trainer, pl_module: Module, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self.has_dataloader_changed(dataloader_idx) and dataloader_idx > 0:
+            self._finish("test", with_metrics=False)
+            self._open_evaluation("test", self.test_description, "num_test_batches", dataloader_idx)
+
+    def _open_evaluation(self, key: str, label: str, counts_name: str, dataloader_idx: int) -> None:
+        counts = list(getattr(self._trainer, counts_name, None) or [])
+        label, total = self._per_dataloader(label, counts, _total(counts), dataloader_idx)
+        self._open(key, label, total, leave=True)
 
     def on_test_batch_end(
         self,
@@ -303,7 +343,15 @@ class TQDMProgressBar(ProgressBar):
         self._finish("test", with_metrics=True)
 
     def on_predict_start(self, trainer: Trainer, pl_module: Module) -> None:
-        self._open("predict", "Predicting", self.total_predict_batches, leave=True)
+        self.reset_dataloader_idx_tracker()
+        self._open_evaluation("predict", self.predict_description, "num_predict_batches", 0)
+
+    def on_predict_batch_start(
+        self, trainer: Trainer, pl_module: Module, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self.has_dataloader_changed(dataloader_idx) and dataloader_idx > 0:
+            self._finish("predict", with_metrics=False)
+            self._open_evaluation("predict", self.predict_description, "num_predict_batches", dataloader_idx)
 
     def on_predict_batch_end(
         self,
@@ -422,11 +470,13 @@ class TQDMProgressBar(ProgressBar):
         if bar is not None:
             bar.finish(self._metrics() if with_metrics and bar.shows else {})
 
-    def _open(self, key: str, label: str, total: float, leave: bool, quiet: bool = False) -> None:
+    def _open(
+        self, key: str, label: str, total: float, leave: bool, quiet: bool = False, sanity: bool = False
+    ) -> None:
         previous = self._bars.pop(key, None)
         if previous is not None:
             previous.close()
-        if not self._active or (quiet and self._plain and label == "Sanity Checking"):
+        if not self._active or (quiet and self._plain and sanity):
             bar: _Progress = _Progress(label, total, leave)  # counts, shows nothing (disabled, not rank 0)
         elif self._plain:
             # In a log nothing is redrawn, so an epoch's closing line always stays (it is the one worth reading).
@@ -434,7 +484,7 @@ class TQDMProgressBar(ProgressBar):
             bar = _Lines(label, total, self._file, self.line_interval_s, quiet=quiet, leave=leave)
         else:
             make = {"train": self.init_train_tqdm, "test": self.init_test_tqdm, "predict": self.init_predict_tqdm,
-                    "val": self.init_sanity_tqdm if label == "Sanity Checking" else self.init_validation_tqdm}[key]  # fmt: skip
+                    "val": self.init_sanity_tqdm if sanity else self.init_validation_tqdm}[key]  # fmt: skip
             bar = _Bar(make(), label, total)
         self._bars[key] = self._made[key] = bar
 
