@@ -141,3 +141,20 @@ def test_rich_model_summary_is_the_default_next_to_a_rich_bar(
     assert (
         "┃ Name" in out and "│ layer" in out and "Trainable params" in out and "Total estimated model" in out
     )
+
+
+def test_a_loader_without_length_gets_a_pulsing_bar(tmp_path: Path) -> None:
+    class Endless(torch.utils.data.IterableDataset):
+        def __iter__(self) -> Any:
+            return iter([torch.randn(2) for _ in range(6)])
+
+    class Plain(Net):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return self.layer(batch).pow(2).mean()
+
+    bar, out = _bar()
+    _trainer(tmp_path, bar, max_epochs=1, limit_val_batches=0).fit(
+        Plain(), DataLoader(Endless(), batch_size=2)
+    )
+    assert _rows(bar) == [("Epoch 0/0", 3, None, True)]  # no total: rich pulses
+    assert "3/--" in out.getvalue()
