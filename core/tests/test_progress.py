@@ -322,3 +322,19 @@ def test_a_bar_per_evaluation_dataloader(tmp_path: Path, capsys: pytest.CaptureF
     assert (bar.test_progress_bar.desc, bar.test_progress_bar.total) == ("Testing DataLoader 1", 4)
     trainer.test(TwoLoaders(), _loader(4))  # one loader: no index in the name
     assert (bar.test_progress_bar.desc, bar.test_progress_bar.total) == ("Testing", 4)
+
+
+def test_standard_metrics_and_a_logged_v_num() -> None:
+    from torchplug.callbacks.progress import get_standard_metrics
+
+    def trainer(*versions: Any, **logged: Any) -> Any:
+        loggers = [SimpleNamespace(version=v) for v in versions]
+        return SimpleNamespace(loggers=loggers, progress_bar_metrics=logged)
+
+    assert get_standard_metrics(trainer()) == {} and get_standard_metrics(trainer("")) == {}
+    assert get_standard_metrics(trainer(7)) == {"v_num": 7}
+    assert get_standard_metrics(trainer("version_12345")) == {"v_num": "2345"}  # the last 4 characters
+    assert get_standard_metrics(trainer("abcdef", 3, 3)) == {"v_num": "ef_3"}  # distinct versions joined
+    assert TQDMProgressBar().get_metrics(trainer(1, loss=0.5)) == {"v_num": 1, "loss": 0.5}
+    with pytest.warns(UserWarning, match="already shows 'v_num'"):
+        assert TQDMProgressBar().get_metrics(trainer(1, v_num=9)) == {"v_num": 9}

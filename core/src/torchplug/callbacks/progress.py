@@ -8,6 +8,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from typing import TYPE_CHECKING, Any, TextIO
 
 import torch
@@ -149,18 +150,38 @@ class ProgressBar(Callback):
         self._current_eval_dataloader_idx = None
 
     def get_metrics(self, trainer: Trainer, pl_module: Module | None = None) -> dict[str, Any]:
-        """What a bar shows: ``prog_bar=True`` metrics and the logger's version as ``v_num`` (Lightning's names).
+        """What a bar shows: :func:`get_standard_metrics` (``v_num``), then the ``prog_bar=True`` metrics.
 
         Override to change it. (Values may be device tensors: a bar reads them to the host when it draws.)
         """
-        metrics: dict[str, Any] = dict(
+        shown: dict[str, Any] = dict(
             getattr(trainer, "_progress_bar_metrics", None) or trainer.progress_bar_metrics
         )
-        logger = getattr(trainer, "logger", None)
-        version = getattr(logger, "version", None) if logger is not None else None
-        if version is not None and version != "":
-            metrics["v_num"] = version
-        return metrics
+        standard = get_standard_metrics(trainer)
+        clashes = sorted(set(standard) & set(shown))
+        if clashes:
+            warnings.warn(
+                f"The progress bar already shows {', '.join(map(repr, clashes))}: `self.log({clashes[0]!r}, ..., "
+                "prog_bar=True)` replaces it there. Log it under another name, or override `get_metrics()` of the "
+                "progress bar",
+                UserWarning,
+                stacklevel=2,
+            )
+        return {**standard, **shown}
+
+
+def get_standard_metrics(trainer: Trainer) -> dict[str, int | str]:
+    """The metrics every bar shows besides the logged ones: ``v_num``, the loggers' version (the last 4 characters of
+    a string version; several loggers' distinct versions joined by ``_``), when there is one."""
+    loggers = list(getattr(trainer, "loggers", None) or [])
+    versions = list(dict.fromkeys(getattr(logger, "version", None) for logger in loggers))
+    versions = [v for v in versions if v is not None and v != ""]
+    if not versions:
+        return {}
+    version: int | str = versions[0] if len(versions) == 1 else "_".join(map(str, versions))
+    if isinstance(version, str):
+        version = version[-4:]
+    return {"v_num": version}
 
 
 class TQDMProgressBar(ProgressBar):
@@ -662,4 +683,4 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-__all__ = ["ProgressBar", "TQDMProgressBar", "Tqdm"]
+__all__ = ["ProgressBar", "TQDMProgressBar", "Tqdm", "get_standard_metrics"]
