@@ -61,13 +61,14 @@ def test_csv_contents_and_growing_header(tmp_path: Path) -> None:
         {"step": "1", "epoch": "0", "loss": "", "val_loss": "0.75"},
         {"step": "2", "epoch": "1", "loss": "0.125", "val_loss": ""},
     ]
-    # Resuming into the same version appends under the existing header.
-    again = CSVLogger(tmp_path, version=0)
-    again.log_metrics({"loss": 0.0625, "lr": 0.1}, step=3)
-    again.save()
-    assert _header(metrics_file) == ["step", "epoch", "loss", "val_loss", "lr"]
-    assert len(_rows(metrics_file)) == 5 and _rows(metrics_file)[-1]["lr"] == "0.1"
     assert not [p for p in Path(logger.log_dir).iterdir() if p.name.startswith(".")]
+    # Logging into that version again warns and starts a fresh file, as Lightning does.
+    again = CSVLogger(tmp_path, version=0)
+    with pytest.warns(UserWarning, match="exists and is not empty"):
+        again.log_metrics({"loss": 0.0625, "lr": 0.1}, step=3)
+    again.save()
+    assert _header(metrics_file) == ["step", "loss", "lr"]
+    assert _rows(metrics_file) == [{"step": "3", "loss": "0.0625", "lr": "0.1"}]
 
 
 def test_csv_hparams_yaml(tmp_path: Path) -> None:
@@ -106,7 +107,9 @@ def test_tensorboard_events_read_back(tmp_path: Path) -> None:
     logger.finalize("success")
 
     events = _events(logger.log_dir)
-    assert sorted(events.Tags()["scalars"]) == ["acc", "loss"]
+    # default_hp_metric=True: hp_metric = -1 at step 0 gives the HPARAMS tab a metric column to fill in later
+    assert sorted(events.Tags()["scalars"]) == ["acc", "hp_metric", "loss"]
+    assert [(e.step, e.value) for e in events.Scalars("hp_metric")] == [(0, -1.0)]
     loss = events.Scalars("loss")
     assert [e.step for e in loss] == [0, 1, 2]
     assert [e.value for e in loss] == pytest.approx([1.0, 0.5, 1 / 3])

@@ -47,6 +47,7 @@ ALIASES = {
     "lightning.pytorch.loggers": ["torchplug.loggers"],
     "lightning.pytorch.loggers.csv_logs": ["torchplug.loggers", "torchplug.loggers.csv_logs"],
     "lightning.pytorch.loggers.tensorboard": ["torchplug.loggers", "torchplug.loggers.tensorboard"],
+    "lightning.pytorch.loggers.wandb": ["torchplug.loggers", "torchplug.loggers.wandb"],
     "lightning.pytorch.profilers": ["torchplug.profilers"],
     "lightning.pytorch.trainer": ["torchplug"],
     "lightning.pytorch.trainer.trainer": ["torchplug"],

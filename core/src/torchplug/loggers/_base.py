@@ -33,6 +33,14 @@ class Logger:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 
+    def log_graph(self, model: Any, input_array: Any = None) -> None:
+        """Record the model's computational graph, where the backend can show one (called once per run, after the
+        hyperparameters). Does nothing by default."""
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        """``ModelCheckpoint`` just wrote a file (global rank 0): a logger that uploads checkpoints reads the
+        callback's ``best_k_models``, ``best_model_path``, ``last_model_path`` here. Does nothing by default."""
+
     def save(self) -> None: ...
 
     def finalize(self, status: str) -> None:
@@ -44,7 +52,8 @@ class FolderLogger(Logger):
     """A logger writing under ``<save_dir>/<name>/version_N`` (the next free N unless ``version`` is given)."""
 
     def __init__(self, save_dir: str | os.PathLike[str], name: str | None, version: int | str | None) -> None:
-        self._save_dir = os.fspath(save_dir)
+        # "~/runs" and "$SCRATCH/runs" mean what they mean in a shell; "memory://..." and "s3://..." are kept as is.
+        self._save_dir = os.path.expandvars(os.path.expanduser(os.fspath(save_dir)))
         self._name = name or ""
         self._version = version
 
@@ -59,7 +68,7 @@ class FolderLogger(Logger):
     @property
     def root_dir(self) -> str:
         """``<save_dir>/<name>``: the folder holding every version."""
-        return os.path.join(self._save_dir, self._name)
+        return os.path.join(self._save_dir, self.name)
 
     @property
     def version(self) -> int | str:
@@ -74,14 +83,18 @@ class FolderLogger(Logger):
 
 
 def _next_version(root: str) -> int:
-    versions = []
+    """One more than the highest ``version_N`` folder under ``root`` (local or any fsspec URL), else 0."""
+    from fsspec.core import url_to_fs
+
+    fs, path = url_to_fs(root)
     try:
-        names = os.listdir(root)
+        entries = fs.listdir(path, detail=True)
     except OSError:
         return 0
-    for name in names:
-        match = re.fullmatch(r"version_(\d+)", name)
-        if match and os.path.isdir(os.path.join(root, name)):
+    versions = []
+    for entry in entries:
+        match = re.fullmatch(r"version_(\d+)", os.path.basename(entry["name"].rstrip("/")))
+        if match and entry["type"] == "directory":
             versions.append(int(match.group(1)))
     return max(versions) + 1 if versions else 0
 
