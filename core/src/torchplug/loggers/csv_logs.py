@@ -37,8 +37,10 @@ class CSVLogger(FolderLogger):
         prefix: str = "",
         flush_logs_every_n_steps: int = 100,
     ) -> None:
-        if isinstance(flush_logs_every_n_steps, bool) or not isinstance(flush_logs_every_n_steps, int) or (
-            flush_logs_every_n_steps < 1
+        if (
+            isinstance(flush_logs_every_n_steps, bool)
+            or not isinstance(flush_logs_every_n_steps, int)
+            or (flush_logs_every_n_steps < 1)
         ):
             from torchplug._errors import MisconfigurationError
 
@@ -138,7 +140,9 @@ class ExperimentWriter:
         if exists and not self.metrics_keys:  # a file another writer started: keep its columns
             with fs.open(path, "r", newline="") as f:
                 self.metrics_keys = next(csv.reader(f), [])
-        new = list(dict.fromkeys(name for row in self.metrics for name in row if name not in self.metrics_keys))
+        new = list(
+            dict.fromkeys(name for row in self.metrics for name in row if name not in self.metrics_keys)
+        )
         if not self.metrics_keys:
             # "step" first, then "epoch", then metrics in the order they first appeared.
             new.sort(key=lambda name: {"step": 0, "epoch": 1}.get(name, 2))
@@ -182,7 +186,9 @@ def _as_dict(params: Any) -> dict[str, Any]:
         return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
     if hasattr(params, "__dict__"):  # argparse.Namespace and friends
         return dict(vars(params))
-    raise TypeError(f"hyperparameters must be a dict, a dataclass or a Namespace, got {type(params).__name__}")
+    raise TypeError(
+        f"hyperparameters must be a dict, a dataclass or a Namespace, got {type(params).__name__}"
+    )
 
 
 def to_plain(value: Any) -> Any:

@@ -76,7 +76,9 @@ class TensorBoardLogger(FolderLogger):
             self._experiment = SummaryWriter(log_dir=self.log_dir, **self._writer_kwargs)
         return self._experiment
 
-    def log_hyperparams(self, params: Mapping[str, Any] | Any = None, metrics: Mapping[str, Any] | Any = None) -> None:
+    def log_hyperparams(
+        self, params: Mapping[str, Any] | Any = None, metrics: Mapping[str, Any] | Any = None
+    ) -> None:
         """Record ``params`` (a dict, a Namespace, a dataclass or an OmegaConf config) in ``hparams.yaml`` and the
         HPARAMS tab; ``metrics`` (a dict, or one number for ``hp_metric``) are logged at step 0 beside them."""
         params = _as_dict(_omegaconf_to_container(params))

@@ -28,7 +28,9 @@ def _require_wandb() -> None:
     except ValueError:  # in sys.modules without a spec: a module put there by hand is the one to use
         found = True
     if not found:
-        raise ModuleNotFoundError(f"WandbLogger needs the wandb package, which is not installed: {_INSTALL_HINT}")
+        raise ModuleNotFoundError(
+            f"WandbLogger needs the wandb package, which is not installed: {_INSTALL_HINT}"
+        )
 
 
 class WandbLogger(Logger):
@@ -69,7 +71,9 @@ class WandbLogger(Logger):
         if log_model not in (True, False, "all"):
             raise ValueError(f"WandbLogger(log_model={log_model!r}): use True, False or 'all'")
         if add_file_policy not in ("mutable", "immutable"):
-            raise ValueError(f"WandbLogger(add_file_policy={add_file_policy!r}): use 'mutable' or 'immutable'")
+            raise ValueError(
+                f"WandbLogger(add_file_policy={add_file_policy!r}): use 'mutable' or 'immutable'"
+            )
         if offline and log_model:
             raise MisconfigurationError(
                 f"Providing log_model={log_model} and offline={offline} is an invalid configuration since model "
@@ -156,7 +160,13 @@ class WandbLogger(Logger):
         return self._save_dir
 
     # ---------------------------------------------------------------------------------------------------- logging
-    def watch(self, model: torch.nn.Module, log: str | None = "gradients", log_freq: int = 100, log_graph: bool = True) -> None:
+    def watch(
+        self,
+        model: torch.nn.Module,
+        log: str | None = "gradients",
+        log_freq: int = 100,
+        log_graph: bool = True,
+    ) -> None:
         """Have wandb record ``model``'s gradients and/or parameters (``log``) every ``log_freq`` steps."""
         self.experiment.watch(model, log=log, log_freq=log_freq, log_graph=log_graph)
 
@@ -220,7 +230,9 @@ class WandbLogger(Logger):
             if len(values) != len(items):
                 raise ValueError(f"Expected {len(items)} items but only found {len(values)} for {name}")
         make = getattr(wandb, kind)
-        media = [make(item, **{name: values[i] for name, values in kwargs.items()}) for i, item in enumerate(items)]
+        media = [
+            make(item, **{name: values[i] for name, values in kwargs.items()}) for i, item in enumerate(items)
+        ]
         self.log_metrics({key: media}, step)
 
     # ---------------------------------------------------------------------------------------------------- models
@@ -242,7 +254,11 @@ class WandbLogger(Logger):
         import wandb
 
         for mtime, path, score, _ in _checkpoints_to_upload(checkpoint_callback, self._logged_model_time):
-            settings = {k: getattr(checkpoint_callback, k) for k in _CHECKPOINT_SETTINGS if hasattr(checkpoint_callback, k)}
+            settings = {
+                k: getattr(checkpoint_callback, k)
+                for k in _CHECKPOINT_SETTINGS
+                if hasattr(checkpoint_callback, k)
+            }
             if hasattr(checkpoint_callback, "every_n_train_steps"):
                 # the key Lightning's artifacts carry, so that both read the same in W&B
                 settings["_every_n_train_steps"] = checkpoint_callback.every_n_train_steps
@@ -284,7 +300,9 @@ class WandbLogger(Logger):
 _CHECKPOINT_SETTINGS = ("monitor", "mode", "save_last", "save_top_k", "save_weights_only")
 
 
-def _checkpoints_to_upload(checkpoint_callback: Any, uploaded: dict[str, float]) -> list[tuple[float, str, Any, str]]:
+def _checkpoints_to_upload(
+    checkpoint_callback: Any, uploaded: dict[str, float]
+) -> list[tuple[float, str, Any, str]]:
     """``(mtime, path, score, tag)`` of the callback's files not uploaded yet (or rewritten since), oldest first."""
     found: dict[str, tuple[Any, str]] = {}
     if hasattr(checkpoint_callback, "last_model_path") and hasattr(checkpoint_callback, "current_score"):
@@ -294,7 +312,9 @@ def _checkpoints_to_upload(checkpoint_callback: Any, uploaded: dict[str, float])
     for path, score in getattr(checkpoint_callback, "best_k_models", {}).items():
         found[path] = (score, "best_k")
     files = sorted(
-        (Path(path).stat().st_mtime, path, score, tag) for path, (score, tag) in found.items() if path and Path(path).is_file()
+        (Path(path).stat().st_mtime, path, score, tag)
+        for path, (score, tag) in found.items()
+        if path and Path(path).is_file()
     )
     return [f for f in files if f[1] not in uploaded or uploaded[f[1]] < f[0]]
 
@@ -308,7 +328,9 @@ def _json_config(params: Any) -> dict[str, Any]:
     elif dataclasses.is_dataclass(params) and not isinstance(params, type):
         params = dataclasses.asdict(params)
     elif not isinstance(params, Mapping):
-        raise TypeError(f"hyperparameters must be a dict, a dataclass or a Namespace, got {type(params).__name__}")
+        raise TypeError(
+            f"hyperparameters must be a dict, a dataclass or a Namespace, got {type(params).__name__}"
+        )
     return {str(k): _json_value(v) for k, v in params.items()}
 
 
