@@ -48,6 +48,8 @@ ALIASES = {
     "lightning.pytorch.loggers.csv_logs": ["torchplug.loggers", "torchplug.loggers.csv_logs"],
     "lightning.pytorch.loggers.tensorboard": ["torchplug.loggers", "torchplug.loggers.tensorboard"],
     "lightning.pytorch.loggers.wandb": ["torchplug.loggers", "torchplug.loggers.wandb"],
+    "lightning.pytorch.loggers.litlogger": ["torchplug.loggers", "torchplug.loggers.litlogger"],
+    "lightning.pytorch.loggers.comet": ["torchplug.loggers", "torchplug.loggers.comet"],
     "lightning.pytorch.profilers": ["torchplug.profilers"],
     "lightning.pytorch.trainer": ["torchplug"],
     "lightning.pytorch.trainer.trainer": ["torchplug"],

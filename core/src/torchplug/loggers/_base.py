@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 
@@ -156,3 +157,22 @@ class DummyLogger(Logger):
             return None
 
         return method
+
+
+def _checkpoints_to_upload(
+    checkpoint_callback: Any, uploaded: dict[str, float]
+) -> list[tuple[float, str, Any, str]]:
+    """``(mtime, path, score, tag)`` of the callback's files not uploaded yet (or rewritten since), oldest first."""
+    found: dict[str, tuple[Any, str]] = {}
+    if hasattr(checkpoint_callback, "last_model_path") and hasattr(checkpoint_callback, "current_score"):
+        found[checkpoint_callback.last_model_path] = (checkpoint_callback.current_score, "latest")
+    if hasattr(checkpoint_callback, "best_model_path") and hasattr(checkpoint_callback, "best_model_score"):
+        found[checkpoint_callback.best_model_path] = (checkpoint_callback.best_model_score, "best")
+    for path, score in getattr(checkpoint_callback, "best_k_models", {}).items():
+        found[path] = (score, "best_k")
+    files = sorted(
+        (Path(path).stat().st_mtime, path, score, tag)
+        for path, (score, tag) in found.items()
+        if path and Path(path).is_file()
+    )
+    return [f for f in files if f[1] not in uploaded or uploaded[f[1]] < f[0]]

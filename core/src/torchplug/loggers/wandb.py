@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 
 from torchplug._errors import MisconfigurationError
-from torchplug.loggers._base import Logger
+from torchplug.loggers._base import Logger, _checkpoints_to_upload
 
 _INSTALL_HINT = "pip install wandb"
 
@@ -298,25 +298,6 @@ class WandbLogger(Logger):
 
 
 _CHECKPOINT_SETTINGS = ("monitor", "mode", "save_last", "save_top_k", "save_weights_only")
-
-
-def _checkpoints_to_upload(
-    checkpoint_callback: Any, uploaded: dict[str, float]
-) -> list[tuple[float, str, Any, str]]:
-    """``(mtime, path, score, tag)`` of the callback's files not uploaded yet (or rewritten since), oldest first."""
-    found: dict[str, tuple[Any, str]] = {}
-    if hasattr(checkpoint_callback, "last_model_path") and hasattr(checkpoint_callback, "current_score"):
-        found[checkpoint_callback.last_model_path] = (checkpoint_callback.current_score, "latest")
-    if hasattr(checkpoint_callback, "best_model_path") and hasattr(checkpoint_callback, "best_model_score"):
-        found[checkpoint_callback.best_model_path] = (checkpoint_callback.best_model_score, "best")
-    for path, score in getattr(checkpoint_callback, "best_k_models", {}).items():
-        found[path] = (score, "best_k")
-    files = sorted(
-        (Path(path).stat().st_mtime, path, score, tag)
-        for path, (score, tag) in found.items()
-        if path and Path(path).is_file()
-    )
-    return [f for f in files if f[1] not in uploaded or uploaded[f[1]] < f[0]]
 
 
 def _json_config(params: Any) -> dict[str, Any]:
