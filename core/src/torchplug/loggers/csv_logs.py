@@ -79,8 +79,7 @@ class CSVLogger(FolderLogger):
 
     def save(self) -> None:
         if self._experiment is not None:
-            self._experiment.save()
-        _write_hparams_once(self.log_dir, self.NAME_HPARAMS_FILE, self.hparams)
+            self._experiment.save()  # hparams.yaml is written by log_hyperparams only, as in Lightning
 
     def finalize(self, status: str) -> None:
         if self._experiment is not None:  # nothing logged, nothing to write: no empty version folder
