@@ -165,6 +165,18 @@ def test_errors_name_the_fix(wandb: types.ModuleType, monkeypatch: pytest.Monkey
         WandbLogger()
 
 
+def test_other_ranks_get_a_dummy_experiment(wandb: types.ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchplug.loggers import DummyExperiment
+    from torchplug.utilities import rank_zero_only
+
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    logger = WandbLogger(version="abc")
+    assert isinstance(logger.experiment, DummyExperiment)
+    logger.log_metrics({"a": 1.0}, step=0)
+    assert pickle.loads(pickle.dumps(logger)).version == "abc"
+    assert wandb.runs == []  # one run per training, made by rank 0 only
+
+
 def test_pickled_logger_resumes_the_same_run(wandb: types.ModuleType) -> None:
     logger = WandbLogger(project="p")
     copy = pickle.loads(pickle.dumps(logger))  # a run is created before pickling, to be resumed by id

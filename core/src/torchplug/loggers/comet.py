@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import torch
 
-from torchplug.loggers._base import Logger
+from torchplug.loggers._base import DummyExperiment, Logger
 from torchplug.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,10 @@ class CometLogger(Logger):
 
     @property
     def experiment(self) -> Any:
-        """The ``comet_ml`` experiment: ``self.logger.experiment.log_image(...)`` in a module."""
+        """The ``comet_ml`` experiment: ``self.logger.experiment.log_image(...)`` in a module. On other ranks than global 0 it
+        is a ``DummyExperiment`` (one run per training, not per process)."""
+        if rank_zero_only.rank != 0:  # type: ignore[attr-defined]
+            return DummyExperiment()
         if self._experiment is None:
             self._start()
         return self._experiment

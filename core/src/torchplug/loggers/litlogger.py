@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from torchplug.loggers._base import Logger, _checkpoints_to_upload
+from torchplug.loggers._base import DummyExperiment, Logger, _checkpoints_to_upload
+from torchplug.utilities import rank_zero_only
 
 
 def _require_litlogger() -> None:
@@ -109,7 +110,10 @@ class LitLogger(Logger):
 
     @property
     def experiment(self) -> Any:
-        """The ``litlogger.Experiment`` (created on first use, and its page's address printed)."""
+        """The ``litlogger.Experiment`` (created on first use, and its page's address printed); a ``DummyExperiment``
+        on other ranks than global 0."""
+        if rank_zero_only.rank != 0:  # type: ignore[attr-defined]
+            return DummyExperiment()
         if self._experiment is None:
             import litlogger
             from fsspec.core import url_to_fs

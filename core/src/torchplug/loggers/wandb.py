@@ -17,7 +17,8 @@ from typing import Any, Literal
 import torch
 
 from torchplug._errors import MisconfigurationError
-from torchplug.loggers._base import Logger, _checkpoints_to_upload
+from torchplug.loggers._base import DummyExperiment, Logger, _checkpoints_to_upload
+from torchplug.utilities import rank_zero_only
 
 _INSTALL_HINT = "pip install wandb"
 
@@ -108,18 +109,22 @@ class WandbLogger(Logger):
     def __getstate__(self) -> dict[str, Any]:
         # A run cannot be pickled. Create it here, in the launching process, and keep its id, so that a process
         # started with "spawn" resumes this same run (wandb.init(id=..., resume="allow")) instead of a new one.
-        experiment = self.experiment
-        state = self.__dict__.copy()
-        state["_id"] = getattr(experiment, "id", self._id)
-        state["_wandb_init"] = {**self._wandb_init, "id": state["_id"]}
-        state["_name"] = getattr(experiment, "name", self._name)
+        _ = self.experiment
+        experiment, state = self._experiment, self.__dict__.copy()
+        if experiment is not None:  # None on other ranks than 0, which have no run
+            state["_id"] = getattr(experiment, "id", self._id)
+            state["_wandb_init"] = {**self._wandb_init, "id": state["_id"]}
+            state["_name"] = getattr(experiment, "name", self._name)
         state["_experiment"] = None
         return state
 
     # ---------------------------------------------------------------------------------------------------- the run
     @property
     def experiment(self) -> Any:
-        """The ``wandb`` run (``wandb.init``'s result): ``self.logger.experiment.log({...})`` in a module."""
+        """The ``wandb`` run (``wandb.init``'s result): ``self.logger.experiment.log({...})`` in a module. On other ranks than global 0 it
+        is a ``DummyExperiment`` (one run per training, not per process)."""
+        if rank_zero_only.rank != 0:  # type: ignore[attr-defined]
+            return DummyExperiment()
         if self._experiment is None:
             import wandb
 
