@@ -42,8 +42,6 @@ class LitLogger(Logger):
     (default: the experiment's name).
     """
 
-    LOGGER_JOIN_CHAR = "-"
-
     def __init__(
         self,
         root_dir: str | os.PathLike[str] | None = None,
@@ -75,8 +73,6 @@ class LitLogger(Logger):
         self._log_model = log_model
         self._save_logs = save_logs
         self._checkpoint_name = checkpoint_name
-        self._sub_dir: str | None = None
-        self._prefix = ""
         self._experiment: Any = None
         self._step = -1
         self._checkpoint_callback: Any = None
@@ -99,10 +95,7 @@ class LitLogger(Logger):
     @property
     def log_dir(self) -> str:
         """``<root_dir>/<name>``: where litlogger keeps its local files."""
-        folder = os.path.join(self.root_dir, self.name)
-        if self._sub_dir:
-            folder = os.path.join(folder, self._sub_dir)
-        return os.path.expanduser(os.path.expandvars(folder))
+        return os.path.expanduser(os.path.expandvars(os.path.join(self.root_dir, self.name)))
 
     @property
     def save_dir(self) -> str:
@@ -149,8 +142,7 @@ class LitLogger(Logger):
         experiment = self.experiment
         self._step = self._step + 1 if step is None else step
         for key, value in metrics.items():
-            name = f"{self._prefix}{self.LOGGER_JOIN_CHAR}{key}" if self._prefix else key
-            experiment[name].append(
+            experiment[key].append(
                 value.item() if isinstance(value, torch.Tensor) else value, step=self._step
             )
 
