@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -176,3 +177,15 @@ def _checkpoints_to_upload(
         if path and Path(path).is_file()
     )
     return [f for f in files if f[1] not in uploaded or uploaded[f[1]] < f[0]]
+
+
+def _require(package: str, logger: str) -> None:
+    """Raise ``ModuleNotFoundError`` naming the install command when ``package`` cannot be imported."""
+    try:
+        found = importlib.util.find_spec(package) is not None
+    except ValueError:  # in sys.modules without a spec: a module put there by hand is the one to use
+        found = True
+    if not found:
+        raise ModuleNotFoundError(
+            f"{logger} needs the {package} package, which is not installed: pip install {package}"
+        )

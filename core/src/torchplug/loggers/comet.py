@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import logging
 import os
 from collections.abc import Mapping
@@ -15,24 +14,13 @@ from typing import Any, Literal
 
 import torch
 
-from torchplug.loggers._base import DummyExperiment, Logger
+from torchplug.loggers._base import DummyExperiment, Logger, _require
 from torchplug.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
 
 #: What the experiment's "Created from" field says.
 FRAMEWORK_NAME = "torchplug"
-
-
-def _require_comet() -> None:
-    try:
-        found = importlib.util.find_spec("comet_ml") is not None
-    except ValueError:  # in sys.modules without a spec: a module put there by hand is the one to use
-        found = True
-    if not found:
-        raise ModuleNotFoundError(
-            "CometLogger needs the comet_ml package, which is not installed: pip install comet_ml"
-        )
 
 
 class CometLogger(Logger):
@@ -59,7 +47,7 @@ class CometLogger(Logger):
         prefix: str | None = None,
         **kwargs: Any,
     ) -> None:
-        _require_comet()
+        _require("comet_ml", "CometLogger")
         if mode not in (None, "get_or_create", "get", "create"):
             raise ValueError(f"CometLogger(mode={mode!r}): use 'get_or_create', 'get', 'create' or None")
         project, online = _read_old_names(project, online, kwargs)

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import warnings
 from collections.abc import Mapping
@@ -15,19 +14,8 @@ from typing import Any
 
 import torch
 
-from torchplug.loggers._base import DummyExperiment, Logger, _checkpoints_to_upload
+from torchplug.loggers._base import DummyExperiment, Logger, _checkpoints_to_upload, _require
 from torchplug.utilities import rank_zero_only
-
-
-def _require_litlogger() -> None:
-    try:
-        found = importlib.util.find_spec("litlogger") is not None
-    except ValueError:  # in sys.modules without a spec: a module put there by hand is the one to use
-        found = True
-    if not found:
-        raise ModuleNotFoundError(
-            "LitLogger needs the litlogger package, which is not installed: pip install litlogger"
-        )
 
 
 class LitLogger(Logger):
@@ -53,7 +41,7 @@ class LitLogger(Logger):
         save_logs: bool = True,
         checkpoint_name: str | None = None,
     ) -> None:
-        _require_litlogger()
+        _require("litlogger", "LitLogger")
         if not isinstance(log_model, bool):
             raise TypeError(f"LitLogger(log_model={log_model!r}): use True or False")
         if metadata is not None and not isinstance(metadata, Mapping):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import os
 import warnings
 from collections.abc import Mapping
@@ -17,21 +16,8 @@ from typing import Any, Literal
 import torch
 
 from torchplug._errors import MisconfigurationError
-from torchplug.loggers._base import DummyExperiment, Logger, _checkpoints_to_upload
+from torchplug.loggers._base import DummyExperiment, Logger, _checkpoints_to_upload, _require
 from torchplug.utilities import rank_zero_only
-
-_INSTALL_HINT = "pip install wandb"
-
-
-def _require_wandb() -> None:
-    try:
-        found = importlib.util.find_spec("wandb") is not None
-    except ValueError:  # in sys.modules without a spec: a module put there by hand is the one to use
-        found = True
-    if not found:
-        raise ModuleNotFoundError(
-            f"WandbLogger needs the wandb package, which is not installed: {_INSTALL_HINT}"
-        )
 
 
 class WandbLogger(Logger):
@@ -68,7 +54,7 @@ class WandbLogger(Logger):
         add_file_policy: Literal["mutable", "immutable"] = "mutable",
         **kwargs: Any,
     ) -> None:
-        _require_wandb()
+        _require("wandb", "WandbLogger")
         if log_model not in (True, False, "all"):
             raise ValueError(f"WandbLogger(log_model={log_model!r}): use True, False or 'all'")
         if add_file_policy not in ("mutable", "immutable"):
