@@ -318,7 +318,16 @@ class ModelCheckpoint(Callback):
     def _resolve_dirpath(self, trainer: Trainer) -> str:
         if self.dirpath is not None:
             return self.dirpath
+        from torchplug.loggers import Logger
+        from torchplug.loggers._base import FolderLogger
+
         base = getattr(trainer, "log_dir", None) or trainer.default_root_dir
+        logger = trainer.loggers[0] if trainer.loggers else None
+        if isinstance(logger, Logger) and not isinstance(logger, FolderLogger) and logger.log_dir is None:
+            # A logger with no run folder of its own (W&B, Comet): Lightning's <save_dir>/<name>/<version>.
+            version = logger.version
+            version = version if isinstance(version, str) else f"version_{version}"
+            base = os.path.join(logger.save_dir or trainer.default_root_dir, str(logger.name), version)
         return os.path.realpath(os.path.join(base, "checkpoints"))
 
     # ---------------------------------------------------------------------------------------------------- when
@@ -497,6 +506,10 @@ class ModelCheckpoint(Callback):
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         self._saved_in_fit = True
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:  # e.g. WandbLogger(log_model=True) uploads checkpoints from here
+                if callable(getattr(logger, "after_save_checkpoint", None)):
+                    logger.after_save_checkpoint(self)
 
     def _link_checkpoint(self, trainer: Trainer, target: str, link: str) -> None:
         if trainer.is_global_zero:
