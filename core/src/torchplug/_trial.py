@@ -13,6 +13,7 @@ import contextlib
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -166,7 +167,9 @@ def run(loop: Loop, steps: int) -> None:
     trainer.max_steps = trainer.global_step + steps
     trainer._results = Results(trainer, training=True)
     loop.train_loader = loop.val_plan = None
-    loop.load_train_data()
+    with warnings.catch_warnings():  # what loading the data warns about, the stage itself says again
+        warnings.filterwarnings("ignore", message="The number of training batches", category=UserWarning)
+        loop.load_train_data()
     loop.val_check_batch = loop._val_check_batch()
     trainer.training = True
     loop.train_started = loop.last_val_time = time.monotonic()

@@ -60,7 +60,8 @@ def scale_batch_size(
                 size = search.power(size, max_trials)
             else:
                 size = search.binsearch(size, max_trials, margin)
-            garbage_collection_cuda()
+            if search.failed:  # free what the failed trials left before the real run
+                garbage_collection_cuda()
             log.info("Finished batch size finder, will continue with full run using batch size %d", size)
     finally:
         _trial.rollback(trainer, path)
@@ -74,9 +75,9 @@ class _Search:
     def __init__(self, loop: Loop, name: str, steps: int, max_val: int) -> None:
         self.loop, self.module, self.name, self.steps, self.max_val = loop, loop.module, name, steps, max_val
         self.start = _trial.snapshot(loop.trainer)
+        self.failed = False  # a trial ran out of memory
 
     def trial(self) -> None:
-        garbage_collection_cuda()
         _trial.reset(self.loop.trainer, self.start)
         _trial.run(self.loop, self.steps)
 
@@ -107,6 +108,7 @@ class _Search:
     def _out_of_memory(self, err: RuntimeError) -> None:
         if not is_oom_error(err):
             raise err
+        self.failed = True
         garbage_collection_cuda()
 
     def power(self, size: int, max_trials: int) -> int:
