@@ -230,6 +230,31 @@ def test_learning_rate_finder_callback_searches_then_trains(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_learning_rate_finder_searches_again_at_milestones(tmp_path):
+    class AtMilestones(LearningRateFinder):
+        """A search at the start of the epochs in ``milestones`` (Lightning's documented subclass)."""
+
+        def __init__(self, milestones: tuple[int, ...], **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.milestones, self.steps_at_search = milestones, []
+
+        def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+            return None
+
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            if trainer.current_epoch in self.milestones:
+                self.lr_find(trainer, pl_module)
+                self.steps_at_search.append((trainer.current_epoch, trainer.global_step))
+
+    model = Regression(lr=1e-4)
+    finder = AtMilestones((0, 1), num_training_steps=12, early_stop_threshold=None)
+    trainer = make_trainer(tmp_path, max_epochs=3, callbacks=[finder])
+    trainer.fit(model)
+    assert finder.steps_at_search == [(0, 0), (1, 16)]  # step and epoch put back after each search
+    assert trainer.global_step == 48 and len(model.train_batch_sizes) == 48 + 2 * 12
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(model.lr)
+
+
 def test_learning_rate_finder_removes_its_checkpoint_on_error(tmp_path):
     class Fails(Regression):
         def training_step(self, batch: Any, batch_idx: int) -> Any:

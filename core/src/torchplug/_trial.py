@@ -78,10 +78,15 @@ def save_temporary(trainer: Trainer, prefix: str) -> str:
 
 def rollback(trainer: Trainer, path: str) -> None:
     """Load the temporary checkpoint ``path`` into the running stage, then delete it (also when loading fails)."""
-    loop, ckpt_path = trainer._loop, trainer.ckpt_path
+    loop, ckpt_path, resume = trainer._loop, trainer.ckpt_path, trainer._loop.resume
+    # a checkpoint taken at an epoch's start does not hold the epoch's starting random state: keep it
+    epoch_start_rng = trainer.progress.epoch_start_rng
     try:
         _state.restore(loop, path)
+        if trainer.progress.epoch_start_rng is None:
+            trainer.progress.epoch_start_rng = epoch_start_rng
     finally:
+        loop.resume = resume
         trainer.ckpt_path = ckpt_path
         trainer.should_stop = False
         loop.train_loader = loop.val_plan = None  # the data is asked for again, with what the search left
@@ -101,7 +106,7 @@ def settings(
 ) -> Iterator[Loop]:
     """Within the block the running stage has ``callbacks`` in place of the trainer's, a logger that writes nothing,
     the trainer ``flags`` given (``limit_val_batches=3``, ...) and, when given, ``schedulers`` in place of the
-    module's; everything is put back on leaving, the hooks bound again each time."""
+    module's; everything is put back on leaving (the random state too), the hooks bound again each time."""
     from torchplug.loggers import DummyLogger
 
     loop = running_loop(trainer, "a trial run")
@@ -120,10 +125,12 @@ def settings(
     if schedulers is not None:
         trainer.lr_scheduler_configs = schedulers
     loop.resume = None
+    rng = _state.get_rng_states(trainer)
     _rebind(loop)
     try:
         yield loop
     finally:
+        _state.set_rng_states(trainer, rng)  # as if the trials had drawn no random numbers
         for name, value in saved.items():
             setattr(trainer, name, value)
         trainer.lr_scheduler_configs, trainer._results, loop.resume = (

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from torchplug import _state
 from torchplug.callbacks._base import Callback
 
 if TYPE_CHECKING:
@@ -48,15 +47,11 @@ class LearningRateFinder(Callback):
         """Run the search now (inside ``fit``); the random state is left as it was before it."""
         from torchplug.tuner._lr_finder import lr_find
 
-        rng = _state.get_rng_states(trainer)
-        try:
-            self.optimal_lr = lr_find(
-                trainer, pl_module, min_lr=self._min_lr, max_lr=self._max_lr, num_training=self._num_training_steps,
-                mode=self._mode, early_stop_threshold=self._early_stop_threshold, update_attr=self._update_attr,
-                attr_name=self._attr_name,
-            )  # fmt: skip
-        finally:
-            _state.set_rng_states(trainer, rng)
+        self.optimal_lr = lr_find(
+            trainer, pl_module, min_lr=self._min_lr, max_lr=self._max_lr, num_training=self._num_training_steps,
+            mode=self._mode, early_stop_threshold=self._early_stop_threshold, update_attr=self._update_attr,
+            attr_name=self._attr_name,
+        )  # fmt: skip
 
     def on_fit_start(self, trainer: Trainer, pl_module: Module) -> None:
         self.lr_find(trainer, pl_module)
