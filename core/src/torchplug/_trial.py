@@ -204,15 +204,14 @@ def reload_data(loop: Loop) -> None:
 def dataset_length(loop: Loop) -> int | None:
     """The number of samples the stage's data holds (the largest dataset for ``fit``, whose loaders are read
     together; their sum for an evaluation); None when a dataset has no length."""
-    trainer = loop.trainer
-    if loop.stage == "fit":
-        kind, mode = "train", "max_size_cycle"
-    else:
-        kind, mode = _KINDS[loop.stage], "sequential"
-    data = _data.source(trainer, kind, loop.given.get(loop.stage if kind != "train" else "train"), loop.stage)
+    trainer, stage = loop.trainer, loop.stage
+    key, kind, mode = (
+        ("train", "train", "max_size_cycle") if stage == "fit" else (stage, _KINDS[stage], "sequential")
+    )
+    data = _data.source(trainer, kind, loop.given.get(key), stage)
     if data is None:
         return None
-    leaves = _data.combined(trainer, data, loop.stage, mode).flattened
+    leaves = _data.combined(trainer, data, stage, mode).flattened
     try:
         lengths = [len(leaf.dataset) for leaf in leaves]
     except (TypeError, AttributeError):
