@@ -84,13 +84,16 @@ SPLIT_PACKAGES = {
     "lightning.fabric.plugins.environments",
 }
 #: Lightning utility modules whose public names torchplug keeps in ``torchplug.utilities``.
-UTILITY_MODULES = ("rank_zero", "combined_loader", "types", "parsing", "seed", "apply_func", "model_summary")
+UTILITY_MODULES = (
+    "rank_zero", "combined_loader", "types", "parsing", "seed", "apply_func", "model_summary", "warnings",
+)
 
 #: Lightning name -> torchplug object ("module:attribute"), where torchplug spells a name differently.
 RENAMES = {
     "lightning.pytorch.utilities.exceptions": {"MisconfigurationException": "torchplug:MisconfigurationError"},
     "lightning.fabric.utilities.exceptions": {"MisconfigurationException": "torchplug:MisconfigurationError"},
     "lightning.pytorch.utilities": {"MisconfigurationException": "torchplug:MisconfigurationError"},
+    "lightning.fabric.utilities.seed": {"pl_worker_init_function": "torchplug.utilities:worker_init_function"},
 }
 
 DEMOS = "lightning.pytorch.demos"
