@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from torchplug import _data, _state
+from torchplug._combined_loader import CombinedLoader
 from torchplug._errors import MisconfigurationError
 from torchplug._evaluation import _KINDS
 from torchplug._results import Results
@@ -64,7 +65,7 @@ def eval_loader_count(loop: Loop) -> int:
     """How many loaders an evaluation stage reads (``validate``/``test``/``predict``)."""
     trainer, kind = loop.trainer, _KINDS[loop.stage]
     data = _data.source(trainer, kind, loop.given.get(loop.stage), loop.stage)
-    return 0 if data is None else len(_data.combined(trainer, data, loop.stage, "sequential").flattened)
+    return 0 if data is None else len(_flattened(data, "sequential"))
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoint
@@ -211,7 +212,7 @@ def dataset_length(loop: Loop) -> int | None:
     data = _data.source(trainer, kind, loop.given.get(key), stage)
     if data is None:
         return None
-    leaves = _data.combined(trainer, data, stage, mode).flattened
+    leaves = _flattened(data, mode)
     try:
         lengths = [len(leaf.dataset) for leaf in leaves]
     except (TypeError, AttributeError):
@@ -219,3 +220,8 @@ def dataset_length(loop: Loop) -> int | None:
     if not lengths:
         return None
     return max(lengths) if mode == "max_size_cycle" else sum(lengths)
+
+
+def _flattened(data: Any, mode: str) -> list[Any]:
+    """The loaders in ``data`` as given (not set up for the run: counting them warns about nothing)."""
+    return (data if isinstance(data, CombinedLoader) else CombinedLoader(data, mode)).flattened
