@@ -201,6 +201,12 @@ def test_lr_find_errors(tmp_path):
         tuner.lr_find(TwoOptimizers())
     with pytest.raises(ValueError, match="`mode` should be either of"):
         tuner.lr_find(Regression(), mode="cubic")
+    with pytest.raises(
+        ValueError, match=r"lr_find\(min_lr=0\): a learning rate must be a finite number above 0"
+    ):
+        tuner.lr_find(Regression(), min_lr=0)
+    with pytest.raises(ValueError, match=r"num_training=0"):
+        LearningRateFinder(num_training_steps=0)
     with pytest.raises(MisconfigurationError, match="method='fit' is the only valid"):
         tuner.lr_find(Regression(), method="validate")
     with pytest.raises(ValueError, match="already configured with a `LearningRateFinder`"):
@@ -361,6 +367,10 @@ def test_batch_size_finder_errors(tmp_path):
         Tuner(make_trainer(tmp_path)).scale_batch_size(model, batch_arg_name="missing_name")
     with pytest.raises(ValueError, match="`mode` should be either of"):
         BatchSizeFinder(mode="double")
+    with pytest.raises(
+        ValueError, match=r"scale_batch_size\(steps_per_trial=0\): expected an int of at least 1"
+    ):
+        BatchSizeFinder(steps_per_trial=0)
     with pytest.raises(ValueError, match="method 'train' is invalid"):
         Tuner(make_trainer(tmp_path)).scale_batch_size(model, method="train")
     with pytest.raises(MisconfigurationError, match="please consider setting `dataloaders` instead"):

@@ -38,11 +38,12 @@ class BatchSizeFinder(Callback):
         margin: float = 0.05,
         max_val: int = 8192,
     ) -> None:
+        from torchplug.tuner._batch_size import check_arguments
+
         mode = mode.lower()
         if mode not in self.SUPPORTED_MODES:
             raise ValueError(f"`mode` should be either of {self.SUPPORTED_MODES}; got mode={mode!r}")
-        if not 0.0 <= margin < 1.0:
-            raise ValueError(f"`margin` should be between 0 and 1 (0 included); got margin={margin!r}")
+        check_arguments(mode, margin, steps_per_trial, init_val, max_trials, max_val)
         self.optimal_batch_size: int | None = init_val
         self._mode, self._steps_per_trial, self._init_val = mode, steps_per_trial, init_val
         self._max_trials, self._batch_arg_name, self._margin, self._max_val = (

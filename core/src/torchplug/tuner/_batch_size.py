@@ -21,11 +21,22 @@ log = logging.getLogger("torchplug")
 MODES = ("power", "binsearch")
 
 
-def check_arguments(mode: str, margin: float) -> None:
+def check_arguments(
+    mode: str,
+    margin: float,
+    steps_per_trial: int = 1,
+    init_val: int = 1,
+    max_trials: int = 0,
+    max_val: int = 1,
+) -> None:
     if mode not in MODES:
         raise ValueError(f"`mode` should be either of {MODES}; got mode={mode!r}")
     if not 0.0 <= margin < 1.0:
         raise ValueError(f"`margin` should be between 0 and 1 (0 included); got margin={margin!r}")
+    for name, value, least in (("steps_per_trial", steps_per_trial, 1), ("init_val", init_val, 1),
+                               ("max_trials", max_trials, 0), ("max_val", max_val, 1)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"scale_batch_size({name}={value!r}): expected an int of at least {least}")
 
 
 def scale_batch_size(
@@ -42,7 +53,7 @@ def scale_batch_size(
     return the batch size found, also set on the model, hparams or datamodule that hold ``batch_arg_name``. The
     weights, the optimizer and the trainer are put back as they were, and the stage's data is loaded again with the
     size found. None when ``fast_dev_run`` skips the search."""
-    check_arguments(mode, margin)
+    check_arguments(mode, margin, steps_per_trial, init_val, max_trials, max_val)
     if trainer.fast_dev_run:
         rank_zero_warn("Skipping batch size scaler since `fast_dev_run` is enabled.")
         return None

@@ -93,6 +93,17 @@ def check_mode(mode: str) -> None:
         raise ValueError(f"`mode` should be either of {MODES}; got mode={mode!r}")
 
 
+def check_arguments(mode: str, min_lr: float, max_lr: float, num_training: int) -> None:
+    check_mode(mode)
+    for name, value in (("min_lr", min_lr), ("max_lr", max_lr)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ValueError(f"lr_find({name}={value!r}): a learning rate must be a finite number above 0")
+    if isinstance(num_training, bool) or not isinstance(num_training, int) or num_training < 1:
+        raise ValueError(
+            f"lr_find(num_training={num_training!r}): the search needs an int of at least 1 step"
+        )
+
+
 def lr_attribute(model: Module, attr_name: str = "") -> str:
     """The name under which ``model`` (or its hparams, or the datamodule) keeps its learning rate."""
     if attr_name:
@@ -126,9 +137,7 @@ def lr_find(
     """Run the search inside the running ``fit`` (from a callback's hook, as :class:`LearningRateFinder` does),
     then put the model, its optimizer and the trainer back as they were; with ``update_attr``, set the suggested
     learning rate on the model's attribute and on the optimizer. None when ``fast_dev_run`` skips the search."""
-    check_mode(mode)
-    if num_training < 1:
-        raise ValueError(f"lr_find(num_training={num_training!r}): the search needs at least 1 training step")
+    check_arguments(mode, min_lr, max_lr, num_training)
     if trainer.fast_dev_run:
         rank_zero_warn("Skipping learning rate finder since `fast_dev_run` is enabled.")
         return None
@@ -156,11 +165,16 @@ def lr_find(
         ramp = [LRSchedulerConfig(scheduler=scheduler, interval="step")]
         with _trial.settings(trainer, [recorder], {"limit_val_batches": num_training}, ramp) as running:
             _trial.run(running, num_training)
-            if trainer.global_step != start + num_training:
+            if recorder.diverged:
                 log.info(
                     "LR finder stopped early after %d steps due to diverging loss.",
                     trainer.global_step - start,
                 )
+            elif trainer.global_step != start + num_training:
+                log.info(
+                    "LR finder stopped after %d of %d steps: the run's max_epochs ended it (raise max_epochs to "
+                    "test more rates)", trainer.global_step - start, num_training,
+                )  # fmt: skip
         finder.results = trainer.broadcast({"lr": recorder.lrs, "loss": recorder.losses})
     finally:
         _trial.rollback(trainer, path)
@@ -192,6 +206,7 @@ class _LossRecorder(Callback):
         self.lrs: list[float] = []
         self.losses: list[float] = []
         self.average, self.best = 0.0, math.inf
+        self.diverged = False
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: Module, batch: Any, batch_idx: int) -> None:
         if (batch_idx + 1) % trainer.accumulate_grad_batches == 0:  # the last batch of the window steps
@@ -210,7 +225,7 @@ class _LossRecorder(Callback):
         smoothed = self.average / (1 - self.beta ** (len(self.losses) + 1))
         threshold = self.early_stop_threshold
         if threshold is not None and self.losses and smoothed > threshold * self.best:
-            trainer.should_stop = True
+            trainer.should_stop = self.diverged = True
         trainer.should_stop = trainer.broadcast(trainer.should_stop)
         self.best = min(self.best, smoothed)
         self.losses.append(smoothed)
