@@ -38,6 +38,7 @@ class Evaluation:
     """The evaluation part of :class:`torchplug._loop.Loop` (whose attributes it uses)."""
 
     trainer: Trainer
+    replacement_plan: Plan | None
 
     def evaluate_stage(self, stage: str, given: Any, verbose: bool = True, return_predictions: bool = True) -> Any:
         """``validate``/``test``/``predict`` as a stage of their own."""
@@ -115,6 +116,8 @@ class Evaluation:
         modes = {m: m.training for m in trainer.model.modules()}
         getattr(module, f"on_{name}_model_eval")()
         self.call(f"on_{name}_start")
+        if self.replacement_plan is not None:  # a search in on_*_start loaded the data again
+            plan, self.replacement_plan = [(i, loader, n) for i, loader, n in self.replacement_plan if n], None
         self.call(f"on_{name}_epoch_start")
         outputs: list[list[Any]] = []
         per_loader: list[set[str]] = []

@@ -20,7 +20,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchplug import _config, _heartbeat, _hparams, _optim, _plugins, _profiling, _state, _step, _stopping
+from torchplug import (
+    _config,
+    _heartbeat,
+    _hparams,
+    _optim,
+    _plugins,
+    _profiling,
+    _state,
+    _step,
+    _stopping,
+    _trial,
+)
 from torchplug._errors import MisconfigurationError
 from torchplug._evaluation import Evaluation
 from torchplug._schedule import Schedule, overrides
@@ -68,6 +79,7 @@ def run_stage(trainer: Trainer, stage: str, model: Module, loaders: dict[str, An
     """
     loop = trainer._loop = Loop(trainer, stage, model, datamodule, loaders)
     anomaly = torch.autograd.set_detect_anomaly(True) if trainer.detect_anomaly else contextlib.nullcontext()
+    trained = stage == "fit"
     with _stopping.handling(_stopping.stop_signals(trainer)):
         try:
             try:
@@ -83,6 +95,8 @@ def run_stage(trainer: Trainer, stage: str, model: Module, loaders: dict[str, An
                         _stopping.forget_restart(trainer)
                     else:
                         result = loop.evaluate_stage(stage, loaders[stage], **options or {})
+            except _trial.EndStage:  # a tuner's search ended the stage at its start: a success, nothing trained
+                result, trained = None, False
             except BaseException as exc:
                 signum = _stopping.interruption(exc)
                 # With several processes only a stop every rank agreed on may save (saving is collective).
@@ -106,7 +120,7 @@ def run_stage(trainer: Trainer, stage: str, model: Module, loaders: dict[str, An
                 raise _stopping.Stopped(signum) from None
             loop.teardown("success")
             trainer.state.status = TrainerStatus.FINISHED
-            if stage == "fit":
+            if trained:
                 trainer._fitted = model
             trainer.state.stage = None
             return result
@@ -167,6 +181,7 @@ class Loop(Training, Schedule, Evaluation):
         self.stop_check: _stopping.StopCheck | None = None
         self.current_hook: str | None = None  # the step or hook running now: where self.log may log, and how
         self.eval_steps_logged: dict[int, int] = collections.defaultdict(int)  # per dataloader, for the stage
+        self.replacement_plan: Any = None  # an evaluation's data loaded again by a search in its start hook
         _attach_model_callbacks(trainer, module)
         self._bind_user_hooks()
 

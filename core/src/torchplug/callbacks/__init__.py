@@ -1,8 +1,10 @@
 """Callbacks: code that runs at the loop's hook points."""
 
 from torchplug.callbacks._base import Callback
+from torchplug.callbacks.batch_size_finder import BatchSizeFinder
 from torchplug.callbacks.early_stopping import EarlyStopping
 from torchplug.callbacks.lambda_function import LambdaCallback
+from torchplug.callbacks.lr_finder import LearningRateFinder
 from torchplug.callbacks.lr_monitor import LearningRateMonitor
 from torchplug.callbacks.model_checkpoint import ModelCheckpoint
 from torchplug.callbacks.model_summary import ModelSummary, summarize
@@ -14,9 +16,11 @@ from torchplug.callbacks.rich_progress import RichProgressBar, RichProgressBarTh
 
 __all__ = [
     "BasePredictionWriter",
+    "BatchSizeFinder",
     "Callback",
     "EarlyStopping",
     "LambdaCallback",
+    "LearningRateFinder",
     "LearningRateMonitor",
     "ModelCheckpoint",
     "ModelSummary",
