@@ -223,9 +223,9 @@ _LIGHTNING_CLI_NAMES = (
 
 def __getattr__(name: str) -> Any:
     if name in _LIGHTNING_CLI_NAMES:  # raises ModuleNotFoundError naming torchplug[cli] without jsonargparse
-        from torchplug import _lightning_cli
+        import importlib
 
-        return getattr(_lightning_cli, name)
+        return getattr(importlib.import_module("torchplug._lightning_cli"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
