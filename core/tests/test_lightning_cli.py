@@ -9,7 +9,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
-from torchplug import Callback, LightningDataModule, LightningModule
+from torchplug import Callback, LightningDataModule, LightningModule, MisconfigurationError
 from torchplug.cli import (
     LightningArgumentParser,
     LightningCLI,
@@ -172,7 +172,7 @@ def test_run_false_builds_the_classes_from_a_dict_without_running():
 
 def test_subclass_mode_and_callbacks_by_class_name():
     run = cli(
-        "fit", "--model=WideNet", "--model.hidden=6", "--trainer.max_steps=1", "--trainer.callbacks=EarlyStopping",
+        "fit", "--model=WideNet", "--model.hidden=6", "--trainer.max_epochs=1", "--trainer.callbacks=EarlyStopping",
         "--trainer.callbacks.monitor=val_loss", subclass_mode_model=True,
     )  # fmt: skip
     from torchplug.callbacks import EarlyStopping
@@ -238,7 +238,7 @@ def test_add_arguments_to_parser_links_and_adds_callbacks():
 
 def test_save_config_callback_refuses_to_overwrite_unless_asked(tmp_path):
     cli("fit", "--trainer.max_steps=1")
-    with pytest.raises(RuntimeError, match="will not overwrite"):
+    with pytest.raises(RuntimeError, match="Aborting to avoid overwriting"):
         cli("fit", "--trainer.max_steps=1")
     cli("fit", "--trainer.max_steps=1", "--model.lr=0.9", save_config_kwargs={"overwrite": True})
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["model"]["lr"] == 0.9
@@ -284,3 +284,25 @@ def test_without_jsonargparse_the_error_names_the_extra(monkeypatch):
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'torchplug\[cli\]'"):
         torchplug.cli.LightningCLI  # noqa: B018
     assert callable(torchplug.cli.main)  # the torchplug command does not need it
+
+
+def test_load_from_checkpoint_rebuilds_injected_objects_from_the_recorded_config(tmp_path):
+    run = cli("fit", "--model.optimizer=Adam", "--model.optimizer.lr=0.03", "--trainer.max_steps=1",
+              "--trainer.enable_checkpointing=true", model_class=OptimizerNet)  # fmt: skip
+    hparams = dict(run.model.hparams)
+    assert hparams["_instantiator"] == "torchplug.cli.instantiate_module"
+    assert (
+        hparams["optimizer"]["class_path"] == "torch.optim.Adam"
+    )  # plain config data, not a function object
+    (path,) = (tmp_path / "checkpoints").glob("*.ckpt")
+
+    loaded = OptimizerNet.load_from_checkpoint(path)
+    optimizer = loaded.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.param_groups[0]["lr"] == 0.03
+    torch.testing.assert_close(loaded.layer.weight, run.model.layer.weight)
+
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["hyper_parameters"]["_instantiator"] = "os.system"
+    torch.save(checkpoint, tmp_path / "tampered.ckpt")
+    with pytest.raises(MisconfigurationError, match="_instantiator='os.system'"):
+        OptimizerNet.load_from_checkpoint(tmp_path / "tampered.ckpt")

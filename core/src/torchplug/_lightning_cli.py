@@ -19,17 +19,20 @@ import importlib.util
 import os
 import random
 import sys
+import typing
 from collections.abc import Callable, Iterable
 from functools import partial, update_wrapper
 from types import MethodType
 from typing import Any
 
 import torch
+import yaml
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 import torchplug
 from torchplug._errors import MisconfigurationError
+from torchplug._hparams import given_hyperparameters
 from torchplug.callbacks._base import Callback
 from torchplug.module import DataModule, Module
 from torchplug.trainer import Trainer
@@ -88,6 +91,8 @@ LRSchedulerCallable = Callable[[Optimizer], LRScheduler | ReduceLROnPlateau]
 
 _LIGHTNING_CLASSES = (Trainer, Module, DataModule, Callback)
 _AUTOMATIC = "AUTOMATIC"
+#: What checkpoints of a CLI-built model name as the builder ``load_from_checkpoint`` rebuilds it with.
+_INSTANTIATOR = "torchplug.cli.instantiate_module"
 
 
 class LightningArgumentParser(ArgumentParser):
@@ -223,8 +228,8 @@ class SaveConfigCallback(Callback):
         self.already_saved = False
         if not save_to_log_dir and type(self).save_config is SaveConfigCallback.save_config:
             raise ValueError(
-                "SaveConfigCallback(save_to_log_dir=False) would save the config nowhere: subclass SaveConfigCallback "
-                "and implement save_config() to save it elsewhere, or keep save_to_log_dir=True"
+                "`save_to_log_dir=False` only makes sense when subclassing SaveConfigCallback with a `save_config` that "
+                "saves the config elsewhere; as given, the config would be saved nowhere (keep save_to_log_dir=True)"
             )
 
     def setup(self, trainer: Trainer, pl_module: Module, stage: str) -> None:
@@ -236,9 +241,9 @@ class SaveConfigCallback(Callback):
             exists = trainer.broadcast(trainer.is_global_zero and not self.overwrite and os.path.isfile(path))
             if exists:
                 raise RuntimeError(
-                    f"{type(self).__name__} will not overwrite {path}, the config of an earlier run: delete it, "
-                    "disable saving with LightningCLI(save_config_callback=None), or allow overwriting with "
-                    'LightningCLI(save_config_kwargs={"overwrite": True})'
+                    f"{type(self).__name__} found {path}, the config of an earlier run. Aborting to avoid overwriting "
+                    "it: delete it, disable saving with LightningCLI(save_config_callback=None), or allow "
+                    'overwriting with LightningCLI(save_config_kwargs={"overwrite": True})'
                 )
             if trainer.is_global_zero:  # one writer; the folder may not exist before the logger writes
                 os.makedirs(log_dir, exist_ok=True)
@@ -285,8 +290,9 @@ class LightningCLI:
         run: Run the subcommand's Trainer method. With False there are no subcommands: the classes are built only.
         auto_configure_optimizers: Add ``--optimizer``/``--lr_scheduler`` and, when given, set the model's
             ``configure_optimizers`` to return them.
-        load_from_checkpoint_support: Accepted for Lightning's signature; torchplug's ``save_hyperparameters``
-            always records the arguments ``__init__`` received.
+        load_from_checkpoint_support: ``save_hyperparameters()`` in the model and datamodule records their parsed
+            config (plain data: class paths and arguments) rather than the objects ``__init__`` received, so that
+            ``load_from_checkpoint`` rebuilds injected objects (optimizer callables, submodules) the same way.
     """
 
     def __init__(
@@ -325,6 +331,7 @@ class LightningCLI:
         self.subclass_mode_model = model_class is None or subclass_mode_model
         self.subclass_mode_data = datamodule_class is None or subclass_mode_data
         self._model_class = model_class or Module
+        self._dumped: dict[str, Any] | None = None
         self._datamodule_class = datamodule_class or DataModule
 
         names = self.subcommands()
@@ -335,6 +342,8 @@ class LightningCLI:
         self._parse_ckpt_path()
         self.subcommand: str | None = self.config["subcommand"] if run else None
         self._set_seed()
+        if load_from_checkpoint_support:
+            self._record_parsed_hyperparameters()
 
         self.before_instantiate_classes()
         self.instantiate_classes()
@@ -440,8 +449,8 @@ class LightningCLI:
         """Parse ``args`` (a list of strings, a dict or Namespace) or else ``sys.argv`` into ``self.config``."""
         if args is not None and len(sys.argv) > 1:
             rank_zero_warn(
-                "LightningCLI got args= and also command-line arguments: it parses args only, and ignores "
-                f"sys.argv[1:]={sys.argv[1:]} (args={args})"
+                "LightningCLI's args parameter replaces the command line, which is not empty: it parses "
+                f"args={args} and ignores sys.argv[1:]={sys.argv[1:]} (give one of the two)"
             )
         if isinstance(args, (dict, Namespace)):
             self.config = parser.parse_object(args)
@@ -458,16 +467,40 @@ class LightningCLI:
         hparams = dict(
             torch.load(ckpt_path, map_location="cpu", weights_only=True).get("hyper_parameters") or {}
         )
+        hparams.pop("_instantiator", None)
         if not hparams:
             return
         model: dict[str, Any] = hparams
-        if self.subclass_mode_model:  # the config names the class; the checkpoint gives its arguments
+        if (
+            "_class_path" in hparams
+        ):  # recorded by a CLI in subclass mode: the class the checkpoint was trained as
+            model = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        elif self.subclass_mode_model:  # the config names the class; the checkpoint gives its arguments
             model = {"class_path": self.config[f"{subcommand}.model.class_path"], "init_args": hparams}
         try:
             self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
         except SystemExit:
             sys.stderr.write(f"Parsing of ckpt_path hyperparameters failed for ckpt_path={ckpt_path!r}\n")
             raise
+
+    def _record_parsed_hyperparameters(self) -> None:
+        """Build the model and the datamodule inside :func:`~torchplug.module.given_hyperparameters`, with their part
+        of the parsed config."""
+        for key, cls, subclasses in (
+            ("model", self._model_class, self.subclass_mode_model),
+            ("data", self._datamodule_class, self.subclass_mode_data),
+        ):
+            base = cls if isinstance(cls, type) else _return_type(cls)
+            if isinstance(base, type):
+                self.parser.add_instantiator(_RecordingInstantiator(self, key), base, subclasses=subclasses)
+
+    def _config_dump(self) -> dict[str, Any]:
+        """The parsed config as plain data (once), the subcommand's part where there is one."""
+        if self._dumped is None:
+            text = self.parser.dump(self.config, skip_link_targets=False, skip_none=False, format="yaml")
+            dumped = yaml.safe_load(text)
+            self._dumped = dumped.get(self.subcommand, dumped) if self.subcommand else dumped
+        return self._dumped
 
     def _trainer_type(self) -> type:
         return (
@@ -504,10 +537,10 @@ class LightningCLI:
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         if "callbacks" not in config:
+            name = getattr(self.trainer_class, "__qualname__", repr(self.trainer_class))
             rank_zero_warn(
-                f"{getattr(self.trainer_class, '__qualname__', self.trainer_class)} takes no `callbacks` argument: "
-                "the CLI's callbacks (configurable callbacks, trainer_defaults' callbacks, the config saving) are "
-                "left out"
+                f"The `{name}` class does not expose the `callbacks` argument: the CLI's callbacks (callback groups, "
+                "trainer_defaults' callbacks, the config saving) are not included"
             )
             return self.trainer_class(**config)
         given = config["callbacks"]
@@ -591,8 +624,11 @@ class LightningCLI:
         seed = self.config.get(key)
         if seed is False or seed is None:
             return
-        if seed is True:  # a random seed, written back so that the saved config reproduces the run
-            seed = random.randint(0, 2**32 - 1)
+        if (
+            seed is True
+        ):  # the seed already set (by seed_everything) or a random one, written back into the config
+            current = os.environ.get("PL_GLOBAL_SEED")
+            seed = int(current) if current is not None else random.randint(0, 2**32 - 1)
         self.config[key] = seed_everything(seed, workers=True)
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -615,6 +651,57 @@ class LightningCLI:
         if self.datamodule is not None:
             kwargs["datamodule"] = self.datamodule
         return kwargs
+
+
+class _RecordingInstantiator:
+    """jsonargparse's instantiator for the model or the datamodule: builds the class while recording its parsed
+    config as the hyperparameters ``save_hyperparameters()`` saves."""
+
+    def __init__(self, cli: LightningCLI, key: str) -> None:
+        self.cli, self.key = cli, key
+
+    def __call__(self, class_type: type, *args: Any, applied_instantiation_links: dict, **kwargs: Any) -> Any:
+        hparams = dict(self.cli._config_dump().get(self.key) or {})
+        if "class_path" in hparams:  # subclass mode: the arguments flat, the class named apart
+            hparams = {
+                "_class_path": hparams["class_path"],
+                **(hparams.get("init_args") or {}),
+                **(hparams.get("dict_kwargs") or {}),
+            }
+        prefix = f"{self.key}."
+        for target, value in applied_instantiation_links.items():  # values linked at instantiation
+            if target.startswith(prefix):
+                path = target[len(prefix) :].removeprefix("init_args.").split(".")
+                _set_nested(hparams, path, value)
+        with given_hyperparameters(class_type, hparams, _INSTANTIATOR):
+            return class_type(*args, **kwargs)
+
+
+def _return_type(function: Callable[..., Any]) -> Any:
+    try:
+        return typing.get_type_hints(function).get("return")
+    except Exception:  # an annotation that does not resolve: no hyperparameters recorded for it
+        return None
+
+
+def _set_nested(data: dict[str, Any], path: list[str], value: Any) -> None:
+    for key in path[:-1]:
+        data = data.setdefault(key, {})
+    data[path[-1]] = value
+
+
+def instantiate_module(class_type: type, config: dict[str, Any]) -> Any:
+    """Rebuild a model or datamodule from the hyperparameters LightningCLI recorded (``load_from_checkpoint`` calls
+    this for a checkpoint whose hyperparameters name it): its nested class configs are instantiated as when parsed."""
+    parser = ArgumentParser(exit_on_error=False)
+    config = dict(config)
+    class_path = config.pop("_class_path", None)
+    if class_path is not None:
+        parser.add_subclass_arguments(class_type, "module", fail_untyped=False)
+        config = {"class_path": class_path, "dict_kwargs": config}
+    else:
+        parser.add_class_arguments(class_type, "module", fail_untyped=False)
+    return parser.instantiate_classes(parser.parse_object({"module": config})).module
 
 
 def instantiate_class(args: Any | tuple[Any, ...], init: dict[str, Any] | Namespace) -> Any:
@@ -682,4 +769,5 @@ __all__ = [
     "ReduceLROnPlateau",
     "SaveConfigCallback",
     "instantiate_class",
+    "instantiate_module",
 ]

@@ -218,6 +218,7 @@ _LIGHTNING_CLI_NAMES = (
     "ReduceLROnPlateau",
     "SaveConfigCallback",
     "instantiate_class",
+    "instantiate_module",
 )
 
 
