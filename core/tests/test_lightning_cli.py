@@ -76,6 +76,7 @@ class OptimizerNet(Net):
 class Data(LightningDataModule):
     def __init__(self, features: int = 4, batch_size: int = 4, size: int = 16) -> None:
         super().__init__()
+        self.save_hyperparameters()
         generator = torch.Generator().manual_seed(0)
         self.dataset = TensorDataset(torch.randn(size, features, generator=generator), torch.randn(size, 1))
         self.batch_size = batch_size
@@ -306,3 +307,16 @@ def test_load_from_checkpoint_rebuilds_injected_objects_from_the_recorded_config
     torch.save(checkpoint, tmp_path / "tampered.ckpt")
     with pytest.raises(MisconfigurationError, match="_instantiator='os.system'"):
         OptimizerNet.load_from_checkpoint(tmp_path / "tampered.ckpt")
+
+
+def test_any_model_and_data_by_class_path_log_their_hyperparameters_without_the_class(tmp_path):
+    run = LightningCLI(
+        args=["fit", "--model=Net", "--model.lr=0.2", "--data=Data", "--data.batch_size=8", "--trainer.max_steps=1",
+              "--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={tmp_path}"],
+        trainer_defaults={**QUIET, "logger": True},
+    )  # fmt: skip
+    assert run.model.hparams["_class_path"].endswith(".Net")
+    assert run.datamodule.hparams["_class_path"].endswith(".Data")  # differs from the model's: not a clash
+    logged = yaml.safe_load((tmp_path / "lightning_logs" / "version_0" / "hparams.yaml").read_text())
+    assert logged == {"features": 4, "lr": 0.2, "batch_size": 8, "size": 16,
+                      "_instantiator": "torchplug.cli.instantiate_module"}  # fmt: skip
