@@ -39,7 +39,7 @@ REPR_KEY_SUFFIX = "_as_repr"
 #: data, so it never chooses which code to import beyond these.
 INSTANTIATORS = frozenset({"torchplug.cli.instantiate_module"})
 # (class being built, hyperparameters to record for it) while a builder such as LightningCLI constructs it
-_given: ContextVar[tuple[type, dict[str, Any]] | None] = ContextVar("torchplug_given_hyperparameters", default=None)
+_given: ContextVar[tuple[type, dict[str, Any]] | None] = ContextVar("torchplug_given_hparams", default=None)
 
 
 @contextmanager

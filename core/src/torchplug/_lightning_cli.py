@@ -280,8 +280,8 @@ class LightningCLI:
         save_config_kwargs: Keyword arguments for ``save_config_callback``.
         trainer_class: The Trainer class, or a function returning a Trainer.
         trainer_defaults: Trainer argument defaults; its ``callbacks`` are always added and not configurable.
-        seed_everything_default: The ``--seed_everything`` default: an int seeds with it, True with a random seed
-            (written back into the config), False does not seed.
+        seed_everything_default: The ``--seed_everything`` default: an int seeds with it, True with the seed
+            ``seed_everything`` already set or else a random one (written back into the config), False does not seed.
         parser_kwargs: Keyword arguments for each parser; a key named after a subcommand holds that one's.
         parser_class: The parser class.
         subclass_mode_model: Accept any subclass of ``model_class``, named by class path.
@@ -331,8 +331,8 @@ class LightningCLI:
         self.subclass_mode_model = model_class is None or subclass_mode_model
         self.subclass_mode_data = datamodule_class is None or subclass_mode_data
         self._model_class = model_class or Module
-        self._dumped: dict[str, Any] | None = None
         self._datamodule_class = datamodule_class or DataModule
+        self._dumped: dict[str, Any] | None = None  # the parsed config as plain data, made when first needed
 
         names = self.subcommands()
         main_kwargs = {k: v for k, v in self.parser_kwargs.items() if k not in names}
@@ -484,7 +484,7 @@ class LightningCLI:
             raise
 
     def _record_parsed_hyperparameters(self) -> None:
-        """Build the model and the datamodule inside :func:`~torchplug.module.given_hyperparameters`, with their part
+        """Build the model and the datamodule inside :func:`torchplug._hparams.given_hyperparameters`, with their part
         of the parsed config."""
         for key, cls, subclasses in (
             ("model", self._model_class, self.subclass_mode_model),
