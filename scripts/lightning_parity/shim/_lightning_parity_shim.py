@@ -44,6 +44,10 @@ ALIASES = {
     "lightning.pytorch.core.mixins.hparams_mixin": ["torchplug.module"],
     "lightning.pytorch.core.saving": ["torchplug.loggers.csv_logs"],
     "lightning.pytorch.callbacks": ["torchplug.callbacks"],
+    "lightning.pytorch.callbacks.progress": ["torchplug.callbacks", "torchplug.callbacks.progress"],
+    "lightning.pytorch.callbacks.progress.progress_bar": ["torchplug.callbacks.progress"],
+    "lightning.pytorch.callbacks.progress.tqdm_progress": ["torchplug.callbacks.progress"],
+    "lightning.pytorch.callbacks.progress.rich_progress": ["torchplug.callbacks.rich_progress"],
     "lightning.pytorch.cli": ["torchplug.cli"],
     "lightning.pytorch.loggers": ["torchplug.loggers"],
     "lightning.pytorch.loggers.csv_logs": ["torchplug.loggers", "torchplug.loggers.csv_logs"],
@@ -54,6 +58,8 @@ ALIASES = {
     "lightning.pytorch.trainer.states": ["torchplug"],
     "lightning.pytorch.utilities": ["torchplug.utilities"],
     "lightning.pytorch.utilities.exceptions": [],
+    "lightning.pytorch.utilities.model_summary": ["torchplug.utilities.model_summary"],
+    "lightning.pytorch.utilities.model_summary.model_summary": ["torchplug.utilities.model_summary"],
     # torchplug's backends are packages of their own: a port imports DDPStrategy from torchplug_ddp, and so on.
     "lightning.pytorch.accelerators": ["torchplug.accelerators", "torchplug_cuda"],
     "lightning.pytorch.strategies": ["torchplug.strategies", "torchplug_ddp", "torchplug_fsdp", "torchplug_dp"],
@@ -80,13 +86,16 @@ SPLIT_PACKAGES = {
     "lightning.fabric.plugins.environments",
 }
 #: Lightning utility modules whose public names torchplug keeps in ``torchplug.utilities``.
-UTILITY_MODULES = ("rank_zero", "combined_loader", "types", "parsing", "seed", "apply_func", "model_summary")
+UTILITY_MODULES = (
+    "rank_zero", "combined_loader", "types", "parsing", "seed", "apply_func", "model_summary", "warnings",
+)
 
 #: Lightning name -> torchplug object ("module:attribute"), where torchplug spells a name differently.
 RENAMES = {
     "lightning.pytorch.utilities.exceptions": {"MisconfigurationException": "torchplug:MisconfigurationError"},
     "lightning.fabric.utilities.exceptions": {"MisconfigurationException": "torchplug:MisconfigurationError"},
     "lightning.pytorch.utilities": {"MisconfigurationException": "torchplug:MisconfigurationError"},
+    "lightning.fabric.utilities.seed": {"pl_worker_init_function": "torchplug.utilities:worker_init_function"},
 }
 
 DEMOS = "lightning.pytorch.demos"
