@@ -278,6 +278,7 @@ def test_bad_input_is_refused_early():
 
 
 def test_without_jsonargparse_the_error_names_the_extra(monkeypatch):
+    """jsonargparse is installed here, so its absence is simulated: a None in sys.modules makes it unimportable."""
     monkeypatch.setitem(sys.modules, "jsonargparse", None)
     monkeypatch.delitem(sys.modules, "torchplug._lightning_cli")
     import torchplug.cli
