@@ -464,16 +464,13 @@ class LightningCLI:
         ckpt_path = self.config.get(f"{subcommand}.ckpt_path") if subcommand else None
         if not ckpt_path or not os.path.isfile(ckpt_path):
             return
-        hparams = dict(
-            torch.load(ckpt_path, map_location="cpu", weights_only=True).get("hyper_parameters") or {}
-        )
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
         if not hparams:
             return
         model: dict[str, Any] = hparams
-        if (
-            "_class_path" in hparams
-        ):  # recorded by a CLI in subclass mode: the class the checkpoint was trained as
+        if "_class_path" in hparams:  # recorded by a CLI in subclass mode: the class it was trained as
             model = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         elif self.subclass_mode_model:  # the config names the class; the checkpoint gives its arguments
             model = {"class_path": self.config[f"{subcommand}.model.class_path"], "init_args": hparams}
@@ -503,11 +500,8 @@ class LightningCLI:
         return self._dumped
 
     def _trainer_type(self) -> type:
-        return (
-            self.trainer_class
-            if isinstance(self.trainer_class, type)
-            else class_from_function(self.trainer_class)
-        )
+        trainer_class = self.trainer_class
+        return trainer_class if isinstance(trainer_class, type) else class_from_function(trainer_class)
 
     def _parser(self, subcommand: str | None) -> LightningArgumentParser:
         return self.parser if subcommand is None else self._subcommand_parsers[subcommand]
