@@ -426,7 +426,9 @@ class Loop(Training, Schedule, Evaluation):
         hparams: dict[str, Any] | None = None
         if from_module and from_data:
             mine, theirs = module.hparams_initial, datamodule.hparams_initial
-            clashing = [k for k in mine.keys() & theirs.keys() if not _same_hparam(mine[k], theirs[k])]
+            # "_class_path": LightningCLI's record of each one's class, which differ by nature
+            shared = (mine.keys() & theirs.keys()) - {"_class_path"}
+            clashing = [k for k in shared if not _same_hparam(mine[k], theirs[k])]
             if clashing:
                 raise RuntimeError(
                     f"Error while merging hparams: the keys {clashing} are present in both the LightningModule's and "
@@ -437,6 +439,8 @@ class Loop(Training, Schedule, Evaluation):
             hparams = module.hparams_initial
         elif from_data:
             hparams = datamodule.hparams_initial
+        if hparams is not None:  # the class LightningCLI recorded is not a hyperparameter to log
+            hparams = {k: v for k, v in hparams.items() if k != "_class_path"}
         for logger in trainer.loggers:
             if hparams is not None:
                 logger.log_hyperparams(hparams)

@@ -24,7 +24,11 @@ from torchplug.callbacks._base import Callback
 from torchplug.module import DataModule, Module
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from torchplug._optim import LRSchedulerConfig
+    from torchplug.loggers import Logger
+    from torchplug.profilers import Profiler
 
 log = logging.getLogger("torchplug")
 
@@ -74,7 +78,7 @@ class Trainer:
         num_nodes: int = 1,
         precision: str | int | Any = "32-true",
         plugins: list[Any] | Any | None = None,
-        logger: Any = None,
+        logger: Logger | Iterable[Logger] | bool | None = None,
         callbacks: list[Callback] | Callback | None = None,
         fast_dev_run: bool | int = False,
         max_epochs: int | None = None,
@@ -101,7 +105,7 @@ class Trainer:
         benchmark: bool | None = None,
         inference_mode: bool = True,
         use_distributed_sampler: bool = True,
-        profiler: Any = None,
+        profiler: Profiler | str | None = None,
         detect_anomaly: bool = False,
         barebones: bool = False,
         reload_dataloaders_every_n_epochs: int = 0,

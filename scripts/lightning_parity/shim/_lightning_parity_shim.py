@@ -48,6 +48,7 @@ ALIASES = {
     "lightning.pytorch.callbacks.progress.progress_bar": ["torchplug.callbacks.progress"],
     "lightning.pytorch.callbacks.progress.tqdm_progress": ["torchplug.callbacks.progress"],
     "lightning.pytorch.callbacks.progress.rich_progress": ["torchplug.callbacks.rich_progress"],
+    "lightning.pytorch.cli": ["torchplug.cli"],
     "lightning.pytorch.loggers": ["torchplug.loggers"],
     "lightning.pytorch.loggers.csv_logs": ["torchplug.loggers", "torchplug.loggers.csv_logs"],
     "lightning.pytorch.loggers.tensorboard": ["torchplug.loggers", "torchplug.loggers.tensorboard"],
@@ -253,6 +254,7 @@ class Missing:
 _FLAG_PACKAGES = {
     "SKLEARN": "sklearn", "TORCH_TRT": "torch_tensorrt", "XLA": "torch_xla", "TENSORBOARDX": "tensorboardX",
     "COMET": "comet_ml", "HABANA": "habana_frameworks", "TORCHAUDIO": "torchaudio", "LIGHTNING_XPU": "lightning_xpu",
+    "JSONARGPARSE_SIGNATURES": "jsonargparse",
 }
 _FLAG = re.compile(r"^_(?:(?P<package>\w+)_AVAILABLE|(?P<lib>TORCH|TORCHMETRICS|PYTHON)_(?P<op>GREATER_EQUAL|EQUAL|LESS|LESS_EQUAL)_(?P<version>\d+(?:_\d+)*)|(?P<windows>IS_WINDOWS))$")
 
