@@ -9,6 +9,7 @@ from torchplug.callbacks.model_summary import ModelSummary, summarize
 from torchplug.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
 from torchplug.callbacks.prediction_writer import BasePredictionWriter
 from torchplug.callbacks.progress import ProgressBar, TQDMProgressBar
+from torchplug.callbacks.timer import Timer
 
 __all__ = [
     "BasePredictionWriter",
@@ -21,5 +22,6 @@ __all__ = [
     "OnExceptionCheckpoint",
     "ProgressBar",
     "TQDMProgressBar",
+    "Timer",
     "summarize",
 ]
