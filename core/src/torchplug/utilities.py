@@ -26,7 +26,12 @@ from torch.utils.data import (
 
 from torchplug._combined_loader import CombinedLoader
 from torchplug._devices import parse_devices
+from torchplug._grads import grad_norm
+from torchplug._memory import recursive_detach
 from torchplug._optim import LRSchedulerConfig
+from torchplug._parameter_tying import find_shared_parameters, set_shared_parameters
+from torchplug._rng import isolate_rng
+from torchplug._states import GradClipAlgorithmType
 
 _T = TypeVar("_T")
 
@@ -288,10 +293,14 @@ def seed_everything(seed: int | None = None, workers: bool = False) -> int:
 __all__ = [
     "AttributeDict",
     "CombinedLoader",
+    "GradClipAlgorithmType",
     "LRSchedulerConfig",
     "apply_to_collection",
     "batch_mover",
     "distributed_loader",
+    "find_shared_parameters",
+    "grad_norm",
+    "isolate_rng",
     "is_picklable",
     "move_data_to_device",
     "needs_distributed_sampler",
@@ -300,6 +309,8 @@ __all__ = [
     "rank_zero_info",
     "rank_zero_only",
     "rank_zero_warn",
+    "recursive_detach",
     "requires_closure",
     "seed_everything",
+    "set_shared_parameters",
 ]
