@@ -50,6 +50,9 @@ def test_simple_profiler_times_hooks_steps_datamodule_calls_and_epochs(tmp_path)
     assert len(durations["[Strategy]SingleDeviceStrategy.backward"]) == 4
     assert len(durations["[Strategy]SingleDeviceStrategy.validation_step"]) == 2 + 4  # sanity check, 2 epochs
     assert len(durations["[Callback]Noop.on_train_epoch_end"]) == 2
+    # each batch fetched, by Lightning's names: 2 epochs of 2 batches; the 2-batch sanity check and 2 validations
+    assert len(durations["[_TrainingEpochLoop].train_dataloader_next"]) == 4
+    assert len(durations["[_EvaluationLoop].val_next"]) == 2 + 4
     # one process: no rank in the name; the report appended per stage, the file closed at the end of it
     report = (tmp_path / "fit-report.txt").read_text()
     assert (
@@ -205,3 +208,15 @@ def test_unknown_profiler_names_are_refused():
         Trainer(accelerator="cpu", profiler="fancy")
     with pytest.raises(MisconfigurationError, match=r"Trainer\(profiler=3\): expected one of"):
         Trainer(accelerator="cpu", profiler=3)
+
+
+def test_datamodule_state_is_profiled_once_per_saved_checkpoint(tmp_path):
+    profiler = SimpleProfiler()
+    trainer = Trainer(accelerator="cpu", default_root_dir=tmp_path, max_epochs=1, limit_train_batches=1,
+                      limit_val_batches=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      profiler=profiler)  # fmt: skip
+    trainer.fit(BoringModel(), datamodule=Data())
+    # one checkpoint saved; the check that the state can be saved, at the start, is not counted
+    assert len(profiler.recorded_durations["[LightningDataModule]Data.state_dict"]) == 1
+    trainer.test(BoringModel(), datamodule=Data(), verbose=False)
+    assert len(profiler.recorded_durations["[_EvaluationLoop].test_next"]) == 2

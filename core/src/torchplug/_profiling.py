@@ -8,9 +8,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from torchplug._states import RunningStage
 from torchplug.profilers import PassThroughProfiler
 
 if TYPE_CHECKING:
@@ -65,6 +66,34 @@ def profiled_ops(trainer: Trainer, ops: StepOps) -> StepOps:
     return dataclasses.replace(
         ops, forward=timed_forward, backward=_timed(profiler, f"{strategy}.backward", backward)
     )
+
+
+def fetched(trainer: Trainer, batches: Iterable[Any], action_name: str) -> Iterable[Any]:
+    """``batches``, each ``next`` timed as ``action_name`` (Lightning's ``[_TrainingEpochLoop].train_dataloader_next``,
+    ``[_EvaluationLoop].val_next``, ...: how long the step waited for data); ``batches`` itself without a profiler."""
+    profiler = trainer.profiler
+    if isinstance(profiler, PassThroughProfiler):
+        return batches
+
+    def timed() -> Iterator[Any]:
+        iterator = iter(batches)
+        while True:
+            with profiler.profile(action_name):
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    return
+            yield batch
+
+    return timed()
+
+
+def eval_fetch_action(trainer: Trainer) -> str:
+    """The action a batch fetch of the running evaluation is timed as, by Lightning's names."""
+    stage = trainer.state.stage
+    if stage == RunningStage.PREDICTING:
+        return "[_PredictionLoop].predict_next"
+    return f"[_EvaluationLoop].{stage.dataloader_prefix}_next"
 
 
 def call_datamodule(trainer: Trainer, name: str, *args: Any, **kwargs: Any) -> Any:
