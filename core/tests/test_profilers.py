@@ -53,6 +53,7 @@ def test_simple_profiler_times_hooks_steps_datamodule_calls_and_epochs(tmp_path)
     # each batch fetched, by Lightning's names: 2 epochs of 2 batches; the 2-batch sanity check and 2 validations
     assert len(durations["[_TrainingEpochLoop].train_dataloader_next"]) == 4
     assert len(durations["[_EvaluationLoop].val_next"]) == 2 + 4
+    assert len(durations["[Strategy]SingleDeviceStrategy.batch_to_device"]) == 4 + 2 + 4
     # one process: no rank in the name; the report appended per stage, the file closed at the end of it
     report = (tmp_path / "fit-report.txt").read_text()
     assert (

@@ -50,8 +50,9 @@ _STEP_NAMES = {"train": "training_step", "validation": "validation_step", "test"
 
 
 def profiled_ops(trainer: Trainer, ops: StepOps) -> StepOps:
-    """The run's step operations with the step and backward timed under Lightning's names
-    (``[Strategy]<strategy class>.training_step``, ``...backward``); ``ops`` itself without a profiler."""
+    """The run's step operations with the batch transfer, the step and backward timed under Lightning's names
+    (``[Strategy]<strategy class>.batch_to_device``, ``...training_step``, ``...backward``); ``ops`` itself without
+    a profiler."""
     profiler = trainer.profiler
     if isinstance(profiler, PassThroughProfiler):
         return ops
@@ -64,7 +65,10 @@ def profiled_ops(trainer: Trainer, ops: StepOps) -> StepOps:
             return forward(stage, args)
 
     return dataclasses.replace(
-        ops, forward=timed_forward, backward=_timed(profiler, f"{strategy}.backward", backward)
+        ops,
+        to_device=_timed(profiler, f"{strategy}.batch_to_device", ops.to_device),
+        forward=timed_forward,
+        backward=_timed(profiler, f"{strategy}.backward", backward),
     )
 
 
