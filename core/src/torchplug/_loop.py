@@ -215,6 +215,7 @@ class Loop(Training, Schedule, Evaluation):
             torch.use_deterministic_algorithms(True, warn_only=trainer.deterministic == "warn")
         self._show_header()
         self._agree_on_log_versions()
+        self._start_experiments()
         trainer.profiler._lightning_module = module  # PyTorchProfiler labels its layers and counts its steps
         # as in Lightning: no rank in a single process's report names
         local_rank = trainer.local_rank if trainer.world_size > 1 else None
@@ -282,6 +283,18 @@ class Loop(Training, Schedule, Evaluation):
         for logger in trainer.loggers:
             if isinstance(logger, FolderLogger) and logger._version is None:
                 logger._version = trainer.broadcast(logger.version if trainer.is_global_zero else None)
+
+    def _start_experiments(self) -> None:
+        """Create each logger's experiment before the ``setup`` hooks, so that its name, version and run exist when
+        user code reads them. A ``WandbLogger`` goes first: ``wandb.init`` must precede the TensorBoard writers for
+        ``sync_tensorboard`` to see them."""
+        from torchplug.loggers import WandbLogger
+
+        if not self.trainer.is_global_zero:
+            return
+        for logger in sorted(self.trainer.loggers, key=lambda logger: not isinstance(logger, WandbLogger)):
+            if hasattr(logger, "experiment"):
+                _ = logger.experiment
 
     def _bind_batch_preparation(self) -> None:
         """``prepare(batch, dataloader_idx)``: the transfer hooks around the run's ``to_device`` (the datamodule's
@@ -416,6 +429,8 @@ class Loop(Training, Schedule, Evaluation):
         for logger in trainer.loggers:
             if hparams is not None:
                 logger.log_hyperparams(hparams)
+            if callable(getattr(logger, "log_graph", None)):  # a logger-like object may have none
+                logger.log_graph(module)
             logger.save()
 
     def write_logs(self, metrics: dict[str, Any], step: int | None = None) -> None:

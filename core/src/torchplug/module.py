@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import contextvars
 import functools
 import inspect
 import numbers
@@ -38,6 +39,21 @@ _MODULE_HOOKS = (
     "on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad",
     "on_save_checkpoint", "on_load_checkpoint",
 )  # fmt: skip
+
+
+_JIT_READING = contextvars.ContextVar("torchplug_jit_reading", default=False)
+
+
+@contextlib.contextmanager
+def _jit_reading() -> Generator[None, None, None]:
+    """While ``torch.jit`` traces or scripts a module (``to_torchscript``, TensorBoard's ``add_graph``), an unattached
+    module's ``trainer`` reads ``None`` instead of raising: torch reads every attribute of the module and counts only
+    ``AttributeError`` as absent."""
+    token = _JIT_READING.set(True)
+    try:
+        yield
+    finally:
+        _JIT_READING.reset(token)
 
 
 class _ClassOnly:
@@ -223,7 +239,7 @@ class Module(HyperparametersMixin, nn.Module):
     # ---------------------------------------------------------------- trainer state
     @property
     def trainer(self) -> Trainer:
-        if self._trainer is None:
+        if self._trainer is None and not _JIT_READING.get():
             raise RuntimeError(f"{type(self).__name__} is not attached to a Trainer; call trainer.fit(model) first")
         return self._trainer
 
@@ -380,9 +396,14 @@ class Module(HyperparametersMixin, nn.Module):
             )  # fmt: skip
 
     def print(self, *args: Any, **kwargs: Any) -> None:
-        """``print`` on global rank 0 only (every process prints without a trainer)."""
+        """``print`` on global rank 0 only (every process prints without a trainer), through the progress bar when
+        one shows, so that the text does not break it."""
         if self._trainer is None or self._trainer.is_global_zero:
-            builtins.print(*args, **kwargs)
+            bar = None if self._trainer is None else self._trainer.progress_bar_callback
+            if bar is not None and bar.is_enabled:
+                bar.print(*args, **kwargs)
+            else:
+                builtins.print(*args, **kwargs)
 
     def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
         """Every process's ``data`` (tensors, numbers, or collections of them), stacked along a new first
@@ -514,13 +535,14 @@ class Module(HyperparametersMixin, nn.Module):
         ``file_path`` when given. Each submodule's mode is restored after."""
         modes = {m: m.training for m in self.modules()}
         try:
-            if method == "script":
-                scripted = torch.jit.script(self.eval(), **kwargs)
-            elif method == "trace":
-                example = self._example_inputs(example_inputs, "to_torchscript(method='trace')")
-                scripted = torch.jit.trace(func=self.eval(), example_inputs=example, **kwargs)
-            else:
-                raise ValueError(f"to_torchscript(method={method!r}): use 'script' or 'trace'")
+            with _jit_reading():
+                if method == "script":
+                    scripted = torch.jit.script(self.eval(), **kwargs)
+                elif method == "trace":
+                    example = self._example_inputs(example_inputs, "to_torchscript(method='trace')")
+                    scripted = torch.jit.trace(func=self.eval(), example_inputs=example, **kwargs)
+                else:
+                    raise ValueError(f"to_torchscript(method={method!r}): use 'script' or 'trace'")
         finally:
             for submodule, training in modes.items():
                 submodule.training = training

@@ -44,15 +44,24 @@ ALIASES = {
     "lightning.pytorch.core.mixins.hparams_mixin": ["torchplug.module"],
     "lightning.pytorch.core.saving": ["torchplug.loggers.csv_logs"],
     "lightning.pytorch.callbacks": ["torchplug.callbacks"],
+    "lightning.pytorch.callbacks.progress": ["torchplug.callbacks", "torchplug.callbacks.progress"],
+    "lightning.pytorch.callbacks.progress.progress_bar": ["torchplug.callbacks.progress"],
+    "lightning.pytorch.callbacks.progress.tqdm_progress": ["torchplug.callbacks.progress"],
+    "lightning.pytorch.callbacks.progress.rich_progress": ["torchplug.callbacks.rich_progress"],
     "lightning.pytorch.loggers": ["torchplug.loggers"],
     "lightning.pytorch.loggers.csv_logs": ["torchplug.loggers", "torchplug.loggers.csv_logs"],
     "lightning.pytorch.loggers.tensorboard": ["torchplug.loggers", "torchplug.loggers.tensorboard"],
+    "lightning.pytorch.loggers.wandb": ["torchplug.loggers", "torchplug.loggers.wandb"],
+    "lightning.pytorch.loggers.litlogger": ["torchplug.loggers", "torchplug.loggers.litlogger"],
+    "lightning.pytorch.loggers.comet": ["torchplug.loggers", "torchplug.loggers.comet"],
     "lightning.pytorch.profilers": ["torchplug.profilers"],
     "lightning.pytorch.trainer": ["torchplug"],
     "lightning.pytorch.trainer.trainer": ["torchplug"],
     "lightning.pytorch.trainer.states": ["torchplug"],
     "lightning.pytorch.utilities": ["torchplug.utilities"],
     "lightning.pytorch.utilities.exceptions": [],
+    "lightning.pytorch.utilities.model_summary": ["torchplug.utilities.model_summary"],
+    "lightning.pytorch.utilities.model_summary.model_summary": ["torchplug.utilities.model_summary"],
     # torchplug's backends are packages of their own: a port imports DDPStrategy from torchplug_ddp, and so on.
     "lightning.pytorch.accelerators": ["torchplug.accelerators", "torchplug_cuda"],
     "lightning.pytorch.strategies": ["torchplug.strategies", "torchplug_ddp", "torchplug_fsdp", "torchplug_dp"],
@@ -79,14 +88,17 @@ SPLIT_PACKAGES = {
     "lightning.fabric.plugins.environments",
 }
 #: Lightning utility modules whose public names torchplug keeps in ``torchplug.utilities``.
-UTILITY_MODULES = ("rank_zero", "combined_loader", "types", "parsing", "seed", "apply_func", "model_summary",
-                   "grads", "memory", "parameter_tying", "enums")
+UTILITY_MODULES = (
+    "rank_zero", "combined_loader", "types", "parsing", "seed", "apply_func", "model_summary", "warnings",
+    "grads", "memory", "parameter_tying", "enums",
+)
 
 #: Lightning name -> torchplug object ("module:attribute"), where torchplug spells a name differently.
 RENAMES = {
     "lightning.pytorch.utilities.exceptions": {"MisconfigurationException": "torchplug:MisconfigurationError"},
     "lightning.fabric.utilities.exceptions": {"MisconfigurationException": "torchplug:MisconfigurationError"},
     "lightning.pytorch.utilities": {"MisconfigurationException": "torchplug:MisconfigurationError"},
+    "lightning.fabric.utilities.seed": {"pl_worker_init_function": "torchplug.utilities:worker_init_function"},
 }
 
 DEMOS = "lightning.pytorch.demos"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import secrets
 import time
 import warnings
 from datetime import timedelta
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_type_hints
 
 import torch
 
-from torchplug._checkpoint import temporary_prefix
+from torchplug._checkpoint import temporary_path
 from torchplug._errors import MisconfigurationError
 from torchplug.callbacks import _checkpoint_folder as _folder
 from torchplug.callbacks._base import Callback
@@ -319,7 +318,16 @@ class ModelCheckpoint(Callback):
     def _resolve_dirpath(self, trainer: Trainer) -> str:
         if self.dirpath is not None:
             return self.dirpath
+        from torchplug.loggers import Logger
+        from torchplug.loggers._base import FolderLogger
+
         base = getattr(trainer, "log_dir", None) or trainer.default_root_dir
+        logger = trainer.loggers[0] if trainer.loggers else None
+        if isinstance(logger, Logger) and not isinstance(logger, FolderLogger) and logger.log_dir is None:
+            # A logger with no run folder of its own (W&B, Comet): Lightning's <save_dir>/<name>/<version>.
+            version = logger.version
+            version = version if isinstance(version, str) else f"version_{version}"
+            base = os.path.join(logger.save_dir or trainer.default_root_dir, str(logger.name), version)
         return os.path.realpath(os.path.join(base, "checkpoints"))
 
     # ---------------------------------------------------------------------------------------------------- when
@@ -498,6 +506,10 @@ class ModelCheckpoint(Callback):
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         self._saved_in_fit = True
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:  # e.g. WandbLogger(log_model=True) uploads checkpoints from here
+                if callable(getattr(logger, "after_save_checkpoint", None)):
+                    logger.after_save_checkpoint(self)
 
     def _link_checkpoint(self, trainer: Trainer, target: str, link: str) -> None:
         if trainer.is_global_zero:
@@ -506,7 +518,7 @@ class ModelCheckpoint(Callback):
             if os.path.isdir(link) and not os.path.islink(link):
                 _folder.remove(link)  # a directory checkpoint cannot be replaced by a rename
             # A new link under a hidden name, renamed over the old one: there is a last checkpoint at every instant.
-            temporary = os.path.join(folder, f"{temporary_prefix(Path(link))}{os.getpid()}.{secrets.token_hex(4)}")
+            temporary = temporary_path(link)
             os.symlink(os.path.relpath(target, folder), temporary)
             os.replace(temporary, link)
         trainer.barrier("ModelCheckpoint.link")
