@@ -205,7 +205,8 @@ class Evaluation:
 
     def _eval_batches(self, loader: Any, count: int | float, dl_idx: int) -> Iterator[tuple[int, Any]]:
         prepare, fetch = self.prepare, _profiling.eval_fetch_action(self.trainer)
-        for batch_idx, batch in enumerate(_data.limited(_profiling.fetched(self.trainer, loader, fetch), count)):
+        batches = _profiling.fetched(self.trainer, loader, fetch)
+        for batch_idx, batch in enumerate(_data.limited(batches, count)):
             yield batch_idx, prepare(batch, dl_idx)
 
     def _iterator_steps(self, name: str, plan: Plan, several: bool) -> list[Any]:
