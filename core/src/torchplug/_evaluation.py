@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchplug import _data
+from torchplug import _data, _profiling
 from torchplug._errors import ConflictError
 from torchplug._results import Results
 from torchplug._states import RunningStage
@@ -207,16 +207,18 @@ class Evaluation:
                 )
 
     def _eval_batches(self, loader: Any, count: int | float, dl_idx: int) -> Iterator[tuple[int, Any]]:
-        prepare = self.prepare
-        for batch_idx, batch in enumerate(_data.limited(loader, count)):
+        prepare, fetch = self.prepare, _profiling.eval_fetch_action(self.trainer)
+        batches = _profiling.fetched(self.trainer, loader, fetch)
+        for batch_idx, batch in enumerate(_data.limited(batches, count)):
             yield batch_idx, prepare(batch, dl_idx)
 
     def _iterator_steps(self, name: str, plan: Plan, several: bool) -> list[Any]:
         """Steps that read the batches themselves (``validation_step(self, dataloader_iter)``): one iterator over
         every loader in turn; the batch hooks get what the step read last, as in Lightning."""
         results, collected = self.trainer._results, []
+        fetch = _profiling.eval_fetch_action(self.trainer)
         items = ((batch, i, dl_idx) for dl_idx, loader, count in plan
-                 for i, batch in enumerate(_data.limited(loader, count)))  # fmt: skip
+                 for i, batch in enumerate(_data.limited(_profiling.fetched(self.trainer, loader, fetch), count)))  # fmt: skip
         data = _data.StepIterator(items, self.prepare)
         while data.has_next():
             batch, batch_idx, dl_idx = data.last

@@ -231,7 +231,10 @@ class Loop(Training, Schedule, Evaluation):
         self._show_header()
         self._agree_on_log_versions()
         self._start_experiments()
-        trainer.profiler.setup(stage=self.stage, local_rank=trainer.local_rank, log_dir=trainer.log_dir)
+        trainer.profiler._lightning_module = module  # PyTorchProfiler labels its layers and counts its steps
+        # as in Lightning: no rank in a single process's report names
+        local_rank = trainer.local_rank if trainer.world_size > 1 else None
+        trainer.profiler.setup(stage=self.stage, local_rank=local_rank, log_dir=trainer.log_dir)
         datamodule = trainer.datamodule
         if trainer.local_rank == 0:
             if datamodule is not None:
@@ -267,7 +270,7 @@ class Loop(Training, Schedule, Evaluation):
         self.handles = trainer._optimizer_handles = [_optim.LightningOptimizer(opt, self) for opt in optimizers]
         self.wrapped = hook.torchplug_wrap_module(trainer=trainer, module=step_module)
         ops = hook.torchplug_step_ops(trainer=trainer)
-        self.ops = ops.traced(_plugins.trace) if _plugins.tracing() else ops
+        self.ops = _profiling.profiled_ops(trainer, ops.traced(_plugins.trace) if _plugins.tracing() else ops)
         # what a step calls between the closure and the optimizer's step; None when nothing is to be done
         self.prepare_gradients = None if self.ops.prepare_gradients is _step._nothing else self.ops.prepare_gradients
         self._bind_batch_preparation()
@@ -359,6 +362,7 @@ class Loop(Training, Schedule, Evaluation):
         trainer._results = None
         trainer.profiler.describe()
         trainer.profiler.teardown(stage=self.stage)
+        trainer.profiler._lightning_module = None
         self.current_hook = None
 
     def report_stop(self, signum: int, saved: bool, requeued: str | None) -> None:

@@ -13,6 +13,7 @@ from torchplug.callbacks.prediction_writer import BasePredictionWriter
 from torchplug.callbacks.progress import ProgressBar, TQDMProgressBar
 from torchplug.callbacks.rich_model_summary import RichModelSummary
 from torchplug.callbacks.rich_progress import RichProgressBar, RichProgressBarTheme
+from torchplug.callbacks.timer import Timer
 
 __all__ = [
     "BasePredictionWriter",
@@ -30,5 +31,6 @@ __all__ = [
     "RichProgressBar",
     "RichProgressBarTheme",
     "TQDMProgressBar",
+    "Timer",
     "summarize",
 ]

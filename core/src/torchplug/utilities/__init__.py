@@ -27,7 +27,12 @@ from torch.utils.data import (
 from torchplug._combined_loader import CombinedLoader
 from torchplug._devices import parse_devices
 from torchplug._errors import PossibleUserWarning
+from torchplug._grads import grad_norm
+from torchplug._memory import recursive_detach
 from torchplug._optim import LRSchedulerConfig
+from torchplug._parameter_tying import find_shared_parameters, set_shared_parameters
+from torchplug._rng import isolate_rng
+from torchplug._states import GradClipAlgorithmType
 
 _T = TypeVar("_T")
 
@@ -371,11 +376,15 @@ __all__ = [
     "AttributeDict",
     "PossibleUserWarning",
     "CombinedLoader",
+    "GradClipAlgorithmType",
     "LRSchedulerConfig",
     "apply_to_collection",
     "batch_mover",
     "disable_possible_user_warnings",
     "distributed_loader",
+    "find_shared_parameters",
+    "grad_norm",
+    "isolate_rng",
     "is_picklable",
     "move_data_to_device",
     "needs_distributed_sampler",
@@ -384,9 +393,11 @@ __all__ = [
     "rank_zero_info",
     "rank_zero_only",
     "rank_zero_warn",
+    "recursive_detach",
     "requires_closure",
     "reset_seed",
     "seed_everything",
+    "set_shared_parameters",
     "with_seeded_workers",
     "worker_init_function",
 ]
