@@ -67,7 +67,7 @@ ALIASES = {
     "lightning.pytorch.tuner.tuning": ["torchplug.tuner"],
     "lightning.pytorch.tuner.lr_finder": ["torchplug.tuner"],
     "lightning.pytorch.tuner.batch_size_scaling": ["torchplug.tuner"],
-    "lightning.pytorch.utilities.memory": ["torchplug.tuner"],
+    "lightning.pytorch.utilities.memory": ["torchplug.utilities", "torchplug.tuner"],
     # torchplug's backends are packages of their own: a port imports DDPStrategy from torchplug_ddp, and so on.
     "lightning.pytorch.accelerators": ["torchplug.accelerators", "torchplug_cuda"],
     "lightning.pytorch.strategies": ["torchplug.strategies", "torchplug_ddp", "torchplug_fsdp", "torchplug_dp"],
