@@ -1,7 +1,7 @@
 """Callbacks: code that runs at the loop's hook points."""
 
 from torchplug.callbacks._base import Callback
-from torchplug.callbacks.early_stopping import EarlyStopping
+from torchplug.callbacks.early_stopping import EarlyStopping, EarlyStoppingReason
 from torchplug.callbacks.lambda_function import LambdaCallback
 from torchplug.callbacks.lr_monitor import LearningRateMonitor
 from torchplug.callbacks.model_checkpoint import ModelCheckpoint
@@ -14,6 +14,7 @@ __all__ = [
     "BasePredictionWriter",
     "Callback",
     "EarlyStopping",
+    "EarlyStoppingReason",
     "LambdaCallback",
     "LearningRateMonitor",
     "ModelCheckpoint",
