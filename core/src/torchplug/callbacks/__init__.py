@@ -2,6 +2,7 @@
 
 from torchplug.callbacks._base import Callback
 from torchplug.callbacks.early_stopping import EarlyStopping, EarlyStoppingReason
+from torchplug.callbacks.gradient_accumulation_scheduler import GradientAccumulationScheduler
 from torchplug.callbacks.lambda_function import LambdaCallback
 from torchplug.callbacks.lr_monitor import LearningRateMonitor
 from torchplug.callbacks.model_checkpoint import ModelCheckpoint
@@ -15,6 +16,7 @@ __all__ = [
     "Callback",
     "EarlyStopping",
     "EarlyStoppingReason",
+    "GradientAccumulationScheduler",
     "LambdaCallback",
     "LearningRateMonitor",
     "ModelCheckpoint",

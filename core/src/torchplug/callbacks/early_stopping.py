@@ -56,9 +56,13 @@ class EarlyStopping(Callback):
         check_on_train_epoch_end: bool | None = None,
     ) -> None:
         if not isinstance(monitor, str) or not monitor:
-            raise MisconfigurationError(f"EarlyStopping(monitor={monitor!r}): name a metric you log with self.log")
+            raise MisconfigurationError(
+                f"EarlyStopping(monitor={monitor!r}): name a metric you log with self.log"
+            )
         if mode not in ("min", "max"):
-            raise MisconfigurationError(f"EarlyStopping(mode={mode!r}): use 'min' or 'max'")
+            raise MisconfigurationError(
+                f"EarlyStopping(mode={mode!r}): `mode` can be 'min' or 'max', got {mode}"
+            )
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
             raise MisconfigurationError(f"EarlyStopping(patience={patience!r}): use an int >= 0")
         if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or min_delta < 0:
