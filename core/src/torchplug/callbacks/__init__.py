@@ -10,6 +10,7 @@ from torchplug.callbacks.model_summary import ModelSummary, summarize
 from torchplug.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
 from torchplug.callbacks.prediction_writer import BasePredictionWriter
 from torchplug.callbacks.progress import ProgressBar, TQDMProgressBar
+from torchplug.callbacks.pruning import ModelPruning
 
 __all__ = [
     "BasePredictionWriter",
@@ -20,6 +21,7 @@ __all__ = [
     "LambdaCallback",
     "LearningRateMonitor",
     "ModelCheckpoint",
+    "ModelPruning",
     "ModelSummary",
     "OnExceptionCheckpoint",
     "ProgressBar",
