@@ -70,8 +70,9 @@ class GradientAccumulationScheduler(Callback):
             )
         if trainer.accumulate_grad_batches != 1:
             raise ValueError(
-                f"You have set `accumulate_grad_batches` ({trainer.accumulate_grad_batches}) and are using the "
-                "`GradientAccumulationScheduler` callback, which sets it per epoch: remove one of the two"
+                "You have set `accumulate_grad_batches` and are using the `GradientAccumulationScheduler` "
+                f"callback, which sets it per epoch: remove Trainer(accumulate_grad_batches="
+                f"{trainer.accumulate_grad_batches}) or the callback"
             )
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: Module) -> None:
