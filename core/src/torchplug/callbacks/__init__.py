@@ -2,6 +2,7 @@
 
 from torchplug.callbacks._base import Callback
 from torchplug.callbacks.early_stopping import EarlyStopping, EarlyStoppingReason
+from torchplug.callbacks.finetuning import BackboneFinetuning, BaseFinetuning
 from torchplug.callbacks.gradient_accumulation_scheduler import GradientAccumulationScheduler
 from torchplug.callbacks.lambda_function import LambdaCallback
 from torchplug.callbacks.lr_monitor import LearningRateMonitor
@@ -13,6 +14,8 @@ from torchplug.callbacks.progress import ProgressBar, TQDMProgressBar
 from torchplug.callbacks.pruning import ModelPruning
 
 __all__ = [
+    "BackboneFinetuning",
+    "BaseFinetuning",
     "BasePredictionWriter",
     "Callback",
     "EarlyStopping",
