@@ -143,3 +143,22 @@ def test_sanitize_keeps_only_parameters() -> None:
 def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(MisconfigurationError, match=match):
         ModelPruning(**kwargs)
+
+
+def test_pruning_after_validation_keeps_training(tmp_path: Path) -> None:
+    # Validation within fit runs under no_grad, not inference_mode: masks made there are usable by the next epoch.
+    model = TwoLayers()
+    pruning = ModelPruning(
+        "random_unstructured", amount=0.25, prune_on_train_epoch_end=False, make_pruning_permanent=False
+    )
+    trainer = torchplug.Trainer(
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        max_epochs=2,
+        limit_val_batches=1,
+        callbacks=[pruning],
+        **QUIET,
+    )
+    trainer.fit(model, regression_loader(n=16, batch_size=8), regression_loader(n=8, batch_size=8))
+    assert int((model.layer[0].weight_mask == 0).sum()) + int((model.layer[2].weight_mask == 0).sum()) > 0
+    assert trainer.global_step == 4
