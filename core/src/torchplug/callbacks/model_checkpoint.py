@@ -291,6 +291,22 @@ class ModelCheckpoint(Callback):
             )
         self.best_model_path = state_dict.get("best_model_path", "")
 
+    def to_yaml(self, filepath: str | os.PathLike[str] | None = None) -> None:
+        """Write ``best_k_models`` (checkpoint path -> score, as floats) as YAML to ``filepath`` (default:
+        ``<dirpath>/best_k_models.yaml``)."""
+        import yaml
+
+        if filepath is None:
+            if not self.dirpath:
+                raise ValueError(
+                    "ModelCheckpoint.to_yaml(): this callback has no dirpath yet (it is set when fit starts); pass "
+                    "a filepath"
+                )
+            filepath = os.path.join(self.dirpath, "best_k_models.yaml")
+        scores = {path: float(score) for path, score in self.best_k_models.items()}
+        with open(filepath, "w") as file:
+            yaml.safe_dump(scores, file)
+
     # ---------------------------------------------------------------------------------------------------- naming
     def format_checkpoint_name(
         self, metrics: dict[str, Any], filename: str | None = None, ver: int | None = None
@@ -494,7 +510,7 @@ class ModelCheckpoint(Callback):
         return _broadcast(trainer, filepath)
 
     def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
-        trainer.save_checkpoint(filepath, weights_only=self.save_weights_only)
+        trainer.save_checkpoint(filepath, self.save_weights_only)  # positional, as Lightning calls it
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         self._saved_in_fit = True
