@@ -618,3 +618,16 @@ def test_to_yaml_writes_the_top_k_scores(tmp_path: Path) -> None:
     assert written == {str(tmp_path / "ckpt" / "epoch=1.ckpt"): 1.0, str(tmp_path / "ckpt" / "epoch=2.ckpt"): 2.0}
     with pytest.raises(ValueError, match="no dirpath yet"):
         ModelCheckpoint().to_yaml()
+
+
+def test_time_save_waits_for_the_first_validation_epochs_away(tmp_path: Path) -> None:
+    # Validation only every 2 epochs: the time-triggered saves of epoch 0 wait (the monitor was never logged) and
+    # happen after the first validation, with its value.
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", monitor="score", mode="max", every_n_epochs=0,
+        train_time_interval=timedelta(seconds=0), save_on_train_epoch_end=False,
+    )  # fmt: skip
+    _trainer(tmp_path, [ckpt], max_epochs=2, check_val_every_n_epoch=2).fit(
+        Scripted([0.2, 0.6]), _loader(), _loader(4)
+    )
+    assert ckpt.best_model_score is not None and float(ckpt.best_model_score) == pytest.approx(0.6)

@@ -362,7 +362,8 @@ class ModelCheckpoint(Callback):
     def _should_defer(self, trainer: Trainer, candidates: dict[str, Any]) -> bool:
         """A step or time save with a monitor waits for the validation that is about to produce a fresh value of it
         (the monitor not logged yet, or validation due right after this batch), as in Lightning."""
-        if self.monitor is None or not sum(getattr(trainer, "num_val_batches", None) or [0]):
+        # Whether this fit validates at all: before its first validation run no loader is counted yet.
+        if self.monitor is None or not trainer.enable_validation:
             return False
         if self.monitor not in candidates:
             return True
