@@ -12,6 +12,7 @@ from torchplug.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
 from torchplug.callbacks.prediction_writer import BasePredictionWriter
 from torchplug.callbacks.progress import ProgressBar, TQDMProgressBar
 from torchplug.callbacks.pruning import ModelPruning
+from torchplug.callbacks.stochastic_weight_avg import StochasticWeightAveraging
 
 __all__ = [
     "BackboneFinetuning",
@@ -28,6 +29,7 @@ __all__ = [
     "ModelSummary",
     "OnExceptionCheckpoint",
     "ProgressBar",
+    "StochasticWeightAveraging",
     "TQDMProgressBar",
     "summarize",
 ]
