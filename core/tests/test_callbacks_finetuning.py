@@ -126,3 +126,21 @@ def test_backbone_is_required(tmp_path: Path) -> None:
 def test_base_needs_its_two_methods(tmp_path: Path) -> None:
     with pytest.raises(NotImplementedError, match="freeze_before_training"):
         _trainer(tmp_path, [BaseFinetuning()]).fit(BoringModel(), regression_loader(n=16, batch_size=8))
+
+
+def test_learning_rate_monitor_names_the_added_group(tmp_path: Path) -> None:
+    from torchplug.callbacks import LearningRateMonitor
+    from torchplug.loggers import CSVLogger
+
+    monitor = LearningRateMonitor()
+    finetuning = BackboneFinetuning(unfreeze_backbone_at_epoch=1)
+    options = {**QUIET, "logger": CSVLogger(tmp_path)}
+    # the finetuning callback runs first, so the monitor sees the new group at the same epoch start
+    _trainer(tmp_path, [finetuning, monitor], max_epochs=2, **options).fit(
+        WithBackbone(), regression_loader(n=16, batch_size=8)
+    )
+    assert list(monitor.lrs) == ["lr-SGD/pg1", "lr-SGD/pg2"]
+    assert [pytest.approx(v) for v in monitor.lrs["lr-SGD/pg1"]] == [
+        0.1,
+        0.05,
+    ]  # the history follows the rename
