@@ -40,3 +40,16 @@ def test_lambda_callback_calls_its_functions():
     assert calls == ["fit", 0, 1]
     with pytest.raises(MisconfigurationError, match="'on_nothing' is not a callback hook"):
         LambdaCallback(on_nothing=print)
+
+
+def test_lambda_callback_takes_a_partial_for_a_checkpoint_hook(tmp_path) -> None:
+    import functools
+
+    saved = []
+    callback = LambdaCallback(on_save_checkpoint=functools.partial(lambda tag, *args: saved.append(tag), "saved"))
+    trainer = Trainer(
+        accelerator="cpu", default_root_dir=tmp_path, max_epochs=1, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[callback],
+    )  # fmt: skip
+    trainer.fit(BoringModel(), regression_loader(16, 8))
+    assert saved == ["saved", "saved"]  # the fit-start check of what a checkpoint holds, and the epoch-end save

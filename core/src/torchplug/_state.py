@@ -108,7 +108,7 @@ def _run_save_hook(hook: Any, args: tuple[Any, ...], dry_run: bool) -> None:
         return  # a hook that cannot run before training runs for real at the first save, and raises there
     owner = getattr(hook, "__self__", None)  # a LambdaCallback's hook is the user's function, maybe a partial
     name = getattr(hook, "__name__", "on_save_checkpoint")
-    _check_saveable(args[-1], f" (put there by {type(owner).__name__ + '.' if owner else ''}{name})")
+    _check_saveable(args[-1], f" (put there by {type(owner).__name__ + '.' if owner is not None else ''}{name})")
 
 
 def check_saveable(trainer: Trainer) -> None:
