@@ -235,8 +235,12 @@ class Evaluation:
 
     def evaluation_context(self) -> Any:
         """``torch.inference_mode()``, unless turned off, unsupported by the strategy, or the process group is gloo's
-        (whose collectives refuse inference tensors; Lightning's rule): then ``torch.no_grad()``."""
+        (whose collectives refuse inference tensors; Lightning's rule): then ``torch.no_grad()``. Validation within
+        ``fit`` always runs under ``torch.no_grad()``, as Lightning's: what its hooks create or change (a pruning
+        mask, a parameter) must stay usable by the training that follows."""
         trainer = self.trainer
+        if self.stage == "fit":
+            return torch.no_grad()
         gloo = torch.distributed.is_available() and torch.distributed.is_initialized() and (
             torch.distributed.get_backend() == "gloo")  # fmt: skip
         if trainer.inference_mode and getattr(trainer.strategy, "supports_inference_mode", True) and not gloo:

@@ -290,6 +290,22 @@ class ModelCheckpoint(Callback):
             )
         self.best_model_path = state_dict.get("best_model_path", "")
 
+    def to_yaml(self, filepath: str | os.PathLike[str] | None = None) -> None:
+        """Write ``best_k_models`` (checkpoint path -> score, as floats) as YAML to ``filepath`` (default:
+        ``<dirpath>/best_k_models.yaml``)."""
+        import yaml
+
+        if filepath is None:
+            if not self.dirpath:
+                raise ValueError(
+                    "ModelCheckpoint.to_yaml(): this callback has no dirpath yet (it is set when fit starts); pass "
+                    "a filepath"
+                )
+            filepath = os.path.join(self.dirpath, "best_k_models.yaml")
+        scores = {path: float(score) for path, score in self.best_k_models.items()}
+        with open(filepath, "w") as file:
+            yaml.safe_dump(scores, file)
+
     # ---------------------------------------------------------------------------------------------------- naming
     def format_checkpoint_name(
         self, metrics: dict[str, Any], filename: str | None = None, ver: int | None = None
@@ -354,7 +370,8 @@ class ModelCheckpoint(Callback):
     def _should_defer(self, trainer: Trainer, candidates: dict[str, Any]) -> bool:
         """A step or time save with a monitor waits for the validation that is about to produce a fresh value of it
         (the monitor not logged yet, or validation due right after this batch), as in Lightning."""
-        if self.monitor is None or not sum(getattr(trainer, "num_val_batches", None) or [0]):
+        # Whether this fit validates at all: before its first validation run no loader is counted yet.
+        if self.monitor is None or not trainer.enable_validation:
             return False
         if self.monitor not in candidates:
             return True
@@ -502,7 +519,7 @@ class ModelCheckpoint(Callback):
         return _broadcast(trainer, filepath)
 
     def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
-        trainer.save_checkpoint(filepath, weights_only=self.save_weights_only)
+        trainer.save_checkpoint(filepath, self.save_weights_only)  # positional, as Lightning calls it
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         self._saved_in_fit = True
