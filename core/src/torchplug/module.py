@@ -80,6 +80,7 @@ class Module(HyperparametersMixin, nn.Module):
         self._trainer: Trainer | None = None
         self._strict_loading: bool | None = None
         self._example_input_array: Any = None
+        self._exporting = False  # torch.jit reads every attribute, ``trainer`` included, while exporting
         self.automatic_optimization: bool = True
 
     # ---------------------------------------------------------------- what the user implements
@@ -223,7 +224,7 @@ class Module(HyperparametersMixin, nn.Module):
     # ---------------------------------------------------------------- trainer state
     @property
     def trainer(self) -> Trainer:
-        if self._trainer is None:
+        if self._trainer is None and not self._exporting:
             raise RuntimeError(f"{type(self).__name__} is not attached to a Trainer; call trainer.fit(model) first")
         return self._trainer
 
@@ -495,6 +496,12 @@ class Module(HyperparametersMixin, nn.Module):
 
         if importlib.util.find_spec("onnx") is None:
             raise ModuleNotFoundError(f"`{type(self).__name__}.to_onnx()` requires `onnx` to be installed.")
+        if input_sample is None and self.example_input_array is None:
+            raise ValueError(
+                f"{type(self).__name__}.to_onnx(): could not export to ONNX since neither `input_sample` nor "
+                "`model.example_input_array` attribute is set: pass an input for forward (a tensor or a tuple of "
+                "positional inputs)"
+            )
         example = self._example_inputs(input_sample, f"{type(self).__name__}.to_onnx()")
         modes = {m: m.training for m in self.modules()}
         try:
@@ -511,17 +518,42 @@ class Module(HyperparametersMixin, nn.Module):
         **kwargs: Any,
     ) -> Any:  # fmt: skip
         """The module as a ``torch.jit.ScriptModule`` (``method="script"`` or ``"trace"``), in eval mode; saved to
-        ``file_path`` when given. Each submodule's mode is restored after."""
+        ``file_path`` when given. Needs no Trainer. Each submodule's mode is restored after.
+
+        Deprecated, as in Lightning 2.7: TorchScript is deprecated in PyTorch; export with ``torch.export.export``.
+        """
+        warnings.warn(
+            f"`{type(self).__name__}.to_torchscript` has been deprecated in v2.7 and will be removed in v2.8 (the "
+            "Lightning API versions torchplug follows): TorchScript is deprecated in PyTorch. Export with "
+            "`torch.export.export()` instead (https://pytorch.org/docs/stable/export.html).",
+            DeprecationWarning,
+            stacklevel=3,  # the caller's line: torch.no_grad's wrapper sits in between
+        )
+        if method not in ("script", "trace"):
+            raise ValueError(
+                f"to_torchscript(method={method!r}): the 'method' parameter only supports 'script' or 'trace'"
+            )
+        if method == "trace":
+            if example_inputs is None and self.example_input_array is None:
+                raise ValueError(
+                    "to_torchscript(method='trace') requires either `example_inputs` or "
+                    "`model.example_input_array` to be defined: pass one (a tensor or a tuple of positional inputs)"
+                )
+            example = self._example_inputs(example_inputs, "to_torchscript(method='trace')")
+            if kwargs.get("check_inputs") is not None:
+                kwargs["check_inputs"] = move_data_to_device(kwargs["check_inputs"], self.device)
         modes = {m: m.training for m in self.modules()}
+        exporting = [m for m in self.modules() if isinstance(m, Module)]
         try:
+            for module in exporting:
+                module._exporting = True
             if method == "script":
                 scripted = torch.jit.script(self.eval(), **kwargs)
-            elif method == "trace":
-                example = self._example_inputs(example_inputs, "to_torchscript(method='trace')")
-                scripted = torch.jit.trace(func=self.eval(), example_inputs=example, **kwargs)
             else:
-                raise ValueError(f"to_torchscript(method={method!r}): use 'script' or 'trace'")
+                scripted = torch.jit.trace(func=self.eval(), example_inputs=example, **kwargs)
         finally:
+            for module in exporting:
+                module._exporting = False
             for submodule, training in modes.items():
                 submodule.training = training
         if file_path is not None:
@@ -548,6 +580,8 @@ class Module(HyperparametersMixin, nn.Module):
             cls, checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict,
             weights_only=weights_only, **kwargs,
         )  # fmt: skip
+
+
 
 def _unwrap(optimizer: Any) -> Any:
     return getattr(optimizer, "optimizer", optimizer)
