@@ -45,13 +45,15 @@ def test_to_torchscript_without_a_trainer(tmp_path, method):
     assert torch.allclose(scripted(x), model(x))
     assert torch.allclose(torch.jit.load(tmp_path / "model.pt")(x), model(x))
     with pytest.raises(RuntimeError, match="not attached to a Trainer"):  # the exporting state is over
-        model.inner[0].trainer
+        _ = model.inner[0].trainer
 
 
 def test_to_torchscript_trace_with_example_inputs_and_check_inputs():
     model = Inner()
     with pytest.deprecated_call():
-        traced = model.to_torchscript(method="trace", example_inputs=torch.randn(1, 4), check_inputs=torch.randn(2, 4))
+        traced = model.to_torchscript(
+            method="trace", example_inputs=torch.randn(1, 4), check_inputs=torch.randn(2, 4)
+        )
     x = torch.randn(5, 4)
     assert torch.allclose(traced(x), model(x))
 
