@@ -61,10 +61,10 @@ def run(argv: list[str], cwd: Path, timeout: float = 120, env: dict[str, str] | 
 
 def distributed_variable(name: str) -> bool:
     """Set by torchrun, srun, our launcher (``TORCHPLUG_LAUNCHER_PID``, ``TORCHPLUG_ERROR_DIR``) or
-    ``seed_everything`` (``PL_GLOBAL_SEED``): a test process must not inherit them."""
+    ``seed_everything`` (``TORCHPLUG_GLOBAL_SEED``): a test process must not inherit them."""
     return name.startswith(("SLURM_", "TORCHELASTIC_", "TORCHPLUG_")) or name in (
         "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "GROUP_WORLD_SIZE",
-        "MASTER_ADDR", "MASTER_PORT", "PL_GLOBAL_SEED", "PL_SEED_WORKERS",
+        "MASTER_ADDR", "MASTER_PORT",
     )  # fmt: skip
 
 

@@ -235,7 +235,7 @@ def distributed_loader(loader: DataLoader, num_replicas: int, rank: int) -> Data
         num_replicas=num_replicas,
         rank=rank,
         shuffle=isinstance(loader.sampler, RandomSampler),
-        seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+        seed=int(os.environ.get("TORCHPLUG_GLOBAL_SEED", 0)),
         drop_last=False,
     )
     if type(loader) is DataLoader:
@@ -268,16 +268,12 @@ def distributed_loader(loader: DataLoader, num_replicas: int, rank: int) -> Data
 
 
 def seed_everything(seed: int | None = None, workers: bool = False) -> int:
-    """Seed ``random``, ``torch`` (and ``numpy`` when installed); with ``workers=True`` dataloader workers too.
-
-    As in Lightning, the seed is kept in ``PL_GLOBAL_SEED`` (read when ``seed`` is None, so a launch script that
-    sets it keeps working after a port) and ``workers`` in ``PL_SEED_WORKERS``; processes started later inherit
-    both."""
+    """Seed ``random``, ``torch`` (and ``numpy`` when installed); with ``workers=True`` dataloader workers too."""
     if seed is None:
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = int(os.environ.get("TORCHPLUG_GLOBAL_SEED", 0))
     seed = int(seed)
-    os.environ["PL_GLOBAL_SEED"] = str(seed)
-    os.environ["PL_SEED_WORKERS"] = str(int(workers))
+    os.environ["TORCHPLUG_GLOBAL_SEED"] = str(seed)
+    os.environ["TORCHPLUG_SEED_WORKERS"] = str(int(workers))
     random.seed(seed)
     torch.manual_seed(seed)
     try:
