@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from torchplug.testing import processes_mentioning, subprocess_env  # noqa: F401 (re-exported for the tests)
+from torchplug.testing import distributed_variable, processes_mentioning, subprocess_env  # noqa: F401 (re-exported)
 
 PYTHON = sys.executable
 
@@ -59,13 +59,6 @@ def run(argv: list[str], cwd: Path, timeout: float = 120, env: dict[str, str] | 
     return Ran(proc, time.monotonic() - start)
 
 
-def distributed_variable(name: str) -> bool:
-    """Set by torchrun, srun, our launcher (``TORCHPLUG_LAUNCHER_PID``, ``TORCHPLUG_ERROR_DIR``) or
-    ``seed_everything`` (``TORCHPLUG_GLOBAL_SEED``): a test process must not inherit them."""
-    return name.startswith(("SLURM_", "TORCHELASTIC_", "TORCHPLUG_")) or name in (
-        "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "GROUP_WORLD_SIZE",
-        "MASTER_ADDR", "MASTER_PORT",
-    )  # fmt: skip
 
 
 def clear_distributed_variables(monkeypatch: Any) -> None:

@@ -34,7 +34,7 @@ def test_each_rank_gets_its_own_slice_in_order_when_the_user_did_not_shuffle():
 
 
 def test_shuffles_exactly_when_the_user_shuffled_and_set_epoch_changes_the_order(monkeypatch):
-    monkeypatch.setenv("TORCHPLUG_GLOBAL_SEED", "7")
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
     loader = DataLoader(DATA, batch_size=4, shuffle=True)
     ranks = [distributed_loader(loader, 2, rank) for rank in (0, 1)]
     assert all(r.sampler.shuffle and r.sampler.seed == 7 for r in ranks)

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, SequentialSampler
 
 from torchplug._combined_loader import CombinedLoader, flatten, length
 from torchplug._errors import ArgumentTypeError, MisconfigurationError
+from torchplug.utilities import with_seeded_workers
 
 if TYPE_CHECKING:
     from torchplug.trainer import Trainer
@@ -74,10 +75,14 @@ def _check_iterable(data: Any, what: str) -> None:
 
 
 def combined(trainer: Trainer, data: Any, stage: str, mode: str) -> CombinedLoader:
-    """``data`` as a CombinedLoader whose loaders went through the strategy (distributed samplers)."""
+    """``data`` as a CombinedLoader whose loaders went through the strategy (distributed samplers), their workers
+    seeded where ``seed_everything(workers=True)`` asked for it."""
     loader = data if isinstance(data, CombinedLoader) else CombinedLoader(data, mode)
-    loader.flattened = [trainer.hook.torchplug_setup_dataloader(trainer=trainer, dataloader=dl, stage=stage)
-                        for dl in loader.flattened]  # fmt: skip
+    loader.flattened = [
+        with_seeded_workers(trainer.hook.torchplug_setup_dataloader(trainer=trainer, dataloader=dl, stage=stage),
+                            rank=trainer.global_rank)
+        for dl in loader.flattened
+    ]  # fmt: skip
     return loader
 
 

@@ -235,7 +235,7 @@ def distributed_loader(loader: DataLoader, num_replicas: int, rank: int) -> Data
         num_replicas=num_replicas,
         rank=rank,
         shuffle=isinstance(loader.sampler, RandomSampler),
-        seed=int(os.environ.get("TORCHPLUG_GLOBAL_SEED", 0)),
+        seed=int(os.environ.get(SEED_VARIABLE, 0)),
         drop_last=False,
     )
     if type(loader) is DataLoader:
@@ -267,22 +267,97 @@ def distributed_loader(loader: DataLoader, num_replicas: int, rank: int) -> Data
     return clone
 
 
-def seed_everything(seed: int | None = None, workers: bool = False) -> int:
-    """Seed ``random``, ``torch`` (and ``numpy`` when installed); with ``workers=True`` dataloader workers too."""
+#: Where ``seed_everything`` leaves its seed and ``workers`` flag, for processes started later (spawned ranks, dataloader
+#: workers) and for ``reset_seed``. Lightning's names: a script ported from Lightning reads the same variables.
+SEED_VARIABLE = "PL_GLOBAL_SEED"
+SEED_WORKERS_VARIABLE = "PL_SEED_WORKERS"
+_SEED_RANGE = (0, 2**32 - 1)  # what numpy accepts
+
+
+def seed_everything(seed: int | None = None, workers: bool = False, verbose: bool = True) -> int:
+    """Seed ``random``, ``torch`` and ``numpy`` (when installed) in this process, and say so in the environment.
+
+    ``seed=None`` takes the seed from ``PL_GLOBAL_SEED`` (0 when unset). The seed is left in ``PL_GLOBAL_SEED`` and
+    ``workers`` in ``PL_SEED_WORKERS``: spawned ranks inherit them, and with ``workers=True`` the Trainer gives each
+    dataloader that has no ``worker_init_fn`` of its own :func:`worker_init_function`, so every worker of every rank
+    draws from its own reproducible stream. Returns the seed.
+    """
     if seed is None:
-        seed = int(os.environ.get("TORCHPLUG_GLOBAL_SEED", 0))
-    seed = int(seed)
-    os.environ["TORCHPLUG_GLOBAL_SEED"] = str(seed)
-    os.environ["TORCHPLUG_SEED_WORKERS"] = str(int(workers))
+        value = os.environ.get(SEED_VARIABLE)
+        if value is None:
+            seed = 0
+            if verbose:
+                rank_zero_warn(f"seed_everything: no seed was given and {SEED_VARIABLE} is not set; seed set to 0")
+        else:
+            try:
+                seed = int(value)
+            except ValueError:
+                raise ValueError(
+                    f"seed_everything: the environment variable {SEED_VARIABLE}={value!r} is not an integer seed; "
+                    f"set it to an integer in [{_SEED_RANGE[0]}, {_SEED_RANGE[1]}] or pass seed="
+                ) from None
+    elif not isinstance(seed, int):
+        seed = int(seed)
+    if not _SEED_RANGE[0] <= seed <= _SEED_RANGE[1]:
+        raise ValueError(f"seed_everything: seed={seed} is out of bounds; numpy accepts {_SEED_RANGE[0]} to {_SEED_RANGE[1]}")
+    if verbose:
+        _log.info(f"[rank: {rank_zero_only.rank}] Seed set to {seed}")  # type: ignore[attr-defined]
+    os.environ[SEED_VARIABLE] = str(seed)
+    os.environ[SEED_WORKERS_VARIABLE] = str(int(workers))
+    _seed_generators(seed)
+    return seed
+
+
+def _seed_generators(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
     try:
         import numpy as np
     except ImportError:
-        pass
-    else:
-        np.random.seed(seed % 2**32)
-    return seed
+        return
+    np.random.seed(seed % 2**32)
+
+
+def reset_seed() -> None:
+    """Seed again with what ``seed_everything`` last left in the environment; nothing when it was never called."""
+    seed = os.environ.get(SEED_VARIABLE)
+    if seed is None:
+        return
+    workers = os.environ.get(SEED_WORKERS_VARIABLE, "0")
+    seed_everything(int(seed), workers=bool(int(workers)), verbose=False)
+
+
+def worker_init_function(worker_id: int, rank: int | None = None) -> None:
+    """A dataloader ``worker_init_fn`` that seeds ``random``, ``torch`` and ``numpy`` in each worker from the seed
+    torch gave the worker, the worker's id and the process's global ``rank``. torch seeds each worker from the
+    parent's generator, which ``seed_everything`` seeds alike on every rank: without the rank, worker ``i`` of every
+    rank would draw the same augmentations. Streams are distinct across workers and ranks, and the same on every run
+    with the same seed."""
+    rank = rank if rank is not None else getattr(rank_zero_only, "rank", 0)
+    base_seed = torch.initial_seed() - worker_id  # torch gives worker i the base seed + i
+    # Mix the three numbers through a generator seeded with all of them, so that nearby inputs give unrelated seeds.
+    mixer = torch.Generator().manual_seed((base_seed * 1_000_003 + worker_id) * 1_000_033 + rank & (2**63 - 1))
+    torch_seed, stdlib_seed, numpy_seed = torch.randint(0, 2**63 - 1, (3,), generator=mixer).tolist()
+    torch.manual_seed(torch_seed)
+    random.seed(stdlib_seed)
+    try:
+        import numpy as np
+    except ImportError:
+        return
+    np.random.seed(numpy_seed % 2**32)
+
+
+def with_seeded_workers(loader: Any, rank: int) -> Any:
+    """``loader`` with :func:`worker_init_function` as its ``worker_init_fn`` where ``seed_everything(workers=True)``
+    asked for it: a ``DataLoader`` with workers and no ``worker_init_fn`` of its own; any other loader as it is."""
+    if os.environ.get(SEED_WORKERS_VARIABLE) != "1" or not isinstance(loader, DataLoader):
+        return loader
+    if loader.num_workers == 0 or loader.worker_init_fn is not None:
+        return loader
+    clone = copy.copy(loader)
+    clone.worker_init_fn = functools.partial(worker_init_function, rank=rank)
+    object.__setattr__(clone, "_iterator", None)
+    return clone
 
 
 __all__ = [
@@ -301,5 +376,8 @@ __all__ = [
     "rank_zero_only",
     "rank_zero_warn",
     "requires_closure",
+    "reset_seed",
     "seed_everything",
+    "with_seeded_workers",
+    "worker_init_function",
 ]

@@ -12,7 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from torchplug.testing import processes_mentioning, subprocess_env  # noqa: F401 (re-exported for the tests)
+from torchplug.testing import distributed_variable, processes_mentioning, subprocess_env  # noqa: F401 (re-exported)
 
 PYTHON = sys.executable
 
@@ -39,7 +39,7 @@ def write_script(directory: Path, source: str, name: str = "script.py") -> Path:
 def clean_environment() -> dict[str, str]:
     """``os.environ`` without the variables of a launcher, a scheduler or an earlier torchplug run, with this
     process's import path (``torchplug.testing.subprocess_env``)."""
-    return {k: v for k, v in subprocess_env().items() if not _distributed_variable(k)}
+    return {k: v for k, v in subprocess_env().items() if not distributed_variable(k)}
 
 
 def run(argv: list[str], cwd: Path, timeout: float = 120, env: dict[str, str] | None = None) -> Ran:
@@ -55,12 +55,5 @@ def run(argv: list[str], cwd: Path, timeout: float = 120, env: dict[str, str] | 
     return Ran(proc, time.monotonic() - start)
 
 
-def _distributed_variable(name: str) -> bool:
-    """Set by torchrun, srun, the core's launcher (``TORCHPLUG_LAUNCHER_PID``, ``TORCHPLUG_ERROR_DIR``) or
-    ``seed_everything`` (``TORCHPLUG_GLOBAL_SEED``): a test process must not inherit them."""
-    return name.startswith(("SLURM_", "TORCHELASTIC_", "TORCHPLUG_")) or name in (
-        "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "GROUP_WORLD_SIZE",
-        "MASTER_ADDR", "MASTER_PORT",
-    )  # fmt: skip
 
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ddp_test_support import PYTHON, _distributed_variable, processes_mentioning, write_script
+from ddp_test_support import PYTHON, distributed_variable, processes_mentioning, write_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -37,7 +37,7 @@ if __name__ == "__main__":
 
 
 def start(tmp_path, argv):
-    env = {k: v for k, v in os.environ.items() if not _distributed_variable(k)}
+    env = {k: v for k, v in os.environ.items() if not distributed_variable(k)}
     return subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**env, "PYTHONWARNINGS": "ignore"})  # fmt: skip
 

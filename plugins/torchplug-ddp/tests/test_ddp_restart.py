@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ddp_test_support import PYTHON, _distributed_variable, write_script
+from ddp_test_support import PYTHON, distributed_variable, write_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -51,7 +51,7 @@ def test_a_torchrun_restart_resumes_from_the_last_checkpoint_when_asked(tmp_path
     script = write_script(tmp_path, SCRIPT, "train.py")
     elastic, plain = tmp_path / "elastic", tmp_path / "plain"
     elastic.mkdir(), plain.mkdir()
-    env = {**{k: v for k, v in os.environ.items() if not _distributed_variable(k)}, "PYTHONWARNINGS": "ignore"}
+    env = {**{k: v for k, v in os.environ.items() if not distributed_variable(k)}, "PYTHONWARNINGS": "ignore"}
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     reference = subprocess.Popen([PYTHON, str(script), "plain", str(plain)], env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)  # fmt: skip

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from torchplug.testing import processes_mentioning  # noqa: F401 (re-exported for the tests)
+from torchplug.testing import distributed_variable, processes_mentioning  # noqa: F401 (re-exported for the tests)
 
 PYTHON = sys.executable
 JOBS = Path(__file__).with_name("fsdp_jobs.py")
@@ -35,7 +35,7 @@ class Ran:
 
 def clean_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This environment without inherited distributed variables (RANK, MASTER_PORT, SLURM_* ...)."""
-    base = {k: v for k, v in os.environ.items() if not _distributed_variable(k)}
+    base = {k: v for k, v in os.environ.items() if not distributed_variable(k)}
     base["PYTHONWARNINGS"] = "ignore"
     base["OMP_NUM_THREADS"] = "1"
     return {**base, **(extra or {})}
@@ -63,10 +63,6 @@ def reports(out: Path, name: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in found]
 
 
-def _distributed_variable(name: str) -> bool:
-    return name.startswith(("SLURM_", "TORCHELASTIC_", "TORCHPLUG_")) or name in (
-        "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
-    )  # fmt: skip
 
 
 
@@ -79,7 +75,7 @@ def one_process() -> Iterator[None]:
 
     saved = dict(os.environ)
     for name in list(os.environ):
-        if _distributed_variable(name):
+        if distributed_variable(name):
             del os.environ[name]
     try:
         yield

@@ -209,7 +209,7 @@ def test_a_replica_counts_the_devices_of_its_host(monkeypatch):
 
 # ------------------------------------------------------------------------------------------------ samplers
 def test_each_replica_gets_its_own_equal_share_of_a_shuffled_loader(monkeypatch):
-    monkeypatch.setenv("TORCHPLUG_GLOBAL_SEED", "7")
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
     loader = DataLoader(TensorDataset(torch.arange(10)), batch_size=2, shuffle=True, drop_last=True)
     shares = [_data.with_distributed_sampler(loader, 3, rank) for rank in range(3)]
     seen = [[int(i) for (batch,) in share for i in batch] for share in shares]

@@ -86,6 +86,7 @@ RENAMES = {
     "lightning.pytorch.utilities.exceptions": {"MisconfigurationException": "torchplug:MisconfigurationError"},
     "lightning.fabric.utilities.exceptions": {"MisconfigurationException": "torchplug:MisconfigurationError"},
     "lightning.pytorch.utilities": {"MisconfigurationException": "torchplug:MisconfigurationError"},
+    "lightning.fabric.utilities.seed": {"pl_worker_init_function": "torchplug.utilities:worker_init_function"},
 }
 
 DEMOS = "lightning.pytorch.demos"

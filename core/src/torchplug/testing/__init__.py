@@ -14,13 +14,14 @@ deadline. :func:`run_processes` runs a function in N processes joined by a gloo 
 rank's result or traceback. ``BoringModel``, ``regression_loader``, ``QUIET`` and the ``quiet_trainer_kwargs`` and
 ``clean_env`` fixtures are for a backend's own tests; :func:`subprocess_env` is the environment for a child
 interpreter that must import what this process imports, and :func:`processes_mentioning` finds what a job left
-running.
+running, and :func:`distributed_variable` tells which environment variables a new job must not inherit.
 """
 
 from torchplug.testing._fixtures import (
     QUIET,
     BoringModel,
     clean_env,
+    distributed_variable,
     quiet_trainer_kwargs,
     regression_data,
     regression_loader,
@@ -37,6 +38,7 @@ __all__ = [
     "RankResult",
     "clean_env",
     "conformance",
+    "distributed_variable",
     "processes_mentioning",
     "quiet_trainer_kwargs",
     "regression_data",

@@ -112,6 +112,19 @@ def subprocess_env(*prepend: str | os.PathLike[str], **variables: str) -> dict[s
     return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(entries)), **variables}
 
 
+def distributed_variable(name: str) -> bool:
+    """Whether environment variable ``name`` describes a job in progress, so a new job started by a test must not
+    inherit it: set by torchrun, srun, torchplug's launcher (``TORCHPLUG_LAUNCHER_PID``, ``TORCHPLUG_ERROR_DIR``), or
+    ``seed_everything`` (``PL_GLOBAL_SEED``, ``PL_SEED_WORKERS``)."""
+    return name.startswith(("SLURM_", "TORCHELASTIC_", "TORCHPLUG_")) or name in _JOB_VARIABLES
+
+
+_JOB_VARIABLES = frozenset({
+    "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "GROUP_WORLD_SIZE",
+    "MASTER_ADDR", "MASTER_PORT", "PL_GLOBAL_SEED", "PL_SEED_WORKERS",
+})  # fmt: skip
+
+
 def _interpreters_own(path: str) -> bool:
     """Whether the interpreter puts ``path`` on ``sys.path`` by itself: its standard library (and the folders in
     it, lib-dynload) and its site-packages."""
@@ -123,6 +136,6 @@ def _interpreters_own(path: str) -> bool:
 
 
 __all__ = [
-    "QUIET", "BoringModel", "clean_env", "quiet_trainer_kwargs", "regression_data", "regression_loader",
+    "QUIET", "BoringModel", "clean_env", "distributed_variable", "quiet_trainer_kwargs", "regression_data", "regression_loader",
     "subprocess_env",
 ]  # fmt: skip
