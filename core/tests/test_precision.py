@@ -54,7 +54,9 @@ class Configured(Module):
 
     def configure_model(self):
         self.layer = nn.Linear(4, 1)
-        assert self.layer.weight.dtype == self.expected  # configure_model runs in the precision's init context
+        assert (
+            self.layer.weight.dtype == self.expected
+        )  # configure_model runs in the precision's init context
         if self.expected == torch.float64:  # complex numbers follow the default dtype: complex128
             self.register_buffer("phase", torch.complex(torch.zeros(2), torch.ones(2)))
 
@@ -64,7 +66,9 @@ class Configured(Module):
         return nn.functional.mse_loss(self.layer(x), y)
 
     def on_train_epoch_end(self):
-        assert torch.get_default_dtype() == torch.float32  # hooks outside the step are not in the step's context
+        assert (
+            torch.get_default_dtype() == torch.float32
+        )  # hooks outside the step are not in the step's context
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.01)

@@ -13,7 +13,11 @@ from torchplug_amp import BF16MixedPrecision, MixedPrecision
 
 def test_one_class_for_both_mixed_precisions():
     half = MixedPrecision("16-mixed", "cpu")
-    assert (half.precision, half.device, half.dtype, half.compute_dtype) == ("16-mixed", "cpu", *[torch.float16] * 2)
+    assert (half.precision, half.device, half.dtype, half.compute_dtype) == (
+        "16-mixed",
+        "cpu",
+        *[torch.float16] * 2,
+    )
     bf16 = MixedPrecision(precision="bf16-mixed", device="cpu")
     assert bf16.scaler is None and bf16.compute_dtype == torch.bfloat16
     context = bf16.autocast_context_manager()
@@ -47,14 +51,18 @@ def test_clipping_refuses_an_optimizer_that_unscales_itself():
     assert fused._step_supports_amp_scaling  # torch's flag: the optimizer unscales inside step()
     plugin = MixedPrecision("16-mixed", "cpu")
     plugin.clip_gradients(fused, clip_val=0.0)  # clipping disabled: nothing to refuse
-    with pytest.raises(RuntimeError, match=r"The current optimizer, Adam, does not allow for gradient clipping"):
+    with pytest.raises(
+        RuntimeError, match=r"The current optimizer, Adam, does not allow for gradient clipping"
+    ):
         plugin.clip_gradients(fused, clip_val=1.0)
     plain = torch.optim.SGD(layer.parameters(), lr=0.1)
     plugin.clip_gradients(plain, clip_val=1e-3, gradient_clip_algorithm="value")
     assert layer.weight.grad.abs().max() <= 1e-3
 
 
-@pytest.mark.parametrize(("precision", "dtype"), [("16-mixed", torch.float16), ("bf16-mixed", torch.bfloat16)])
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("16-mixed", torch.float16), ("bf16-mixed", torch.bfloat16)]
+)
 def test_an_instance_in_plugins_runs_the_trainer(precision, dtype):
     plugin = MixedPrecision(precision, "cpu")
     trainer = Trainer(accelerator="cpu", plugins=[plugin], **QUIET)

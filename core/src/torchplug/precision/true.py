@@ -43,7 +43,11 @@ class _TruePrecision(Precision):
 
     def convert_module(self, module: nn.Module) -> nn.Module:
         # Floating-point parameters and buffers only: module.to(dtype) would also turn complex buffers real.
-        convert = {torch.float64: nn.Module.double, torch.float16: nn.Module.half, torch.bfloat16: nn.Module.bfloat16}
+        convert = {
+            torch.float64: nn.Module.double,
+            torch.float16: nn.Module.half,
+            torch.bfloat16: nn.Module.bfloat16,
+        }
         return convert[self.dtype](module)
 
     def tensor_init_context(self) -> AbstractContextManager[Any]:
