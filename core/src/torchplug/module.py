@@ -437,7 +437,20 @@ class Module(HyperparametersMixin, nn.Module):
             )
         if isinstance(gradient_clip_val, bool) or not isinstance(gradient_clip_val, (int, float)):
             raise TypeError(f"`gradient_clip_val` should be an int or a float. Got {gradient_clip_val!r}.")
-        algorithm = (gradient_clip_algorithm or trainer.gradient_clip_algorithm or "norm").lower()
+        if gradient_clip_algorithm is None:
+            algorithm = (trainer.gradient_clip_algorithm or "norm").lower()
+        else:
+            algorithm = str(getattr(gradient_clip_algorithm, "value", gradient_clip_algorithm)).lower()
+            if trainer.gradient_clip_algorithm is not None and trainer.gradient_clip_algorithm.lower() != algorithm:
+                raise MisconfigurationError(
+                    f"You have set `Trainer(gradient_clip_algorithm={trainer.gradient_clip_algorithm!r})` and have "
+                    f"passed `clip_gradients(gradient_clip_algorithm={gradient_clip_algorithm!r})`. Please use only "
+                    "one of them."
+                )
+            if algorithm not in ("norm", "value"):
+                raise MisconfigurationError(
+                    f"clip_gradients(gradient_clip_algorithm={gradient_clip_algorithm!r}): use 'norm' or 'value'"
+                )
         if gradient_clip_val:
             trainer._loop.clip_gradients(optimizer, gradient_clip_val, algorithm)
 
@@ -498,9 +511,9 @@ class Module(HyperparametersMixin, nn.Module):
             raise ModuleNotFoundError(f"`{type(self).__name__}.to_onnx()` requires `onnx` to be installed.")
         if input_sample is None and self.example_input_array is None:
             raise ValueError(
-                f"{type(self).__name__}.to_onnx(): could not export to ONNX since neither `input_sample` nor "
-                "`model.example_input_array` attribute is set: pass an input for forward (a tensor or a tuple of "
-                "positional inputs)"
+                "Could not export to ONNX since neither `input_sample` nor `model.example_input_array` attribute "
+                f"is set: pass {type(self).__name__}.to_onnx(path, input_sample) an input for forward (a tensor or "
+                "a tuple of positional inputs)"
             )
         example = self._example_inputs(input_sample, f"{type(self).__name__}.to_onnx()")
         modes = {m: m.training for m in self.modules()}

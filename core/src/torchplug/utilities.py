@@ -25,6 +25,7 @@ from torch.utils.data import (
 )
 
 from torchplug._combined_loader import CombinedLoader
+from torchplug._compile import from_compiled, to_uncompiled
 from torchplug._devices import parse_devices
 from torchplug._optim import LRSchedulerConfig
 
@@ -367,6 +368,7 @@ __all__ = [
     "apply_to_collection",
     "batch_mover",
     "distributed_loader",
+    "from_compiled",
     "is_picklable",
     "move_data_to_device",
     "needs_distributed_sampler",
@@ -378,6 +380,7 @@ __all__ = [
     "requires_closure",
     "reset_seed",
     "seed_everything",
+    "to_uncompiled",
     "with_seeded_workers",
     "worker_init_function",
 ]
