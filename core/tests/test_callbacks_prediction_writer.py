@@ -1,8 +1,10 @@
 """BasePredictionWriter: predictions written per batch and/or at the end, with the samples' dataset indices."""
 
+import functools
+
 import pytest
 
-from torchplug import MisconfigurationError, Trainer
+from torchplug import Callback, MisconfigurationError, Trainer
 from torchplug.callbacks import BasePredictionWriter, LambdaCallback
 from torchplug.testing import QUIET, BoringModel, regression_loader
 
@@ -40,3 +42,18 @@ def test_lambda_callback_calls_its_functions():
     assert calls == ["fit", 0, 1]
     with pytest.raises(MisconfigurationError, match="'on_nothing' is not a callback hook"):
         LambdaCallback(on_nothing=print)
+
+
+def test_lambda_callback_with_partials_for_every_hook(tmp_path):
+    """Functions without ``__self__`` or ``__name__`` (``functools.partial``), checkpoint hooks included."""
+    called = set()
+
+    def record(hook, *args, **kwargs):
+        called.add(hook)
+
+    hooks = {n for n in dir(Callback) if n.startswith("on_") and n != "on_exception"} | {"setup", "teardown"}
+    callback = LambdaCallback(**{hook: functools.partial(record, hook) for hook in hooks})
+    trainer = Trainer(accelerator="cpu", **{**QUIET, "enable_checkpointing": True}, default_root_dir=tmp_path,
+                      max_epochs=1, callbacks=[callback])  # fmt: skip
+    trainer.fit(BoringModel(), regression_loader(16, 8), regression_loader(8, 8))
+    assert {"on_save_checkpoint", "on_train_batch_end", "on_validation_epoch_end", "setup"} <= called

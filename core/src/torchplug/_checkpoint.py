@@ -63,8 +63,7 @@ def atomic_save(checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> Non
             f"could not write the checkpoint {str(path)!r}: a directory of that name is in the way; remove it or save "
             "under another name",
         )
-    _remove_stale_temporaries(path)
-    temporary = directory / f"{temporary_prefix(path)}{os.getpid()}.{secrets.token_hex(4)}"
+    temporary = temporary_path(path)
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), _file_mode())
         with os.fdopen(fd, "wb") as f:
@@ -313,28 +312,41 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
-def temporary_prefix(path: Path) -> str:
+def temporary_path(path: str | os.PathLike[str]) -> Path:
+    """A new hidden name next to ``path``, to write ``path``'s next version under before renaming it into place
+    (what :func:`atomic_save` does; a backend that saves a directory, or a link, does the same with this name).
+
+    The name (``.<name>.tmp.<host>.<pid>.<random>``) says which process made it, so the temporaries of ``path`` that
+    processes of this host left when they were killed while saving, files or directories, are removed first, and
+    :func:`remove_stale_temporaries` finds those of a whole folder. Nothing is created; the folder must exist.
+    """
+    path = Path(path)
+    prefix = _temporary_prefix(path)
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        names = []
+    for name in names:
+        pid_text = name[len(prefix) :].split(".", 1)[0] if name.startswith(prefix) else ""
+        if pid_text.isdigit() and not _process_alive(int(pid_text)):
+            _remove(path.parent / name)
+    return path.parent / f"{prefix}{os.getpid()}.{secrets.token_hex(4)}"
+
+
+def _temporary_prefix(path: Path) -> str:
     host = socket.gethostname().replace(".", "_") or "host"
     return f".{path.name}.tmp.{host}."
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    """Remove temporary files of ``path`` left by processes of this host that were killed while saving."""
-    prefix = temporary_prefix(path)
+def _remove(path: Path | str) -> None:
+    """Remove a file, a link or a directory tree; what cannot be removed is left."""
     try:
-        names = os.listdir(path.parent)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
     except OSError:
-        return
-    for name in names:
-        if not name.startswith(prefix):
-            continue
-        pid_text = name[len(prefix) :].split(".", 1)[0]
-        if not pid_text.isdigit() or _process_alive(int(pid_text)):
-            continue
-        try:
-            os.unlink(path.parent / name)
-        except OSError:
-            pass
+        pass
 
 
 def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[str]:
@@ -352,14 +364,9 @@ def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[str]:
         if match is None or _process_alive(int(match.group(1))):
             continue
         target = os.path.join(directory, name)
-        try:
-            if os.path.isdir(target) and not os.path.islink(target):
-                shutil.rmtree(target)
-            else:
-                os.unlink(target)
-        except OSError:
-            continue
-        removed.append(name)
+        _remove(target)
+        if not os.path.lexists(target):
+            removed.append(name)
     return removed
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from torchplug._errors import MisconfigurationError
+from torchplug._errors import MisconfigurationError, PossibleUserWarning
 from torchplug._schedule import implements, overrides
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def _check_fit(trainer: Trainer, module: Module, name: str, given: dict[str, Any
                       UserWarning, stacklevel=5)  # fmt: skip
     if has_val_step and not has_val_data:
         warnings.warn("You defined a `validation_step` but have no `val_dataloader`. Skipping val loop.",
-                      UserWarning, stacklevel=5)  # fmt: skip
+                      PossibleUserWarning, stacklevel=5)  # fmt: skip
     if not module.automatic_optimization:
         if trainer.gradient_clip_val:
             raise MisconfigurationError(

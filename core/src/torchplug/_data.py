@@ -11,14 +11,16 @@ import copy
 import inspect
 import itertools
 import math
+import multiprocessing
+import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from torch.utils.data import DataLoader, SequentialSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 from torchplug._combined_loader import CombinedLoader, flatten, length
-from torchplug._errors import ArgumentTypeError, MisconfigurationError
+from torchplug._errors import ArgumentTypeError, MisconfigurationError, PossibleUserWarning
 from torchplug.utilities import with_seeded_workers
 
 if TYPE_CHECKING:
@@ -74,16 +76,67 @@ def _check_iterable(data: Any, what: str) -> None:
             ) from None
 
 
-def combined(trainer: Trainer, data: Any, stage: str, mode: str) -> CombinedLoader:
+def combined(trainer: Trainer, data: Any, stage: str, mode: str, kind: str) -> CombinedLoader:
     """``data`` as a CombinedLoader whose loaders went through the strategy (distributed samplers), their workers
-    seeded where ``seed_everything(workers=True)`` asked for it."""
+    seeded where ``seed_everything(workers=True)`` asked for it. ``kind`` (train, val, test, predict) names the
+    loaders in warnings about them."""
     loader = data if isinstance(data, CombinedLoader) else CombinedLoader(data, mode)
     loader.flattened = [
         with_seeded_workers(trainer.hook.torchplug_setup_dataloader(trainer=trainer, dataloader=dl, stage=stage),
                             rank=trainer.global_rank)
         for dl in loader.flattened
     ]  # fmt: skip
+    for leaf in loader.flattened:
+        _warn_about(trainer, leaf, kind)
     return loader
+
+
+def _warn_about(trainer: Trainer, loader: Any, kind: str) -> None:
+    """Lightning's warnings about a loader that is likely (not surely) set up by mistake, in its words."""
+    if not isinstance(loader, DataLoader):
+        return
+    name = f"{kind}_dataloader"
+    if kind != "train" and isinstance(loader.sampler, (RandomSampler, DistributedSampler)) and getattr(
+        loader.sampler, "shuffle", True
+    ):
+        warnings.warn(
+            f"Your `{name}`'s sampler has shuffling enabled, it is strongly recommended that you turn shuffling off "
+            "for val/test dataloaders.",
+            PossibleUserWarning,
+            stacklevel=6,
+        )
+    context = loader.multiprocessing_context
+    start_method = context.get_start_method() if context is not None else multiprocessing.get_start_method()
+    if loader.num_workers > 0 and start_method == "spawn" and not loader.persistent_workers:
+        warnings.warn(
+            f"Consider setting `persistent_workers=True` in '{name}' to speed up the dataloader worker initialization.",
+            UserWarning,
+            stacklevel=6,
+        )
+    elif loader.num_workers < 2 and (suggested := suggested_max_num_workers(trainer.num_devices)) > 1:
+        warnings.warn(
+            f"The '{name}' does not have many workers which may be a bottleneck. Consider increasing the value of "
+            f"the `num_workers` argument` to `num_workers={suggested}` in the `DataLoader` to improve performance.",
+            PossibleUserWarning,
+            stacklevel=6,
+        )
+    if loader.persistent_workers and loader.pin_memory and trainer.reload_dataloaders_every_n_epochs > 0:
+        warnings.warn(
+            "The combination of `DataLoader(`pin_memory=True`, `persistent_workers=True`) and `Trainer("
+            "reload_dataloaders_every_n_epochs > 0)` can lead to instability due to limitations in PyTorch"
+            " (https://github.com/pytorch/pytorch/issues/91252). We recommend setting `pin_memory=False` in this case.",
+            PossibleUserWarning,
+            stacklevel=6,
+        )
+
+
+def suggested_max_num_workers(local_world_size: int) -> int:
+    """An upper bound for a ``DataLoader``'s ``num_workers``: the CPUs this process may use, shared among the
+    ``local_world_size`` processes of this machine, less one for the process itself (at least 1)."""
+    if local_world_size < 1:
+        raise ValueError(f"suggested_max_num_workers: local_world_size={local_world_size}; should be >= 1")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // local_world_size - 1)
 
 
 def without_shuffling(loader: CombinedLoader, kind: str) -> None:

@@ -48,3 +48,9 @@ class CheckpointWriteError(OSError):
 
 class CheckpointNotFoundError(MisconfigurationError, FileNotFoundError):
     """``ckpt_path`` names no file: a ``MisconfigurationError`` that is also a ``FileNotFoundError`` (as Lightning)."""
+
+
+class PossibleUserWarning(UserWarning):
+    """A warning about something that is often, not always, a mistake (a validation step without validation data,
+    modules left in eval mode, ...); silence them all with :func:`torchplug.utilities.disable_possible_user_warnings`
+    once they are known to be intended."""

@@ -61,7 +61,7 @@ class Evaluation:
         """The loaders of an evaluation, after the strategy set them up, with their batch counts (also sets
         ``trainer.num_<kind>_batches`` and what ``trainer.<kind>_dataloaders`` returns)."""
         trainer = self.trainer
-        loader = _data.combined(trainer, data, stage, "sequential")
+        loader = _data.combined(trainer, data, stage, "sequential", kind)
         if trainer.state.fn == "fit" and trainer.overfit_batches > 0:
             _data.without_shuffling(loader, kind)
         self.index_recorders: dict[int, Any] = {}

@@ -16,7 +16,7 @@ import os
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from torchplug._errors import ArgumentTypeError, MisconfigurationError
+from torchplug._errors import ArgumentTypeError, MisconfigurationError, PossibleUserWarning
 
 if TYPE_CHECKING:
     from torchplug.trainer import Trainer
@@ -279,7 +279,7 @@ def resolve_max_epochs(trainer: Trainer) -> None:
 
         warnings.warn(
             "`max_epochs` was not set. Setting it to 1000 epochs. To train without an epoch limit, set `max_epochs=-1`.",
-            UserWarning,
+            PossibleUserWarning,
             stacklevel=4,
         )
         trainer.max_epochs = 1000

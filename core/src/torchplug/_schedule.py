@@ -11,7 +11,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from torchplug import _data
-from torchplug._errors import MisconfigurationError
+from torchplug._errors import MisconfigurationError, PossibleUserWarning
 
 if TYPE_CHECKING:
     from torchplug.module import Module
@@ -49,7 +49,7 @@ class Schedule:
         data = _data.source(trainer, "train", self.given["train"], "fit")
         if data is None:
             raise _data.missing("train", "fit")
-        loader = _data.combined(trainer, data, "fit", "max_size_cycle")
+        loader = _data.combined(trainer, data, "fit", "max_size_cycle", "train")
         if trainer.overfit_batches > 0:
             _data.without_shuffling(loader, "train")
         trainer.num_training_batches = _data.num_batches(loader, trainer.limit_train_batches, "limit_train_batches")
@@ -64,7 +64,7 @@ class Schedule:
                 f"The number of training batches ({trainer.num_training_batches}) is smaller than the logging interval "
                 f"Trainer(log_every_n_steps={log_every}). Set a lower value for log_every_n_steps if you want to see "
                 "logs for the training epoch.",
-                UserWarning,
+                PossibleUserWarning,
                 stacklevel=2,
             )
         self.train_loader, trainer._data["train"] = loader, loader.iterables

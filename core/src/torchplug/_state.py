@@ -93,12 +93,14 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool, dry_run: bool = False)
         _check_saveable(checkpoint, "")
     with _in_hook(trainer, "on_save_checkpoint"):  # where self.log is refused
         for callback in trainer.callbacks:  # Lightning's order: callbacks, then the module
-            _run_save_hook(callback.on_save_checkpoint, (trainer, module, checkpoint), dry_run)
-        _run_save_hook(module.on_save_checkpoint, (checkpoint,), dry_run)
+            _run_save_hook(callback, (trainer, module, checkpoint), dry_run)
+        _run_save_hook(module, (checkpoint,), dry_run)
     return checkpoint
 
 
-def _run_save_hook(hook: Any, args: tuple[Any, ...], dry_run: bool) -> None:
+def _run_save_hook(owner: Any, args: tuple[Any, ...], dry_run: bool) -> None:
+    """``owner.on_save_checkpoint(*args)``: a method, or any callable set on the instance (``LambdaCallback``)."""
+    hook = owner.on_save_checkpoint
     if not dry_run:
         hook(*args)
         return
@@ -106,8 +108,7 @@ def _run_save_hook(hook: Any, args: tuple[Any, ...], dry_run: bool) -> None:
         hook(*args)
     except Exception:
         return  # a hook that cannot run before training runs for real at the first save, and raises there
-    owner = hook.__self__
-    _check_saveable(args[-1], f" (put there by {type(owner).__name__}.{hook.__name__})")
+    _check_saveable(args[-1], f" (put there by {type(owner).__name__}.on_save_checkpoint)")
 
 
 def check_saveable(trainer: Trainer) -> None:

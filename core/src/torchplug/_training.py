@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from torchplug import _data, _flags, _optim, _profiling, _state, _step, _stopping
-from torchplug._errors import MisconfigurationError
+from torchplug._errors import MisconfigurationError, PossibleUserWarning
 from torchplug._results import Results
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class Training:
                 f"Found {len(in_eval)} module(s) in eval mode at the start of training ({', '.join(in_eval[:5])}"
                 f"{', ...' if len(in_eval) > 5 else ''}). This may lead to unexpected behavior during training. If "
                 "this is intentional, you can ignore this warning.",
-                UserWarning,
+                PossibleUserWarning,
                 stacklevel=2,
             )
         self.train_started = self.last_val_time = time.monotonic()

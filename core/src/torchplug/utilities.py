@@ -27,6 +27,7 @@ from torch.utils.data import (
 from torchplug._combined_loader import CombinedLoader
 from torchplug._compile import from_compiled, to_uncompiled
 from torchplug._devices import parse_devices
+from torchplug._errors import PossibleUserWarning
 from torchplug._optim import LRSchedulerConfig
 
 _T = TypeVar("_T")
@@ -105,6 +106,12 @@ def rank_zero_info(*args: Any, stacklevel: int = 4, **kwargs: Any) -> None:
 def rank_zero_debug(*args: Any, stacklevel: int = 4, **kwargs: Any) -> None:
     """A DEBUG line on the ``torchplug`` logger, on global rank 0 only."""
     _log.debug(*args, stacklevel=stacklevel, **kwargs)
+
+
+def disable_possible_user_warnings(module: str = "") -> None:
+    """Silence :class:`PossibleUserWarning` (the warnings about what is often, not always, a mistake), from every
+    module or from those whose name matches the regular expression ``module`` (``warnings.filterwarnings``'s)."""
+    warnings.filterwarnings("ignore", category=PossibleUserWarning, module=module)
 
 
 def is_picklable(obj: object) -> bool:
@@ -363,10 +370,12 @@ def with_seeded_workers(loader: Any, rank: int) -> Any:
 
 __all__ = [
     "AttributeDict",
+    "PossibleUserWarning",
     "CombinedLoader",
     "LRSchedulerConfig",
     "apply_to_collection",
     "batch_mover",
+    "disable_possible_user_warnings",
     "distributed_loader",
     "from_compiled",
     "is_picklable",

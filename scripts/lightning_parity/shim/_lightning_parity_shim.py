@@ -79,7 +79,9 @@ SPLIT_PACKAGES = {
     "lightning.fabric.plugins.environments",
 }
 #: Lightning utility modules whose public names torchplug keeps in ``torchplug.utilities``.
-UTILITY_MODULES = ("rank_zero", "combined_loader", "types", "parsing", "seed", "apply_func", "model_summary")
+UTILITY_MODULES = (
+    "rank_zero", "combined_loader", "types", "parsing", "seed", "apply_func", "model_summary", "warnings",
+)
 
 #: Lightning name -> torchplug object ("module:attribute"), where torchplug spells a name differently.
 RENAMES = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import secrets
 import time
 import warnings
 from datetime import timedelta
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_type_hints
 
 import torch
 
-from torchplug._checkpoint import temporary_prefix
+from torchplug._checkpoint import temporary_path
 from torchplug._errors import MisconfigurationError
 from torchplug.callbacks import _checkpoint_folder as _folder
 from torchplug.callbacks._base import Callback
@@ -506,7 +505,7 @@ class ModelCheckpoint(Callback):
             if os.path.isdir(link) and not os.path.islink(link):
                 _folder.remove(link)  # a directory checkpoint cannot be replaced by a rename
             # A new link under a hidden name, renamed over the old one: there is a last checkpoint at every instant.
-            temporary = os.path.join(folder, f"{temporary_prefix(Path(link))}{os.getpid()}.{secrets.token_hex(4)}")
+            temporary = temporary_path(link)
             os.symlink(os.path.relpath(target, folder), temporary)
             os.replace(temporary, link)
         trainer.barrier("ModelCheckpoint.link")
