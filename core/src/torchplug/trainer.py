@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from torchplug import _compile, _flags, _heartbeat, _legacy, _loop, _selection, _state, _stopping, _trainer_setup
+from torchplug import _flags, _heartbeat, _legacy, _loop, _selection, _state, _stopping, _trainer_setup
+from torchplug._compile import from_compiled, is_compiled_wrapper
 from torchplug._errors import ArgumentTypeError, MisconfigurationError
 from torchplug._states import RunningStage, StageFlag, TrainerFn, TrainerState, TrainerStatus
 from torchplug._types import World
@@ -450,8 +451,8 @@ class Trainer:
 
     @staticmethod
     def _check_model(model: Any, stage: str) -> Module:
-        if _compile.is_compiled_wrapper(model):  # torch.compile(module): train the module, its steps compiled
-            model = _compile.from_compiled(model)
+        if is_compiled_wrapper(model):  # torch.compile(module): train the module, its steps compiled
+            model = from_compiled(model)
         if not isinstance(model, Module):
             raise ArgumentTypeError(
                 f"`Trainer.{stage}()` requires a `LightningModule`: `model` must be a `LightningModule` (a "

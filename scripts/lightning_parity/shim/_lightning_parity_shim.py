@@ -81,6 +81,7 @@ SPLIT_PACKAGES = {
 #: Lightning utility modules whose public names torchplug keeps in ``torchplug.utilities``.
 UTILITY_MODULES = (
     "rank_zero", "combined_loader", "types", "parsing", "seed", "apply_func", "model_summary", "warnings",
+    "compile",
 )
 
 #: Lightning name -> torchplug object ("module:attribute"), where torchplug spells a name differently.
