@@ -8,6 +8,7 @@ from torch import nn
 
 from torchplug import Module
 from torchplug.testing import BoringModel
+from torchplug.utilities import LightningDeprecationWarning
 
 
 class Inner(Module):
@@ -35,7 +36,7 @@ class Outer(Module):
 def test_to_torchscript_without_a_trainer(tmp_path, method):
     model = Outer()
     model.example_input_array = torch.randn(3, 4)
-    with pytest.deprecated_call(match="deprecated in v2.7 and will be removed in v2.8"):
+    with pytest.warns(LightningDeprecationWarning, match="deprecated in v2.7 and will be removed in v2.8"):
         scripted = model.to_torchscript(file_path=tmp_path / "model.pt", method=method)
     assert isinstance(scripted, torch.jit.ScriptModule)
     assert model.training and model.dropout.training  # the original's mode is kept

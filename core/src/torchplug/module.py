@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torchplug import _hparams, _results
 from torchplug._errors import MisconfigurationError
 from torchplug._hparams import HyperparametersMixin
-from torchplug.utilities import apply_to_collection, move_data_to_device
+from torchplug.utilities import LightningDeprecationWarning, apply_to_collection, move_data_to_device
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -539,7 +539,7 @@ class Module(HyperparametersMixin, nn.Module):
             f"`{type(self).__name__}.to_torchscript` has been deprecated in v2.7 and will be removed in v2.8 (the "
             "Lightning API versions torchplug follows): TorchScript is deprecated in PyTorch. Export with "
             "`torch.export.export()` instead (https://pytorch.org/docs/stable/export.html).",
-            DeprecationWarning,
+            LightningDeprecationWarning,
             stacklevel=3,  # the caller's line: torch.no_grad's wrapper sits in between
         )
         if method not in ("script", "trace"):

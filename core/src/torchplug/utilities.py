@@ -96,6 +96,11 @@ def rank_zero_warn(message: str | Warning, stacklevel: int = 4, **kwargs: Any) -
     warnings.warn(message, stacklevel=stacklevel, **kwargs)
 
 
+class LightningDeprecationWarning(DeprecationWarning):
+    """The category of the deprecations torchplug carries over from Lightning's API (``to_torchscript``, ...),
+    under Lightning's name, so that a ported ``warnings.filterwarnings`` or ``pytest.warns`` keeps matching."""
+
+
 @rank_zero_only
 def rank_zero_info(*args: Any, stacklevel: int = 4, **kwargs: Any) -> None:
     """An INFO line on the ``torchplug`` logger, on global rank 0 only."""
@@ -369,6 +374,7 @@ def with_seeded_workers(loader: Any, rank: int) -> Any:
 
 
 __all__ = [
+    "LightningDeprecationWarning",
     "AttributeDict",
     "PossibleUserWarning",
     "CombinedLoader",

@@ -90,6 +90,8 @@ RENAMES = {
     "lightning.fabric.utilities.exceptions": {"MisconfigurationException": "torchplug:MisconfigurationError"},
     "lightning.pytorch.utilities": {"MisconfigurationException": "torchplug:MisconfigurationError"},
     "lightning.fabric.utilities.seed": {"pl_worker_init_function": "torchplug.utilities:worker_init_function"},
+    # lightning.fabric re-exports utilities.seed's seed_everything; its other names (Fabric, ...) have no counterpart
+    "lightning.fabric": {"seed_everything": "torchplug.utilities:seed_everything"},
 }
 
 DEMOS = "lightning.pytorch.demos"
