@@ -85,8 +85,10 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool, dry_run: bool = False)
             "rng_states": get_rng_states(trainer),
             "epoch_start_rng": progress.epoch_start_rng if mid_epoch else None,
         }]  # fmt: skip
-        if trainer.datamodule is not None:
-            checkpoint["datamodule"] = _profiling.call_datamodule(trainer, "state_dict")
+        if trainer.datamodule is not None:  # the profiler records the saves, not the check before the run
+            checkpoint["datamodule"] = (
+                trainer.datamodule.state_dict() if dry_run else _profiling.call_datamodule(trainer, "state_dict")
+            )
     if trainer.datamodule is not None:
         checkpoint.update(_hparams.checkpoint_entries(trainer.datamodule))
     if dry_run:
