@@ -204,13 +204,14 @@ def load_checkpoint(
 
 def _load_url(url: str, map_location: Any, weights_only: bool | None) -> dict[str, Any]:
     try:
-        checkpoint = torch.hub.load_state_dict_from_url(
-            url, map_location="cpu" if map_location is None else map_location, weights_only=weights_only is not False
-        )
+        location, safe = "cpu" if map_location is None else map_location, weights_only is not False
+        checkpoint = torch.hub.load_state_dict_from_url(url, map_location=location, weights_only=safe)
     except OSError as err:  # urllib's errors (HTTPError, URLError) are OSErrors
         raise MisconfigurationError(f"could not download the checkpoint {url!r}: {err}") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise MisconfigurationError(f"{url!r} is not a torchplug checkpoint: expected a dict with a 'state_dict' key")
+        raise MisconfigurationError(
+            f"{url!r} is not a torchplug checkpoint: expected a dict with a 'state_dict' key"
+        )
     return checkpoint
 
 

@@ -86,8 +86,9 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool, dry_run: bool = False)
             "epoch_start_rng": progress.epoch_start_rng if mid_epoch else None,
         }]  # fmt: skip
         if trainer.datamodule is not None:  # the profiler records the saves, not the check before the run
+            datamodule_state = trainer.datamodule.state_dict if dry_run else None
             checkpoint["datamodule"] = (
-                trainer.datamodule.state_dict() if dry_run else _profiling.call_datamodule(trainer, "state_dict")
+                datamodule_state() if datamodule_state else _profiling.call_datamodule(trainer, "state_dict")
             )
     if trainer.datamodule is not None:
         checkpoint.update(_hparams.checkpoint_entries(trainer.datamodule))

@@ -441,7 +441,8 @@ class Module(HyperparametersMixin, nn.Module):
             algorithm = (trainer.gradient_clip_algorithm or "norm").lower()
         else:
             algorithm = str(getattr(gradient_clip_algorithm, "value", gradient_clip_algorithm)).lower()
-            if trainer.gradient_clip_algorithm is not None and trainer.gradient_clip_algorithm.lower() != algorithm:
+            set_on_trainer = trainer.gradient_clip_algorithm
+            if set_on_trainer is not None and set_on_trainer.lower() != algorithm:
                 raise MisconfigurationError(
                     f"You have set `Trainer(gradient_clip_algorithm={trainer.gradient_clip_algorithm!r})` and have "
                     f"passed `clip_gradients(gradient_clip_algorithm={gradient_clip_algorithm!r})`. Please use only "
