@@ -14,7 +14,9 @@ if TYPE_CHECKING:
     from torchplug.trainer import Trainer
 
 
-def default_callbacks(callbacks: Any, checkpointing: bool, progress_bar: bool, model_summary: bool) -> list[Callback]:
+def default_callbacks(
+    callbacks: Any, checkpointing: bool, progress_bar: bool, model_summary: bool
+) -> list[Callback]:
     """The user's callbacks checked, with the default ones the switches ask for; checkpoints last."""
     from torchplug import callbacks as cb
 
@@ -41,9 +43,11 @@ def default_callbacks(callbacks: Any, checkpointing: bool, progress_bar: bool, m
             "callbacks list; drop one of them"
         )
     if progress_bar and not bars:
-        result.append(cb.TQDMProgressBar())
+        result.append(cb.TQDMProgressBar(plain=None))  # tqdm in a terminal, plain lines in a log
     if model_summary and not any(isinstance(c, cb.ModelSummary) for c in given):
-        result.append(cb.ModelSummary())
+        # a rich progress bar asks for the summary drawn the same way
+        rich = any(isinstance(c, cb.RichProgressBar) for c in given)
+        result.append(cb.RichModelSummary() if rich else cb.ModelSummary())
     stateful = [c for c in result if getattr(type(c), "state_dict", None) not in (None, Callback.state_dict)]
     for c in stateful:
         if [other.state_key for other in stateful].count(c.state_key) > 1:
@@ -56,6 +60,7 @@ def default_callbacks(callbacks: Any, checkpointing: bool, progress_bar: bool, m
     return [c for c in result if not isinstance(c, cb.ModelCheckpoint)] + [
         c for c in result if isinstance(c, cb.ModelCheckpoint)
     ]
+
 
 def make_loggers(logger: Any, default_root_dir: str) -> list[Any]:
     """``True``: Lightning's default, a TensorBoardLogger when ``tensorboard`` is installed, else a CSVLogger."""

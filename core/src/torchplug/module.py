@@ -381,9 +381,14 @@ class Module(HyperparametersMixin, nn.Module):
             )  # fmt: skip
 
     def print(self, *args: Any, **kwargs: Any) -> None:
-        """``print`` on global rank 0 only (every process prints without a trainer)."""
+        """``print`` on global rank 0 only (every process prints without a trainer), through the progress bar when
+        one shows, so that the text does not break it."""
         if self._trainer is None or self._trainer.is_global_zero:
-            builtins.print(*args, **kwargs)
+            bar = None if self._trainer is None else self._trainer.progress_bar_callback
+            if bar is not None and bar.is_enabled:
+                bar.print(*args, **kwargs)
+            else:
+                builtins.print(*args, **kwargs)
 
     def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
         """Every process's ``data`` (tensors, numbers, or collections of them), stacked along a new first

@@ -9,6 +9,8 @@ from torchplug.callbacks.model_summary import ModelSummary, summarize
 from torchplug.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
 from torchplug.callbacks.prediction_writer import BasePredictionWriter
 from torchplug.callbacks.progress import ProgressBar, TQDMProgressBar
+from torchplug.callbacks.rich_model_summary import RichModelSummary
+from torchplug.callbacks.rich_progress import RichProgressBar, RichProgressBarTheme
 
 __all__ = [
     "BasePredictionWriter",
@@ -20,6 +22,9 @@ __all__ = [
     "ModelSummary",
     "OnExceptionCheckpoint",
     "ProgressBar",
+    "RichModelSummary",
+    "RichProgressBar",
+    "RichProgressBarTheme",
     "TQDMProgressBar",
     "summarize",
 ]
