@@ -74,13 +74,13 @@ class Module(HyperparametersMixin, nn.Module):
     CHECKPOINT_HYPER_PARAMS_KEY = "hyper_parameters"
     CHECKPOINT_HYPER_PARAMS_NAME = "hparams_name"
     CHECKPOINT_HYPER_PARAMS_TYPE = "hparams_type"
+    _exporting = False  # set while to_torchscript runs: torch.jit reads every attribute, ``trainer`` included
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._trainer: Trainer | None = None
         self._strict_loading: bool | None = None
         self._example_input_array: Any = None
-        self._exporting = False  # torch.jit reads every attribute, ``trainer`` included, while exporting
         self.automatic_optimization: bool = True
 
     # ---------------------------------------------------------------- what the user implements
