@@ -158,8 +158,11 @@ def load_checkpoint(
     """Read a checkpoint written by :func:`atomic_save`, without running code from the file.
 
     Tensors land on the CPU unless ``map_location`` (as for ``torch.load``) says otherwise. ``weights_only=False``
-    unpickles arbitrary objects: only for a file you trust.
+    unpickles arbitrary objects: only for a file you trust. An ``http://`` or ``https://`` address is downloaded
+    once into torch hub's cache (``$TORCH_HOME/hub/checkpoints``), as Lightning does.
     """
+    if isinstance(path, str) and path.startswith(("http://", "https://")):
+        return _load_url(path, map_location, weights_only)
     if isinstance(path, (str, os.PathLike)):
         path = Path(path)
         if not path.exists():
@@ -195,6 +198,19 @@ def load_checkpoint(
             f"{str(path)!r} is not a torchplug checkpoint: expected a dict with a 'state_dict' key, found {found}. "
             "A bare state dict saved with torch.save(model.state_dict()) loads with "
             "model.load_state_dict(torch.load(path, weights_only=True))."
+        )
+    return checkpoint
+
+
+def _load_url(url: str, map_location: Any, weights_only: bool | None) -> dict[str, Any]:
+    try:
+        location, safe = "cpu" if map_location is None else map_location, weights_only is not False
+        checkpoint = torch.hub.load_state_dict_from_url(url, map_location=location, weights_only=safe)
+    except OSError as err:  # urllib's errors (HTTPError, URLError) are OSErrors
+        raise MisconfigurationError(f"could not download the checkpoint {url!r}: {err}") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise MisconfigurationError(
+            f"{url!r} is not a torchplug checkpoint: expected a dict with a 'state_dict' key"
         )
     return checkpoint
 

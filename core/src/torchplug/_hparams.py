@@ -230,7 +230,13 @@ def checkpoint_entries(obj: Any) -> dict[str, Any]:
         entries[obj.CHECKPOINT_HYPER_PARAMS_NAME] = obj._hparams_name
     if as_repr:
         entries[obj.CHECKPOINT_HYPER_PARAMS_KEY + REPR_KEY_SUFFIX] = as_repr
+    if _is_dictconfig(hparams):  # saved as a plain dict; load_from_checkpoint gives a DictConfig back
+        entries[obj.CHECKPOINT_HYPER_PARAMS_TYPE] = "DictConfig"
     return entries
+
+
+def _is_dictconfig(value: Any) -> bool:
+    return type(value).__name__ == "DictConfig" and type(value).__module__.startswith("omegaconf")
 
 
 def _plain(hparams: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -288,6 +294,10 @@ def load_from_checkpoint(
     hparams.update(checkpoint.get(key) or {})
     hparams.update(overrides)
     instantiator = _instantiator(hparams.pop("_instantiator", None), checkpoint_path)
+    if str(checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_TYPE, "")).lower() == "dictconfig":
+        from omegaconf import OmegaConf  # saved from an OmegaConf config, so omegaconf is installed
+
+        hparams = OmegaConf.create(hparams)
     arguments, passed = _constructor_arguments(cls, checkpoint, hparams, overrides)
     as_repr = [k for k in checkpoint.get(key + REPR_KEY_SUFFIX, ()) if k in passed and k not in overrides]
     if as_repr:

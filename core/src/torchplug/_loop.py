@@ -36,6 +36,7 @@ from torchplug._errors import MisconfigurationError
 from torchplug._evaluation import Evaluation
 from torchplug._schedule import Schedule, overrides
 from torchplug._states import RunningStage, TrainerFn, TrainerStatus
+from torchplug._trainer_setup import init_module
 from torchplug._training import Training, _describe_output, _raise_if_unusable
 from torchplug.callbacks._base import Callback
 from torchplug.module import Module
@@ -244,7 +245,8 @@ class Loop(Training, Schedule, Evaluation):
         if datamodule is not None:
             _profiling.call_datamodule(trainer, "setup", stage=self.stage)
         self.call("setup", self.stage)
-        module.configure_model()
+        with init_module(trainer):  # layers made here get the precision's dtype and device, as in Lightning
+            module.configure_model()
 
         module.to(trainer.root_device)
         if hook.torchplug_convert_module(trainer=trainer, module=module) is not module:

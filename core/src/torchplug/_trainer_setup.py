@@ -7,8 +7,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from torchplug._errors import ArgumentTypeError, ConflictError, MisconfigurationError
 from torchplug.callbacks._base import Callback
 
@@ -86,19 +84,11 @@ def make_loggers(logger: Any, default_root_dir: str) -> list[Any]:
 
 @contextmanager
 def init_module(trainer: Trainer) -> Iterator[None]:
-    """``trainer.init_module()``: the precision's dtype as the default one and, for a single device, that device."""
-    dtype = {"64-true": torch.float64, "16-true": torch.float16, "bf16-true": torch.bfloat16}.get(
-        trainer.precision
-    )
+    """``trainer.init_module()``, and where ``configure_model`` runs: the precision plugin's
+    ``module_init_context()`` (its dtype as the default one for ``*-true``) and, for a single device, that device."""
     device = trainer.hook.torchplug_root_device(trainer=trainer) if trainer.world_size == 1 else None
-    previous = torch.get_default_dtype()
-    with device if device is not None else nullcontext():
-        if dtype is not None:
-            torch.set_default_dtype(dtype)
-        try:
-            yield
-        finally:
-            torch.set_default_dtype(previous)
+    with device if device is not None else nullcontext(), trainer.precision_plugin.module_init_context():
+        yield
 
 
 def validation_enabled(trainer: Trainer) -> bool:

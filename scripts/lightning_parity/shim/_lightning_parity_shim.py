@@ -97,6 +97,7 @@ SPLIT_PACKAGES = {
 UTILITY_MODULES = (
     "rank_zero", "combined_loader", "types", "parsing", "seed", "apply_func", "model_summary", "warnings",
     "grads", "memory", "parameter_tying", "enums",
+    "compile",
 )
 
 #: Lightning name -> torchplug object ("module:attribute"), where torchplug spells a name differently.
@@ -105,6 +106,8 @@ RENAMES = {
     "lightning.fabric.utilities.exceptions": {"MisconfigurationException": "torchplug:MisconfigurationError"},
     "lightning.pytorch.utilities": {"MisconfigurationException": "torchplug:MisconfigurationError"},
     "lightning.fabric.utilities.seed": {"pl_worker_init_function": "torchplug.utilities:worker_init_function"},
+    # lightning.fabric re-exports utilities.seed's seed_everything; its other names (Fabric, ...) have no counterpart
+    "lightning.fabric": {"seed_everything": "torchplug.utilities:seed_everything"},
 }
 
 DEMOS = "lightning.pytorch.demos"

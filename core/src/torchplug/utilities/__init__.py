@@ -25,6 +25,7 @@ from torch.utils.data import (
 )
 
 from torchplug._combined_loader import CombinedLoader
+from torchplug._compile import from_compiled, to_uncompiled
 from torchplug._devices import parse_devices
 from torchplug._errors import PossibleUserWarning
 from torchplug._grads import grad_norm
@@ -98,6 +99,11 @@ _log = logging.getLogger("torchplug")
 def rank_zero_warn(message: str | Warning, stacklevel: int = 4, **kwargs: Any) -> None:
     """``warnings.warn`` on global rank 0 only (``category=`` as for ``warnings.warn``)."""
     warnings.warn(message, stacklevel=stacklevel, **kwargs)
+
+
+class LightningDeprecationWarning(DeprecationWarning):
+    """The category of the deprecations torchplug carries over from Lightning's API (``to_torchscript``, ...),
+    under Lightning's name, so that a ported ``warnings.filterwarnings`` or ``pytest.warns`` keeps matching."""
 
 
 @rank_zero_only
@@ -373,6 +379,7 @@ def with_seeded_workers(loader: Any, rank: int) -> Any:
 
 
 __all__ = [
+    "LightningDeprecationWarning",
     "AttributeDict",
     "PossibleUserWarning",
     "CombinedLoader",
@@ -385,6 +392,7 @@ __all__ = [
     "find_shared_parameters",
     "grad_norm",
     "isolate_rng",
+    "from_compiled",
     "is_picklable",
     "move_data_to_device",
     "needs_distributed_sampler",
@@ -398,6 +406,7 @@ __all__ = [
     "reset_seed",
     "seed_everything",
     "set_shared_parameters",
+    "to_uncompiled",
     "with_seeded_workers",
     "worker_init_function",
 ]
