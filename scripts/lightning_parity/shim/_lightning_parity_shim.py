@@ -302,6 +302,12 @@ def _src_root() -> Path:
     return Path(root).resolve()
 
 
+def _lightning_has_module(name: str) -> bool:
+    """Whether Lightning's source tree holds module or package ``name`` (canonical, ``lightning.…``)."""
+    path = _src_root() / "src" / Path(*name.split("."))
+    return (path / "__init__.py").is_file() or path.with_suffix(".py").is_file()
+
+
 def _importer_file() -> str:
     """The file of the code asking for a name, past importlib's and this module's own frames."""
     frame = sys._getframe(1)
@@ -364,6 +370,8 @@ class ShimModule(types.ModuleType):
 
     def __getattr__(self, attr: str):
         lightning_name = self.__dict__["__lightning_name__"]
+        if attr == "__version__" and lightning_name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            return importlib.import_module("torchplug").__version__  # `from torchplug import __version__`
         if attr.startswith("__"):
             raise AttributeError(attr)
         infra = INFRA.get(lightning_name, {})
@@ -413,6 +421,11 @@ class ShimFinder(importlib.abc.MetaPathFinder):
         name = canonical(fullname)
         if name == DEMOS or name.startswith(DEMOS + "."):
             return self._demo_spec(fullname, name)
+        # A name that is no module of Lightning's (``lightning.pytorch.Trainer``, which jsonargparse tries as a module
+        # before it reads it as an attribute) is not found, as on Lightning: were it made a module here, the import
+        # system would bind it over the parent's attribute of that name.
+        if not _lightning_has_module(name):
+            return None
         # Every shim module is a package with no files. One torchplug has no counterpart for holds only Missing
         # markers, so a file importing an internal still loads and the test using it fails when it does.
         return importlib.util.spec_from_loader(fullname, _ShimLoader(self), is_package=True)
