@@ -103,7 +103,7 @@ def run_stage(trainer: Trainer, stage: str, model: Module, loaders: dict[str, An
                 requeued = _stopping.requeue(trainer, signum)
                 if trainer.is_global_zero:
                     loop.report_stop(signum, trainer._checkpoints_saved > saves, requeued)
-                raise _stopping.Stopped(signum) from None
+                raise _stopping.stopped(signum) from None
             loop.teardown("success")
             trainer.state.status = TrainerStatus.FINISHED
             if stage == "fit":
@@ -111,7 +111,30 @@ def run_stage(trainer: Trainer, stage: str, model: Module, loaders: dict[str, An
             trainer.state.stage = None
             return result
         finally:
+            trainer._received_sigterm = _stopping.sigterm_received()
             _stopping.finished()
+
+
+def configure_model(module: Module) -> None:
+    """Call ``configure_model``, or ``configure_sharded_model`` (its name before Lightning 2.1) with a
+    DeprecationWarning; a module overriding both is refused, since only one of them would run."""
+    cls = type(module)
+    if not callable(getattr(cls, "configure_sharded_model", None)):
+        module.configure_model()
+        return
+    name = cls.__name__
+    if cls.configure_model is not Module.configure_model:
+        raise RuntimeError(
+            f"Both `{name}.configure_model`, and `{name}.configure_sharded_model` are overridden. The latter is "
+            "deprecated and it should be replaced with the former: move its body into `configure_model`"
+        )
+    warnings.warn(
+        f"You have overridden `{name}.configure_sharded_model` which is deprecated. Please override the "
+        "`configure_model` hook instead (same call, same moment: after `setup`, before `configure_optimizers`).",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    module.configure_sharded_model()  # type: ignore[attr-defined]
 
 
 def default_eval_checkpoint(trainer: Trainer, fn: str) -> str | None:
@@ -225,7 +248,7 @@ class Loop(Training, Schedule, Evaluation):
         if datamodule is not None:
             _profiling.call_datamodule(trainer, "setup", stage=self.stage)
         self.call("setup", self.stage)
-        module.configure_model()
+        configure_model(module)
 
         module.to(trainer.root_device)
         if hook.torchplug_convert_module(trainer=trainer, module=module) is not module:

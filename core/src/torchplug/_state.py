@@ -53,7 +53,10 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool, dry_run: bool = False)
 
     module = trainer.lightning_module
     if module is None:
-        raise RuntimeError("save_checkpoint() needs a model: call it during or after fit()")
+        raise AttributeError(
+            "Saving a checkpoint is only possible if a model is attached to the Trainer: call save_checkpoint() "
+            "during or after fit(), validate(), test() or predict()"
+        )
     hook = trainer.hook
     checkpoint: dict[str, Any] = {
         "torchplug_checkpoint": CHECKPOINT_FORMAT,

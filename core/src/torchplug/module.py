@@ -466,17 +466,17 @@ class Module(HyperparametersMixin, nn.Module):
             self.untoggle_optimizer(optimizer)
 
     # ---------------------------------------------------------------- inference and export
-    def freeze(self) -> None:
-        """No gradients for any parameter, and eval mode (for inference)."""
+    def freeze(self) -> Module:
+        """No gradients for any parameter, and eval mode (for inference). Returns the module, as ``eval()`` does."""
         for parameter in self.parameters():
             parameter.requires_grad = False
-        self.eval()
+        return self.eval()
 
-    def unfreeze(self) -> None:
-        """Gradients for every parameter again, and train mode."""
+    def unfreeze(self) -> Module:
+        """Gradients for every parameter again, and train mode. Returns the module, as ``train()`` does."""
         for parameter in self.parameters():
             parameter.requires_grad = True
-        self.train()
+        return self.train()
 
     def _example_inputs(self, given: Any, what: str) -> Any:
         example = given if given is not None else self.example_input_array

@@ -188,6 +188,7 @@ class Trainer:
         self._checkpoints_saved = 0
         self._last_checkpoint: str | None = None  # the newest full checkpoint this trainer saved, and its step
         self._last_checkpoint_step = -1
+        self._received_sigterm = False  # whether the last stage got SIGTERM (while one runs, the live answer)
 
     def __getstate__(self) -> dict[str, Any]:
         # A spawned process rebuilds the trainer (and its plugin manager) from the constructor arguments, then takes
@@ -340,6 +341,14 @@ class Trainer:
             self.state.status = TrainerStatus.INTERRUPTED
         elif self.state.status == TrainerStatus.INTERRUPTED:
             self.state.status = TrainerStatus.RUNNING
+
+    @property
+    def received_sigterm(self) -> bool:
+        """Whether this process received SIGTERM during the running stage (or the last one, after it ended). The
+        stage stops after the current step then; code in hooks may read this to wind down early."""
+        if self.state.status == TrainerStatus.RUNNING:
+            return _stopping.sigterm_received()
+        return self._received_sigterm
 
     training = StageFlag(RunningStage.TRAINING)
     sanity_checking = StageFlag(RunningStage.SANITY_CHECKING)

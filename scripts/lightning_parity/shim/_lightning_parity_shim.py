@@ -52,7 +52,7 @@ ALIASES = {
     "lightning.pytorch.trainer.trainer": ["torchplug"],
     "lightning.pytorch.trainer.states": ["torchplug"],
     "lightning.pytorch.utilities": ["torchplug.utilities"],
-    "lightning.pytorch.utilities.exceptions": [],
+    "lightning.pytorch.utilities.exceptions": ["torchplug"],
     # torchplug's backends are packages of their own: a port imports DDPStrategy from torchplug_ddp, and so on.
     "lightning.pytorch.accelerators": ["torchplug.accelerators", "torchplug_cuda"],
     "lightning.pytorch.strategies": ["torchplug.strategies", "torchplug_ddp", "torchplug_fsdp", "torchplug_dp"],

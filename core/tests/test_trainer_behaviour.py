@@ -1,0 +1,166 @@
+"""Trainer behaviour that Lightning users rely on: warnings, errors and flags, checked on real in-process runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from torchplug import MisconfigurationError, SIGTERMException, Trainer
+from torchplug.testing import BoringModel, regression_data
+
+
+def loader(n: int = 8) -> DataLoader:
+    return DataLoader(regression_data(n), batch_size=4)
+
+
+def trainer_for(tmp_path, **kwargs) -> Trainer:
+    options = dict(accelerator="cpu", max_epochs=1, default_root_dir=str(tmp_path), enable_progress_bar=False,
+                   enable_model_summary=False, logger=False, enable_checkpointing=False)  # fmt: skip
+    options.update(kwargs)
+    return Trainer(**options)
+
+
+# ---------------------------------------------------------------------------------------------------- module
+def test_freeze_and_unfreeze_return_the_module():
+    model = BoringModel()
+    assert model.freeze() is model
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    assert model.unfreeze() is model
+    assert model.training and all(p.requires_grad for p in model.parameters())
+
+
+def test_configure_sharded_model_still_runs_with_a_deprecation_warning(tmp_path):
+    class Legacy(BoringModel):
+        calls = 0
+
+        def configure_sharded_model(self) -> None:
+            Legacy.calls += 1
+
+    with pytest.deprecated_call(match="overridden `Legacy.configure_sharded_model` which is deprecated"):
+        trainer_for(tmp_path, max_steps=1).fit(Legacy(), loader())
+    assert Legacy.calls == 1
+
+    class Both(Legacy):
+        def configure_model(self) -> None:
+            pass
+
+    with pytest.raises(RuntimeError, match="Both `Both.configure_model`, and `Both.configure_sharded_model`"):
+        trainer_for(tmp_path, max_steps=1).fit(Both(), loader())
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+def test_save_checkpoint_without_a_model_is_an_attribute_error(tmp_path):
+    trainer = trainer_for(tmp_path)
+    assert trainer.model is None
+    with pytest.raises(AttributeError, match="only possible if a model is attached"):
+        trainer.save_checkpoint(tmp_path / "x.ckpt")
+    assert not (tmp_path / "x.ckpt").exists()
+
+
+class StatefulScheduler:
+    """A scheduler that does not follow torch's LRScheduler API (no ``step()``), but can be saved."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        self.steps = 0
+
+    def advance(self) -> None:
+        self.steps += 1
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+
+
+class WithScheduler(BoringModel):
+    scheduler_cls: type = StatefulScheduler
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        self.scheduler = self.scheduler_cls(optimizer)
+        return [optimizer], [self.scheduler]
+
+
+def test_a_custom_scheduler_needs_lr_scheduler_step_in_automatic_optimization(tmp_path):
+    with pytest.raises(
+        MisconfigurationError, match="`StatefulScheduler` doesn't follow PyTorch's LRScheduler API"
+    ):
+        trainer_for(tmp_path, max_steps=2).fit(WithScheduler(), loader())
+
+    class Steps(WithScheduler):
+        def lr_scheduler_step(self, scheduler, metric):
+            scheduler.advance()
+
+    model = Steps()
+    trainer_for(tmp_path, max_epochs=2, limit_val_batches=0).fit(model, loader())
+    assert model.scheduler.steps == 2  # once per epoch, through the module's hook
+
+
+def test_a_custom_scheduler_is_accepted_in_manual_optimization(tmp_path):
+    class Manual(WithScheduler):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            optimizer = self.optimizers()
+            optimizer.zero_grad()
+            self.manual_backward(self._loss(batch))
+            optimizer.step()
+            self.lr_schedulers().advance()
+
+    model = Manual()
+    trainer_for(tmp_path, max_epochs=1, limit_val_batches=0).fit(model, loader())
+    assert model.scheduler.steps == 2
+
+
+def test_a_scheduler_without_state_dict_is_a_type_error(tmp_path):
+    class Stateless:
+        def __init__(self, optimizer):
+            self.optimizer = optimizer
+
+    class Model(WithScheduler):
+        scheduler_cls = Stateless
+
+    with pytest.raises(TypeError, match="`Stateless` is invalid .* `state_dict` and `load_state_dict`"):
+        trainer_for(tmp_path, max_steps=1).fit(Model(), loader())
+
+
+# ---------------------------------------------------------------------------------------------------- signals
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="signal handlers: main thread"
+)
+def test_sigterm_raises_sigterm_exception_sets_received_sigterm_and_chains_the_users_handler(tmp_path):
+    ran = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: ran.append(True))
+    seen_during = []
+
+    class Terminated(BoringModel):
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+            seen_during.append(self.trainer.received_sigterm)
+            return super().training_step(batch, batch_idx)
+
+    try:
+        trainer = trainer_for(tmp_path, max_epochs=1, limit_val_batches=0)
+        assert not trainer.received_sigterm
+        with pytest.raises(SIGTERMException) as info:
+            trainer.fit(Terminated(), loader(16))
+        assert info.value.code == 128 + signal.SIGTERM
+        assert trainer.received_sigterm and trainer.interrupted
+        assert seen_during == [True]  # stopped after the step the signal arrived in
+        assert ran == [True]
+
+        trainer.fit(BoringModel(), loader())  # a later stage starts without it
+        assert not trainer.received_sigterm
+    finally:
+        signal.signal(signal.SIGTERM, previous)
