@@ -159,9 +159,12 @@ def load_checkpoint(
     """Read a checkpoint written by :func:`atomic_save`, without running code from the file.
 
     Tensors land on the CPU unless ``map_location`` (as for ``torch.load``) says otherwise. ``weights_only=False``
-    unpickles arbitrary objects: only for a file you trust.
+    unpickles arbitrary objects: only for a file you trust. An ``http://`` or ``https://`` URL is downloaded once
+    into torch hub's cache (``$TORCH_HOME/hub/checkpoints``, by file name), as Lightning does.
     """
-    if isinstance(path, (str, os.PathLike)):
+    if isinstance(path, str) and path.startswith(("http://", "https://")):
+        path = _downloaded(path)
+    elif isinstance(path, (str, os.PathLike)):
         path = Path(path)
         if not path.exists():
             raise MisconfigurationError(f"checkpoint not found: {str(path)!r} does not exist")
@@ -198,6 +201,24 @@ def load_checkpoint(
             "model.load_state_dict(torch.load(path, weights_only=True))."
         )
     return checkpoint
+
+
+def _downloaded(url: str) -> Path:
+    """The local copy of the checkpoint at ``url`` in torch hub's cache, downloaded when not there yet."""
+    import urllib.error
+    import urllib.parse
+
+    name = os.path.basename(urllib.parse.urlparse(url).path)
+    if not name:
+        raise MisconfigurationError(f"checkpoint URL {url!r} names no file: give the URL of the .ckpt file itself")
+    target = Path(torch.hub.get_dir()) / "checkpoints" / name
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, os.fspath(target), progress=False)
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            raise MisconfigurationError(f"could not download the checkpoint {url!r}: {err}") from err
+    return target
 
 
 #: A checkpoint that is a directory (a sharded strategy's) keeps its dictionary, all but the shards, in this file.
