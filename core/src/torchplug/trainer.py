@@ -52,8 +52,10 @@ class _Launch:
 
     def __init__(self, trainer: Trainer, stage: str, kwargs: dict[str, Any]) -> None:
         self.trainer, self.stage, self.kwargs = trainer, stage, kwargs
+        self.ran_here = False  # False in a caller whose strategy ran the stage in processes it started (spawn)
 
     def __call__(self) -> Any:
+        self.ran_here = True
         return _loop.run_stage(self.trainer, self.stage, **self.kwargs)
 
 
@@ -468,14 +470,25 @@ class Trainer:
     def _launch(self, fn: TrainerFn, **kwargs: Any) -> Any:
         self.state.fn, self.state.status = fn, TrainerStatus.RUNNING
         self.lightning_module = kwargs["model"]  # the caller's module, for strategies that return results to it
+        launch = _Launch(self, fn.value, kwargs)
         try:
-            result = self.hook.torchplug_launch(trainer=self, function=_Launch(self, fn.value, kwargs))
-        except _stopping.Stopped:
-            self.interrupted = True  # the stage's processes stopped on a signal (ddp_spawn's caller learns it here)
+            result = self.hook.torchplug_launch(trainer=self, function=launch)
+        except BaseException as exc:
+            if not launch.ran_here:  # the stage failed or stopped in spawned processes: tell this one's callbacks
+                self._interrupted_elsewhere(exc, kwargs.get("datamodule"))
             raise
         if result is None:
             raise RuntimeError(f"strategy {self.strategy_name!r} answered torchplug_launch with None")
         return result[0]
+
+    def _interrupted_elsewhere(self, exc: BaseException, datamodule: DataModule | None) -> None:
+        """The caller's side of a stage that ran in spawned processes and raised: as Lightning does there, the
+        caller's callbacks and datamodule get ``on_exception`` (the processes' copies got theirs)."""
+        self.interrupted = True
+        for callback in self.callbacks:
+            callback.on_exception(self, self.lightning_module, exc)
+        if datamodule is not None:
+            datamodule.on_exception(exc)
 
     @property
     def stage(self) -> str | None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from torch.utils.data import DataLoader
 
-from torchplug import MisconfigurationError, Trainer
-from torchplug.testing import QUIET
+from torchplug import Callback, MisconfigurationError, Trainer
+from torchplug.testing import QUIET, BoringModel, regression_data
 from torchplug_ddp import DDPSpawnStrategy, DDPStrategy
 
 
@@ -41,3 +42,26 @@ def test_bad_options_are_named(kwargs, match):
 def test_is_distributed_is_deprecated_and_true():
     with pytest.deprecated_call(match=r"`DDPStrategy.is_distributed` is deprecated"):
         assert DDPStrategy().is_distributed is True
+
+
+class FailsInTraining(BoringModel):
+    def training_step(self, batch, batch_idx):
+        raise RuntimeError("Error during train")
+
+
+class CountExceptions(Callback):
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def on_exception(self, trainer, pl_module, exception):
+        self.seen.append(type(exception).__name__)
+
+
+def test_the_callers_callbacks_see_an_exception_raised_in_spawned_processes(tmp_path):
+    counter = CountExceptions()
+    trainer = Trainer(strategy=DDPSpawnStrategy(start_method="fork"), accelerator="cpu", devices=1,
+                      callbacks=[counter], max_steps=1, default_root_dir=str(tmp_path), **QUIET)  # fmt: skip
+    with pytest.raises(Exception, match="Error during train"):
+        trainer.fit(FailsInTraining(), DataLoader(regression_data(8), batch_size=4))
+    assert len(counter.seen) == 1  # once, in this process (the spawned copy counted its own)
+    assert trainer.interrupted
