@@ -52,7 +52,7 @@ class _Launch:
 
     def __init__(self, trainer: Trainer, stage: str, kwargs: dict[str, Any]) -> None:
         self.trainer, self.stage, self.kwargs = trainer, stage, kwargs
-        self.ran_here = False  # False in a caller whose strategy ran the stage in processes it started (spawn)
+        self.ran_here = False  # stays False in a caller whose strategy ran the stage elsewhere (spawn)
 
     def __call__(self) -> Any:
         self.ran_here = True
@@ -474,7 +474,7 @@ class Trainer:
         try:
             result = self.hook.torchplug_launch(trainer=self, function=launch)
         except BaseException as exc:
-            if not launch.ran_here:  # the stage failed or stopped in spawned processes: tell this one's callbacks
+            if not launch.ran_here:  # it failed or stopped in spawned processes: tell this one's callbacks
                 self._interrupted_elsewhere(exc, kwargs.get("datamodule"))
             raise
         if result is None:
