@@ -51,7 +51,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: $(SETUP_INPUTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e 'core[tensorboard,plot]' $(addprefix -e ,$(PLUGINS)) \
+	$(PIP) install -e 'core[tensorboard,plot,stats]' $(addprefix -e ,$(PLUGINS)) \
 		pytest pytest-xdist pytest-timeout torchmetrics
 	touch $@
 

@@ -211,3 +211,14 @@ def test_a_missing_hparams_file_warns_and_the_defaults_apply(tmp_path):
     with pytest.warns(RuntimeWarning, match="Missing Tags: .*nowhere.yaml"):
         loaded = BoringModel.load_from_checkpoint(tmp_path / "m.ckpt", hparams_file=tmp_path / "nowhere.yaml")
     assert loaded.hparams.lr == 0.1  # the constructor's default, as in Lightning
+
+
+# ---------------------------------------------------------------------------------------------------- accelerators
+def test_cpu_device_stats_are_the_machines_percentages():
+    pytest.importorskip("psutil")
+    from torchplug.accelerators import Accelerator, CPUAccelerator
+
+    stats = CPUAccelerator().get_device_stats(torch.device("cpu"))
+    assert set(stats) == {"cpu_vm_percent", "cpu_percent", "cpu_swap_percent"}
+    assert all(isinstance(v, float) and 0.0 <= v <= 100.0 for v in stats.values())
+    assert Accelerator.get_device_stats(CPUAccelerator(), "cpu") == {}  # the base: no figures
