@@ -222,3 +222,69 @@ def test_cpu_device_stats_are_the_machines_percentages():
     assert set(stats) == {"cpu_vm_percent", "cpu_percent", "cpu_swap_percent"}
     assert all(isinstance(v, float) and 0.0 <= v <= 100.0 for v in stats.values())
     assert Accelerator.get_device_stats(CPUAccelerator(), "cpu") == {}  # the base: no figures
+
+
+# ---------------------------------------------------------------------------------------------------- logging
+def test_a_logged_metric_must_be_an_attribute_of_the_module(tmp_path):
+    torchmetrics = pytest.importorskip("torchmetrics")
+
+    class Unattached(BoringModel):
+        def training_step(self, batch, batch_idx):
+            self.log("acc", torchmetrics.MeanMetric())
+            return super().training_step(batch, batch_idx)
+
+    with pytest.raises(
+        MisconfigurationError, match="fix this by setting an attribute for the metric in your"
+    ):
+        trainer_for(tmp_path, max_steps=1).fit(Unattached(), loader())
+
+    class Elsewhere(Unattached):
+        def __init__(self):
+            super().__init__()
+            self.bar = torchmetrics.MeanMetric()
+
+    with pytest.raises(
+        MisconfigurationError,
+        match=r"`self.log\(acc, ..., metric_attribute=name\)` where `name` is one of \['bar'\]",
+    ):
+        trainer_for(tmp_path, max_steps=1).fit(Elsewhere(), loader())
+
+    class Attached(BoringModel):
+        def __init__(self):
+            super().__init__()
+            self.mean = torchmetrics.MeanMetric()
+
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.mean(loss.detach())
+            self.log("mean_loss", self.mean)
+            return loss
+
+    trainer = trainer_for(tmp_path, max_steps=2, limit_val_batches=0)
+    trainer.fit(Attached(), loader())
+    assert "mean_loss" in trainer.callback_metrics
+
+
+def test_logging_one_name_twice_in_a_hook_with_other_arguments_is_refused(tmp_path):
+    class Twice(BoringModel):
+        def training_step(self, batch, batch_idx):
+            self.log("foo", 1.0, prog_bar=False)
+            self.log("foo", 1.0, prog_bar=True)
+            return super().training_step(batch, batch_idx)
+
+    with pytest.raises(MisconfigurationError, match=r"self.log\(foo, ...\)` twice in `training_step`"):
+        trainer_for(tmp_path, max_steps=1).fit(Twice(), loader())
+
+    class SameEachStep(
+        BoringModel
+    ):  # the same arguments every step, and the name again in another hook: fine
+        def training_step(self, batch, batch_idx):
+            self.log("foo", float(batch_idx), prog_bar=True)
+            return super().training_step(batch, batch_idx)
+
+        def on_train_epoch_end(self):
+            self.log("foo", 5.0, prog_bar=False)
+
+    trainer = trainer_for(tmp_path, max_epochs=1, limit_val_batches=0)
+    trainer.fit(SameEachStep(), loader())
+    assert trainer.callback_metrics["foo"] == 5.0

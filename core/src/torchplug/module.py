@@ -320,6 +320,8 @@ class Module(HyperparametersMixin, nn.Module):
         """
         if type(value) is not torch.Tensor:  # (a tensor is always accepted: no call for the common case)
             _results.check_value(name, value)
+            if metric_attribute is None and _results.is_metric(value):
+                self._check_metric_attribute(name, value)
         trainer = self._trainer
         if trainer is None:
             warnings.warn(
@@ -351,6 +353,26 @@ class Module(HyperparametersMixin, nn.Module):
         results.log(
             name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist, batch_size, add_dataloader_idx
         )
+
+    def _check_metric_attribute(self, name: str, metric: Any) -> None:
+        """A logged torchmetrics Metric must be an attribute of the module (as Lightning requires: its state is the
+        module's); the attributes holding Metrics are looked up once."""
+        found = self.__dict__.get("_metric_attributes")
+        if found is None:
+            found = {id(m): n for n, m in self.named_modules() if _results.is_metric(m)}
+            self.__dict__["_metric_attributes"] = found
+        if not found:
+            raise MisconfigurationError(
+                f"Could not find the `LightningModule` attribute for the `torchmetrics.Metric` logged as {name!r}. "
+                "You can fix this by setting an attribute for the metric in your `LightningModule` (self.acc = "
+                "Accuracy(...)), then logging that attribute."
+            )
+        if id(metric) not in found:
+            raise MisconfigurationError(
+                f"Could not find the `LightningModule` attribute for the `torchmetrics.Metric` logged. You can fix "
+                f"this by calling `self.log({name}, ..., metric_attribute=name)` where `name` is one of "
+                f"{list(found.values())}"
+            )
 
     def log_dict(
         self,
