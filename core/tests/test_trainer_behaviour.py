@@ -288,3 +288,24 @@ def test_logging_one_name_twice_in_a_hook_with_other_arguments_is_refused(tmp_pa
     trainer = trainer_for(tmp_path, max_epochs=1, limit_val_batches=0)
     trainer.fit(SameEachStep(), loader())
     assert trainer.callback_metrics["foo"] == 5.0
+
+
+# ---------------------------------------------------------------------------------------------------- optimizers
+def test_a_step_patched_on_torchs_optimizer_class_receives_the_closure(tmp_path):
+    """``mock.patch("torch.optim.SGD.step")`` replaces the class's step: it must be called with the closure and the
+    user's keywords, as Lightning calls it, even though unpatched SGD takes the closure-first shortcut."""
+    from unittest import mock
+
+    class Manual(BoringModel):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            optimizer = self.optimizers()
+            optimizer.step(closure=lambda: self.manual_backward(self._loss(batch)))
+            optimizer.zero_grad()
+
+    with mock.patch("torch.optim.SGD.step") as step:
+        trainer_for(tmp_path, max_steps=2, limit_val_batches=0).fit(Manual(), loader())
+    assert step.call_args_list == [mock.call(closure=mock.ANY)] * 2
