@@ -309,3 +309,24 @@ def test_a_step_patched_on_torchs_optimizer_class_receives_the_closure(tmp_path)
     with mock.patch("torch.optim.SGD.step") as step:
         trainer_for(tmp_path, max_steps=2, limit_val_batches=0).fit(Manual(), loader())
     assert step.call_args_list == [mock.call(closure=mock.ANY)] * 2
+
+
+# ---------------------------------------------------------------------------------------------------- restoring
+@pytest.mark.parametrize(("strict_loading", "succeeds"), [(None, False), (True, False), (False, True)])
+def test_resuming_honours_the_modules_strict_loading(tmp_path, strict_loading, succeeds):
+    trainer = trainer_for(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(BoringModel(), loader())
+    trainer.save_checkpoint(tmp_path / "plain.ckpt")
+
+    model = BoringModel()
+    model.register_buffer(
+        "extra", torch.zeros(2)
+    )  # a key the checkpoint lacks (not a parameter: same optimizer)
+    model.strict_loading = strict_loading
+    resumed = trainer_for(tmp_path, max_steps=2, limit_val_batches=0)
+    if succeeds:
+        resumed.fit(model, loader(), ckpt_path=tmp_path / "plain.ckpt")
+        assert resumed.state.finished and resumed.ckpt_path == str(tmp_path / "plain.ckpt")
+    else:
+        with pytest.raises(MisconfigurationError, match=r"missing keys \['extra'\]"):
+            resumed.fit(model, loader(), ckpt_path=tmp_path / "plain.ckpt")
