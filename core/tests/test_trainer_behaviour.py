@@ -330,3 +330,47 @@ def test_resuming_honours_the_modules_strict_loading(tmp_path, strict_loading, s
     else:
         with pytest.raises(MisconfigurationError, match=r"missing keys \['extra'\]"):
             resumed.fit(model, loader(), ckpt_path=tmp_path / "plain.ckpt")
+
+
+def test_self_log_is_refused_in_hooks_that_cannot_log(tmp_path):
+    refused: dict[str, str] = {}
+
+    class Probe(BoringModel):
+        def _try(self, hook):
+            try:
+                self.log("x", 1.0)
+            except MisconfigurationError as err:
+                refused.setdefault(hook, str(err))  # the first stage that called the hook
+
+        def configure_callbacks(self):
+            self._try("configure_callbacks")
+            return []
+
+        def lr_scheduler_step(self, scheduler, metric):
+            self._try("lr_scheduler_step")
+            scheduler.step()
+
+        def on_validation_model_zero_grad(self):
+            self._try("on_validation_model_zero_grad")
+            super().on_validation_model_zero_grad()
+
+        def on_validation_model_eval(self):
+            self._try("on_validation_model_eval")
+            super().on_validation_model_eval()
+
+        def predict_step(self, batch, batch_idx, dataloader_idx=0):
+            self._try("predict_step")
+            return super().predict_step(batch, batch_idx)
+
+        def configure_optimizers(self):
+            optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+            return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, 1)]
+
+    model = Probe()
+    trainer = trainer_for(tmp_path, max_epochs=1, num_sanity_val_steps=0)
+    trainer.fit(model, loader(), loader())
+    trainer.predict(model, loader())
+    for hook in ("configure_callbacks", "lr_scheduler_step", "on_validation_model_zero_grad",
+                 "on_validation_model_eval"):  # fmt: skip
+        assert refused[hook].startswith("You can't `self.log('x', ...)` inside `" + hook), refused
+    assert "result collection is not registered yet" in refused["predict_step"]

@@ -113,7 +113,7 @@ class Evaluation:
         takes_iterator = _data.takes_iterator(method)
         step_args = _data.step_arguments(method, several)
         modes = {m: m.training for m in trainer.model.modules()}
-        getattr(module, f"on_{name}_model_eval")()
+        self.call_module(f"on_{name}_model_eval")
         self.call(f"on_{name}_start")
         self.call(f"on_{name}_epoch_start")
         outputs: list[list[Any]] = []
@@ -172,7 +172,7 @@ class Evaluation:
             self.write_logs(dict(logged), step=None)
         self.call(f"on_{name}_end")
         if name != "predict" and f"on_{name}_model_train" in self.module_hooks:
-            self.module_hooks[f"on_{name}_model_train"]()
+            self.call_module(f"on_{name}_model_train")
         else:
             for submodule, training in modes.items():
                 submodule.training = training

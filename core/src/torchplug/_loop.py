@@ -190,7 +190,12 @@ class Loop(Training, Schedule, Evaluation):
         self.stop_check: _stopping.StopCheck | None = None
         self.current_hook: str | None = None  # the step or hook running now: where self.log may log, and how
         self.eval_steps_logged: dict[int, int] = collections.defaultdict(int)  # per dataloader, for the stage
-        _attach_model_callbacks(trainer, module)
+        trainer._loop = self  # from here on, what self.log checks is this stage's (not the previous one's)
+        self.current_hook = "configure_callbacks"
+        try:
+            _attach_model_callbacks(trainer, module)
+        finally:
+            self.current_hook = None
         self._bind_user_hooks()
 
     # ==================================================================================================== hooks
@@ -217,6 +222,14 @@ class Loop(Training, Schedule, Evaluation):
                 return None
             method = self.module_hooks.get(name)
             return method(*args) if method is not None else None
+        finally:
+            self.current_hook = previous
+
+    def call_module(self, name: str, *args: Any) -> Any:
+        """The module's hook ``name(*args)``, marked as running (``self.log`` checks where it is called)."""
+        previous, self.current_hook = self.current_hook, name
+        try:
+            return getattr(self.module, name)(*args)
         finally:
             self.current_hook = previous
 

@@ -209,7 +209,11 @@ def step_schedulers(loop: Loop, interval: str, plateau: bool) -> None:
                     stacklevel=2,
                 )
                 continue
-        module.lr_scheduler_step(config.scheduler, metric)
+        previous, loop.current_hook = loop.current_hook, "lr_scheduler_step"  # self.log is refused in it
+        try:
+            module.lr_scheduler_step(config.scheduler, metric)
+        finally:
+            loop.current_hook = previous
 
 
 _HANDLE_CLASSES: dict[type, type] = {}

@@ -332,6 +332,12 @@ class Module(HyperparametersMixin, nn.Module):
             )
             return
         loop = trainer._loop
+        if loop is not None and loop.stage == "predict":
+            raise MisconfigurationError(
+                f"You are trying to `self.log({name!r}, ...)` but the loop's result collection is not registered yet: "
+                "`predict` and its hooks do not support logging (return what you want to keep from predict_step, or "
+                "write it with a BasePredictionWriter)"
+            )
         hook = loop.current_hook if loop is not None else None
         levels = _results.LEVELS_CHECKED.get((hook, on_step, on_epoch))  # answered before: a dict lookup
         on_step, on_epoch = levels if levels is not None else _results.logging_levels(hook, name, on_step, on_epoch)
