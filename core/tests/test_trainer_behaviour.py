@@ -374,3 +374,33 @@ def test_self_log_is_refused_in_hooks_that_cannot_log(tmp_path):
                  "on_validation_model_eval"):  # fmt: skip
         assert refused[hook].startswith("You can't `self.log('x', ...)` inside `" + hook), refused
     assert "result collection is not registered yet" in refused["predict_step"]
+
+
+@pytest.mark.parametrize("compute_groups", [True, False])
+def test_log_dict_of_a_metric_collection_copies_state_only_without_compute_groups(tmp_path, compute_groups):
+    torchmetrics = pytest.importorskip("torchmetrics")
+    seen = []
+
+    class Collection(torchmetrics.MetricCollection):
+        def items(self, keep_base=False, copy_state=True):
+            seen.append((keep_base, copy_state))
+            return super().items(keep_base=keep_base, copy_state=copy_state)
+
+    class Model(BoringModel):
+        def __init__(self):
+            super().__init__()
+            self.metrics = Collection(
+                [torchmetrics.MeanMetric(), torchmetrics.SumMetric()], compute_groups=compute_groups
+            )
+
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.metrics(loss.detach())
+            seen.clear()
+            self.log_dict(self.metrics, on_step=True, on_epoch=True)
+            assert seen == [(False, not compute_groups)]
+            return loss
+
+    trainer = trainer_for(tmp_path, max_steps=2, limit_val_batches=0)
+    trainer.fit(Model(), loader())
+    assert {"MeanMetric_epoch", "SumMetric_epoch"} <= set(trainer.callback_metrics)

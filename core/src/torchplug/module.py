@@ -397,7 +397,9 @@ class Module(HyperparametersMixin, nn.Module):
     ) -> None:
         """``self.log`` for each item of ``dictionary`` (a ``torchmetrics.MetricCollection`` too)."""
         if _results.is_metric_collection(dictionary):  # its metrics under their names in the collection
-            items = dictionary.items(keep_base=False, copy_state=False)  # type: ignore[call-arg]
+            # members of a compute group share their state: copying it would make each compute alone again
+            grouped = bool(getattr(dictionary, "_enable_compute_groups", True))
+            items = dictionary.items(keep_base=False, copy_state=not grouped)  # type: ignore[call-arg]
         else:
             items = dictionary.items()
         for name, value in items:
