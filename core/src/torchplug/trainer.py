@@ -473,8 +473,11 @@ class Trainer:
         launch = _Launch(self, fn.value, kwargs)
         try:
             result = self.hook.torchplug_launch(trainer=self, function=launch)
+        except _stopping.Stopped:
+            self.interrupted = True  # the stage's processes stopped on a signal (ddp_spawn's caller learns it here)
+            raise
         except BaseException as exc:
-            if not launch.ran_here:  # it failed or stopped in spawned processes: tell this one's callbacks
+            if not launch.ran_here:  # it failed in spawned processes: tell this process's callbacks too
                 self._interrupted_elsewhere(exc, kwargs.get("datamodule"))
             raise
         if result is None:
