@@ -606,3 +606,28 @@ def test_directory_checkpoints_top_k_last_and_resume(tmp_path: Path, save_last: 
         resumed = _trainer(tmp_path, [again], max_epochs=5, plugins=[DirectoryCheckpoints()])
         resumed.fit(Scripted(scores), _loader(), _loader(4), ckpt_path=which)
         assert resumed.ckpt_path == str(expected)
+
+
+def test_to_yaml_writes_the_top_k_scores(tmp_path: Path) -> None:
+    import yaml
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="score", save_top_k=2, filename="{epoch}")
+    _trainer(tmp_path, [ckpt], max_epochs=3).fit(Scripted([3.0, 1.0, 2.0]), _loader(), _loader(4))
+    ckpt.to_yaml()
+    written = yaml.safe_load((tmp_path / "ckpt" / "best_k_models.yaml").read_text())
+    assert written == {str(tmp_path / "ckpt" / "epoch=1.ckpt"): 1.0, str(tmp_path / "ckpt" / "epoch=2.ckpt"): 2.0}
+    with pytest.raises(ValueError, match="no dirpath yet"):
+        ModelCheckpoint().to_yaml()
+
+
+def test_time_save_waits_for_the_first_validation_epochs_away(tmp_path: Path) -> None:
+    # Validation only every 2 epochs: the time-triggered saves of epoch 0 wait (the monitor was never logged) and
+    # happen after the first validation, with its value.
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", monitor="score", mode="max", every_n_epochs=0,
+        train_time_interval=timedelta(seconds=0), save_on_train_epoch_end=False,
+    )  # fmt: skip
+    _trainer(tmp_path, [ckpt], max_epochs=2, check_val_every_n_epoch=2).fit(
+        Scripted([0.2, 0.6]), _loader(), _loader(4)
+    )
+    assert ckpt.best_model_score is not None and float(ckpt.best_model_score) == pytest.approx(0.6)

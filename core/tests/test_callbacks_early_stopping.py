@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import torchplug
 from torchplug import MisconfigurationError
 from torchplug._checkpoint import load_checkpoint
-from torchplug.callbacks import EarlyStopping, ModelCheckpoint
+from torchplug.callbacks import EarlyStopping, EarlyStoppingReason, ModelCheckpoint
 
 
 class Scripted(torchplug.Module):
@@ -73,21 +73,47 @@ def test_min_delta_and_mode_max(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "scores", "checks", "reason"),
+    ("kwargs", "scores", "checks", "reason", "why"),
     [
-        ({}, [3.0, 2.0, math.nan, 1.0], 3, "is not finite"),
-        ({"stopping_threshold": 0.5}, [3.0, 2.0, 0.4, 0.3], 3, "stopping threshold"),
-        ({"divergence_threshold": 10.0}, [3.0, 20.0, 1.0], 2, "divergence threshold"),
+        ({}, [3.0, 2.0, math.nan, 1.0], 3, "is not finite", EarlyStoppingReason.NON_FINITE_METRIC),
+        ({"stopping_threshold": 0.5}, [3.0, 2.0, 0.4, 0.3], 3, "Stopping threshold", EarlyStoppingReason.STOPPING_THRESHOLD),
+        ({"divergence_threshold": 10.0}, [3.0, 20.0, 1.0], 2, "Divergence threshold", EarlyStoppingReason.DIVERGENCE_THRESHOLD),
+        ({"patience": 2}, [3.0, 3.5, 4.0, 1.0], 3, "did not improve", EarlyStoppingReason.PATIENCE_EXHAUSTED),
     ],
-)
+)  # fmt: skip
 def test_immediate_stops(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], kwargs: dict[str, Any], scores: list[float], checks: int,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    kwargs: dict[str, Any],
+    scores: list[float],
+    checks: int,
     reason: str,
+    why: EarlyStoppingReason,
 ) -> None:
-    stopper = EarlyStopping(monitor="score", patience=100, verbose=True, **kwargs)
+    stopper = EarlyStopping(monitor="score", **{"patience": 100, "verbose": True, **kwargs})
     trainer, model = _fit(tmp_path, [stopper], scores)
     assert model.calls == checks and trainer.should_stop
     assert reason in capsys.readouterr().out
+    assert stopper.stopping_reason is why and reason in stopper.stopping_reason_message
+    # the reason is part of the callback's state, so a resumed run still knows why the first one stopped
+    restored = EarlyStopping(monitor="score")
+    restored.load_state_dict(stopper.state_dict())
+    assert (restored.stopping_reason, restored.stopping_reason_message) == (
+        why,
+        stopper.stopping_reason_message,
+    )
+
+
+def test_no_stop_no_reason(tmp_path: Path) -> None:
+    stopper = EarlyStopping(monitor="score", patience=5)
+    _fit(tmp_path, [stopper], [3.0, 2.0, 1.0], max_epochs=3)
+    assert (
+        stopper.stopping_reason is EarlyStoppingReason.NOT_STOPPED and stopper.stopping_reason_message is None
+    )
+    old = {k: v for k, v in stopper.state_dict().items() if not k.startswith("stopping_reason")}
+    stopper.stopping_reason = EarlyStoppingReason.PATIENCE_EXHAUSTED
+    stopper.load_state_dict(old)  # a checkpoint from before the reason was saved
+    assert stopper.stopping_reason is EarlyStoppingReason.NOT_STOPPED
 
 
 def test_min_epochs_is_honoured(tmp_path: Path) -> None:
@@ -108,7 +134,9 @@ def test_checks_after_each_validation_within_an_epoch(tmp_path: Path) -> None:
 def test_missing_monitor(tmp_path: Path) -> None:
     with pytest.raises(MisconfigurationError, match=r"monitor='val_loss'.*\['score'\]"):
         _fit(tmp_path, [EarlyStopping(monitor="val_loss")], [1.0] * 20)
-    trainer, model = _fit(tmp_path, [EarlyStopping(monitor="val_loss", strict=False)], [1.0] * 20, max_epochs=2)
+    trainer, model = _fit(
+        tmp_path, [EarlyStopping(monitor="val_loss", strict=False)], [1.0] * 20, max_epochs=2
+    )
     assert trainer.current_epoch == 2
 
 
@@ -129,7 +157,10 @@ def test_state_survives_a_resume(tmp_path: Path) -> None:
     assert stopper.wait_count == 2 and not stopper.stopped_epoch
 
     state = load_checkpoint(tmp_path / "ckpt" / "last.ckpt")["callbacks"][stopper.state_key]
-    assert state == {"wait_count": 2, "stopped_epoch": 0, "best_score": torch.tensor(5.0), "patience": 3}
+    assert state == {
+        "wait_count": 2, "stopped_epoch": 0, "best_score": torch.tensor(5.0), "patience": 3,
+        "stopping_reason": EarlyStoppingReason.NOT_STOPPED.value, "stopping_reason_message": None,
+    }  # fmt: skip
     fresh = EarlyStopping(monitor="score", patience=3)
     fresh.load_state_dict(state)
     assert fresh.state_dict() == stopper.state_dict()

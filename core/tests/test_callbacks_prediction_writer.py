@@ -57,3 +57,16 @@ def test_lambda_callback_with_partials_for_every_hook(tmp_path):
                       max_epochs=1, callbacks=[callback])  # fmt: skip
     trainer.fit(BoringModel(), regression_loader(16, 8), regression_loader(8, 8))
     assert {"on_save_checkpoint", "on_train_batch_end", "on_validation_epoch_end", "setup"} <= called
+
+
+def test_lambda_callback_takes_a_partial_for_a_checkpoint_hook(tmp_path) -> None:
+    import functools
+
+    saved = []
+    callback = LambdaCallback(on_save_checkpoint=functools.partial(lambda tag, *args: saved.append(tag), "saved"))
+    trainer = Trainer(
+        accelerator="cpu", default_root_dir=tmp_path, max_epochs=1, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[callback],
+    )  # fmt: skip
+    trainer.fit(BoringModel(), regression_loader(16, 8))
+    assert saved == ["saved", "saved"]  # the fit-start check of what a checkpoint holds, and the epoch-end save

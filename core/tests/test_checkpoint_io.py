@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from torchplug import MisconfigurationError
-from torchplug._checkpoint import atomic_save, load_checkpoint, remove_stale_temporaries, temporary_prefix
+from torchplug._checkpoint import atomic_save, load_checkpoint, remove_stale_temporaries, temporary_path
 from torchplug._errors import CheckpointWriteError
 from torchplug.testing import subprocess_env
 
@@ -377,15 +377,42 @@ def test_a_directory_in_the_way_is_named(tmp_path: Path) -> None:
         atomic_save({"state_dict": {}}, tmp_path / "x.ckpt")
 
 
-def test_stale_temporaries_of_killed_processes_are_removed_folder_wide(tmp_path: Path) -> None:
+def _temporary_prefix(path: Path) -> str:
+    """``.<name>.tmp.<host>.``: what :func:`temporary_path` names ``path``'s temporaries with, before pid and random."""
+    return temporary_path(path).name.rsplit(".", 2)[0] + "."
+
+
+def _dead_pid() -> int:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    pid = int(dead.stdout)
-    prefix = temporary_prefix(tmp_path / "epoch=3.ckpt")
+    return int(dead.stdout)
+
+
+def test_temporary_path_removes_what_killed_saves_of_that_path_left(tmp_path: Path) -> None:
+    target, other = tmp_path / "last.ckpt", tmp_path / "other.ckpt"
+    pid = _dead_pid()
+    stale_file = tmp_path / f"{_temporary_prefix(target)}{pid}.0a1b2c3d"
+    stale_file.write_bytes(b"partial")
+    stale_directory = tmp_path / f"{_temporary_prefix(target)}{pid}.deadbeef"  # a sharded save's
+    (stale_directory / "shard").mkdir(parents=True)
+    live = tmp_path / f"{_temporary_prefix(target)}{os.getpid()}.0a1b2c3d"
+    live.write_bytes(b"being written")
+    someone_elses = tmp_path / f"{_temporary_prefix(other)}{pid}.0a1b2c3d"
+    someone_elses.write_bytes(b"partial")
+    fresh = temporary_path(target)
+    assert fresh.parent == tmp_path and fresh.name.startswith(".last.ckpt.tmp.") and not fresh.exists()
+    assert fresh.name.split(".")[-2] == str(os.getpid()) and fresh != temporary_path(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, someone_elses.name])
+
+
+def test_stale_temporaries_of_killed_processes_are_removed_folder_wide(tmp_path: Path) -> None:
+    pid = _dead_pid()
+    prefix = _temporary_prefix(tmp_path / "epoch=3.ckpt")
     left = [tmp_path / f"{prefix}{pid}.0a1b2c3d", tmp_path / f"{prefix}{os.getpid()}.0a1b2c3d"]
     for path in left:
         path.write_bytes(b"partial")
-    (tmp_path / f"{temporary_prefix(tmp_path / 'sharded.ckpt')}{pid}.deadbeef").mkdir()  # a sharded save's
-    assert sorted(remove_stale_temporaries(tmp_path)) == sorted([left[0].name, f"{temporary_prefix(tmp_path / 'sharded.ckpt')}{pid}.deadbeef"])
+    sharded = f"{_temporary_prefix(tmp_path / 'sharded.ckpt')}{pid}.deadbeef"
+    (tmp_path / sharded).mkdir()  # a sharded save's
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted([left[0].name, sharded])
     assert [p.name for p in tmp_path.iterdir()] == [left[1].name]  # a live process's file is left alone
 
 

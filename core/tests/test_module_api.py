@@ -425,9 +425,11 @@ def test_module_members() -> None:
     model = Members()
     Trainer(accelerator="cpu", **QUIET, max_steps=1).fit(model, regression_loader(8, 8))
     assert printed == ["hello"]
-    scripted = model.to_torchscript()  # a module that ran with a trainer scripts
+    with pytest.deprecated_call():  # as in Lightning 2.7: TorchScript is deprecated in PyTorch
+        scripted = model.to_torchscript()  # a module that ran with a trainer scripts
     assert torch.allclose(scripted(model.example_input_array), model(model.example_input_array))
-    traced = model.to_torchscript(method="trace")
+    with pytest.deprecated_call():
+        traced = model.to_torchscript(method="trace")
     assert torch.allclose(traced(model.example_input_array), model(model.example_input_array))
     model.freeze()
     assert not model.training and not any(p.requires_grad for p in model.parameters())

@@ -166,43 +166,6 @@ def test_sigterm_raises_sigterm_exception_sets_received_sigterm_and_chains_the_u
 
 
 # ---------------------------------------------------------------------------------------------------- loading
-@pytest.fixture
-def http_folder(tmp_path):
-    """A real HTTP server on localhost serving ``tmp_path / "served"``."""
-    import functools
-    import http.server
-
-    folder = tmp_path / "served"
-    folder.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield folder, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_load_from_checkpoint_reads_an_http_url_into_torch_hubs_cache(tmp_path, http_folder, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    folder, url = http_folder
-    model = BoringModel(lr=0.03)
-    trainer = trainer_for(tmp_path, max_steps=1, limit_val_batches=0)
-    trainer.fit(model, loader())
-    trainer.save_checkpoint(folder / "served.ckpt")
-
-    loaded = BoringModel.load_from_checkpoint(f"{url}/served.ckpt")
-    assert loaded.hparams.lr == 0.03
-    assert torch.equal(loaded.layer.weight, model.layer.weight)
-    assert (tmp_path / "torch_home" / "hub" / "checkpoints" / "served.ckpt").is_file()
-
-    with pytest.raises(MisconfigurationError, match=r"could not download the checkpoint '.*/absent.ckpt'"):
-        BoringModel.load_from_checkpoint(f"{url}/absent.ckpt")
-
-
 def test_a_missing_hparams_file_warns_and_the_defaults_apply(tmp_path):
     model = BoringModel(lr=0.03)
     trainer = trainer_for(tmp_path, max_steps=1, limit_val_batches=0)

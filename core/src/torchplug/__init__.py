@@ -2,7 +2,7 @@
 
 import logging as _logging
 
-from torchplug._checkpoint import atomic_save, load_checkpoint
+from torchplug._checkpoint import atomic_save, load_checkpoint, temporary_path
 from torchplug._errors import (
     MisconfigurationError,
     PluginError,
@@ -57,4 +57,5 @@ __all__ = [
     "hookimpl",
     "load_checkpoint",
     "seed_everything",
+    "temporary_path",
 ]

@@ -63,8 +63,7 @@ def atomic_save(checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> Non
             f"could not write the checkpoint {str(path)!r}: a directory of that name is in the way; remove it or save "
             "under another name",
         )
-    _remove_stale_temporaries(path)
-    temporary = directory / f"{temporary_prefix(path)}{os.getpid()}.{secrets.token_hex(4)}"
+    temporary = temporary_path(path)
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), _file_mode())
         with os.fdopen(fd, "wb") as f:
@@ -159,12 +158,12 @@ def load_checkpoint(
     """Read a checkpoint written by :func:`atomic_save`, without running code from the file.
 
     Tensors land on the CPU unless ``map_location`` (as for ``torch.load``) says otherwise. ``weights_only=False``
-    unpickles arbitrary objects: only for a file you trust. An ``http://`` or ``https://`` URL is downloaded once
-    into torch hub's cache (``$TORCH_HOME/hub/checkpoints``, by file name), as Lightning does.
+    unpickles arbitrary objects: only for a file you trust. An ``http://`` or ``https://`` address is downloaded
+    once into torch hub's cache (``$TORCH_HOME/hub/checkpoints``), as Lightning does.
     """
     if isinstance(path, str) and path.startswith(("http://", "https://")):
-        path = _downloaded(path)
-    elif isinstance(path, (str, os.PathLike)):
+        return _load_url(path, map_location, weights_only)
+    if isinstance(path, (str, os.PathLike)):
         path = Path(path)
         if not path.exists():
             raise MisconfigurationError(f"checkpoint not found: {str(path)!r} does not exist")
@@ -203,22 +202,17 @@ def load_checkpoint(
     return checkpoint
 
 
-def _downloaded(url: str) -> Path:
-    """The local copy of the checkpoint at ``url`` in torch hub's cache, downloaded when not there yet."""
-    import urllib.error
-    import urllib.parse
-
-    name = os.path.basename(urllib.parse.urlparse(url).path)
-    if not name:
-        raise MisconfigurationError(f"checkpoint URL {url!r} names no file: give the URL of the .ckpt file itself")
-    target = Path(torch.hub.get_dir()) / "checkpoints" / name
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            torch.hub.download_url_to_file(url, os.fspath(target), progress=False)
-        except (urllib.error.URLError, OSError, ValueError) as err:
-            raise MisconfigurationError(f"could not download the checkpoint {url!r}: {err}") from err
-    return target
+def _load_url(url: str, map_location: Any, weights_only: bool | None) -> dict[str, Any]:
+    try:
+        location, safe = "cpu" if map_location is None else map_location, weights_only is not False
+        checkpoint = torch.hub.load_state_dict_from_url(url, map_location=location, weights_only=safe)
+    except OSError as err:  # urllib's errors (HTTPError, URLError) are OSErrors
+        raise MisconfigurationError(f"could not download the checkpoint {url!r}: {err}") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise MisconfigurationError(
+            f"{url!r} is not a torchplug checkpoint: expected a dict with a 'state_dict' key"
+        )
+    return checkpoint
 
 
 #: A checkpoint that is a directory (a sharded strategy's) keeps its dictionary, all but the shards, in this file.
@@ -319,28 +313,41 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
-def temporary_prefix(path: Path) -> str:
+def temporary_path(path: str | os.PathLike[str]) -> Path:
+    """A new hidden name next to ``path``, to write ``path``'s next version under before renaming it into place
+    (what :func:`atomic_save` does; a backend that saves a directory, or a link, does the same with this name).
+
+    The name (``.<name>.tmp.<host>.<pid>.<random>``) says which process made it, so the temporaries of ``path`` that
+    processes of this host left when they were killed while saving, files or directories, are removed first, and
+    :func:`remove_stale_temporaries` finds those of a whole folder. Nothing is created; the folder must exist.
+    """
+    path = Path(path)
+    prefix = _temporary_prefix(path)
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        names = []
+    for name in names:
+        pid_text = name[len(prefix) :].split(".", 1)[0] if name.startswith(prefix) else ""
+        if pid_text.isdigit() and not _process_alive(int(pid_text)):
+            _remove(path.parent / name)
+    return path.parent / f"{prefix}{os.getpid()}.{secrets.token_hex(4)}"
+
+
+def _temporary_prefix(path: Path) -> str:
     host = socket.gethostname().replace(".", "_") or "host"
     return f".{path.name}.tmp.{host}."
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    """Remove temporary files of ``path`` left by processes of this host that were killed while saving."""
-    prefix = temporary_prefix(path)
+def _remove(path: Path | str) -> None:
+    """Remove a file, a link or a directory tree; what cannot be removed is left."""
     try:
-        names = os.listdir(path.parent)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
     except OSError:
-        return
-    for name in names:
-        if not name.startswith(prefix):
-            continue
-        pid_text = name[len(prefix) :].split(".", 1)[0]
-        if not pid_text.isdigit() or _process_alive(int(pid_text)):
-            continue
-        try:
-            os.unlink(path.parent / name)
-        except OSError:
-            pass
+        pass
 
 
 def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[str]:
@@ -358,14 +365,9 @@ def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[str]:
         if match is None or _process_alive(int(match.group(1))):
             continue
         target = os.path.join(directory, name)
-        try:
-            if os.path.isdir(target) and not os.path.islink(target):
-                shutil.rmtree(target)
-            else:
-                os.unlink(target)
-        except OSError:
-            continue
-        removed.append(name)
+        _remove(target)
+        if not os.path.lexists(target):
+            removed.append(name)
     return removed
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchplug import _data
+from torchplug import _data, _profiling
 from torchplug._errors import ConflictError
 from torchplug._results import Results
 from torchplug._states import RunningStage
@@ -38,6 +38,7 @@ class Evaluation:
     """The evaluation part of :class:`torchplug._loop.Loop` (whose attributes it uses)."""
 
     trainer: Trainer
+    replacement_plan: Plan | None
 
     def evaluate_stage(self, stage: str, given: Any, verbose: bool = True, return_predictions: bool = True) -> Any:
         """``validate``/``test``/``predict`` as a stage of their own."""
@@ -115,6 +116,8 @@ class Evaluation:
         modes = {m: m.training for m in trainer.model.modules()}
         self.call_module(f"on_{name}_model_eval")
         self.call(f"on_{name}_start")
+        if self.replacement_plan is not None:  # a search in on_*_start loaded the data again
+            plan, self.replacement_plan = [(i, loader, n) for i, loader, n in self.replacement_plan if n], None
         self.call(f"on_{name}_epoch_start")
         outputs: list[list[Any]] = []
         per_loader: list[set[str]] = []
@@ -204,16 +207,18 @@ class Evaluation:
                 )
 
     def _eval_batches(self, loader: Any, count: int | float, dl_idx: int) -> Iterator[tuple[int, Any]]:
-        prepare = self.prepare
-        for batch_idx, batch in enumerate(_data.limited(loader, count)):
+        prepare, fetch = self.prepare, _profiling.eval_fetch_action(self.trainer)
+        batches = _profiling.fetched(self.trainer, loader, fetch)
+        for batch_idx, batch in enumerate(_data.limited(batches, count)):
             yield batch_idx, prepare(batch, dl_idx)
 
     def _iterator_steps(self, name: str, plan: Plan, several: bool) -> list[Any]:
         """Steps that read the batches themselves (``validation_step(self, dataloader_iter)``): one iterator over
         every loader in turn; the batch hooks get what the step read last, as in Lightning."""
         results, collected = self.trainer._results, []
+        fetch = _profiling.eval_fetch_action(self.trainer)
         items = ((batch, i, dl_idx) for dl_idx, loader, count in plan
-                 for i, batch in enumerate(_data.limited(loader, count)))  # fmt: skip
+                 for i, batch in enumerate(_data.limited(_profiling.fetched(self.trainer, loader, fetch), count)))  # fmt: skip
         data = _data.StepIterator(items, self.prepare)
         while data.has_next():
             batch, batch_idx, dl_idx = data.last
@@ -230,8 +235,12 @@ class Evaluation:
 
     def evaluation_context(self) -> Any:
         """``torch.inference_mode()``, unless turned off, unsupported by the strategy, or the process group is gloo's
-        (whose collectives refuse inference tensors; Lightning's rule): then ``torch.no_grad()``."""
+        (whose collectives refuse inference tensors; Lightning's rule): then ``torch.no_grad()``. Validation within
+        ``fit`` always runs under ``torch.no_grad()``, as Lightning's: what its hooks create or change (a pruning
+        mask, a parameter) must stay usable by the training that follows."""
         trainer = self.trainer
+        if self.stage == "fit":
+            return torch.no_grad()
         gloo = torch.distributed.is_available() and torch.distributed.is_initialized() and (
             torch.distributed.get_backend() == "gloo")  # fmt: skip
         if trainer.inference_mode and getattr(trainer.strategy, "supports_inference_mode", True) and not gloo:

@@ -217,7 +217,7 @@ def apply(trainer: Trainer, flags: dict[str, Any]) -> dict[str, Any]:
     trainer.detect_anomaly, trainer.inference_mode = f["detect_anomaly"], f["inference_mode"]
     trainer.use_distributed_sampler = f["use_distributed_sampler"]
 
-    from torchplug.profilers import make_profiler
+    from torchplug.profilers._select import make_profiler
 
     trainer.profiler = make_profiler(f["profiler"])
     root = f["default_root_dir"]

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import inspect
 import os
 import pickle
 import types
 import warnings
 from argparse import Namespace
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -31,6 +34,24 @@ _PRIMITIVES = (bool, int, float, str)
 _NOT_ARGUMENTS = ("frame", "frame_args", "__class__")
 _PAST_HPARAMS_KEYS = ("hparams", "module_arguments")
 REPR_KEY_SUFFIX = "_as_repr"
+
+#: The builders a checkpoint may name (its ``_instantiator`` hyperparameter) to rebuild an object: a checkpoint is
+#: data, so it never chooses which code to import beyond these.
+INSTANTIATORS = frozenset({"torchplug.cli.instantiate_module"})
+# (class being built, hyperparameters to record for it) while a builder such as LightningCLI constructs it
+_given: ContextVar[tuple[type, dict[str, Any]] | None] = ContextVar("torchplug_given_hparams", default=None)
+
+
+@contextmanager
+def given_hyperparameters(cls: type, hparams: dict[str, Any], instantiator: str) -> Iterator[None]:
+    """While ``cls`` is constructed, ``save_hyperparameters()`` records ``hparams`` (plain config data, such as
+    LightningCLI's parsed config for it) instead of the ``__init__`` arguments, and names ``instantiator`` (one of
+    :data:`INSTANTIATORS`) as what ``load_from_checkpoint`` rebuilds the object with."""
+    token = _given.set((cls, {**hparams, "_instantiator": instantiator}))
+    try:
+        yield
+    finally:
+        _given.reset(token)
 
 
 class HyperparametersMixin:
@@ -62,7 +83,10 @@ class HyperparametersMixin:
         if frame is None:
             current = inspect.currentframe()
             frame = current.f_back if current is not None else None
-        if dataclasses.is_dataclass(self):
+        given = _given.get()
+        if given is not None and type(self) is given[0]:
+            init_args = dict(given[1])
+        elif dataclasses.is_dataclass(self):
             init_args = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
         else:
             init_args = _init_arguments(frame)
@@ -206,7 +230,13 @@ def checkpoint_entries(obj: Any) -> dict[str, Any]:
         entries[obj.CHECKPOINT_HYPER_PARAMS_NAME] = obj._hparams_name
     if as_repr:
         entries[obj.CHECKPOINT_HYPER_PARAMS_KEY + REPR_KEY_SUFFIX] = as_repr
+    if _is_dictconfig(hparams):  # saved as a plain dict; load_from_checkpoint gives a DictConfig back
+        entries[obj.CHECKPOINT_HYPER_PARAMS_TYPE] = "DictConfig"
     return entries
+
+
+def _is_dictconfig(value: Any) -> bool:
+    return type(value).__name__ == "DictConfig" and type(value).__module__.startswith("omegaconf")
 
 
 def _plain(hparams: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -263,6 +293,11 @@ def load_from_checkpoint(
             hparams.update(checkpoint.get(old_key) or {})
     hparams.update(checkpoint.get(key) or {})
     hparams.update(overrides)
+    instantiator = _instantiator(hparams.pop("_instantiator", None), checkpoint_path)
+    if str(checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_TYPE, "")).lower() == "dictconfig":
+        from omegaconf import OmegaConf  # saved from an OmegaConf config, so omegaconf is installed
+
+        hparams = OmegaConf.create(hparams)
     arguments, passed = _constructor_arguments(cls, checkpoint, hparams, overrides)
     as_repr = [k for k in checkpoint.get(key + REPR_KEY_SUFFIX, ()) if k in passed and k not in overrides]
     if as_repr:
@@ -272,7 +307,7 @@ def load_from_checkpoint(
             f"weights_only=True); pass them again: {cls.__name__}.load_from_checkpoint(path, "
             f"{', '.join(f'{k}=...' for k in as_repr)})"
         )
-    obj = cls(**arguments)
+    obj = instantiator(cls, arguments) if instantiator is not None else cls(**arguments)
     if isinstance(obj, DataModule):
         state = checkpoint.get("datamodule")
         if state:
@@ -309,6 +344,20 @@ def load_from_checkpoint(
         return obj
     device = next((t.device for t in state_dict.values() if isinstance(t, torch.Tensor)), torch.device("cpu"))
     return obj.to(device)
+
+
+def _instantiator(path: Any, checkpoint_path: Any) -> Any:
+    """The builder a checkpoint's hyperparameters name (saved by LightningCLI), checked against the known ones."""
+    if path is None:
+        return None
+    if path not in INSTANTIATORS:
+        raise MisconfigurationError(
+            f"load_from_checkpoint({str(checkpoint_path)!r}): the checkpoint names _instantiator={path!r}, which is "
+            f"not one torchplug rebuilds objects with ({', '.join(sorted(INSTANTIATORS))}); remove the key from "
+            "its hyper_parameters to build the class directly"
+        )
+    module_name, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module_name), name)
 
 
 def _constructor_arguments(

@@ -20,11 +20,23 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchplug import _config, _heartbeat, _hparams, _optim, _plugins, _profiling, _state, _step, _stopping
+from torchplug import (
+    _config,
+    _heartbeat,
+    _hparams,
+    _optim,
+    _plugins,
+    _profiling,
+    _state,
+    _step,
+    _stopping,
+    _trial,
+)
 from torchplug._errors import MisconfigurationError
 from torchplug._evaluation import Evaluation
 from torchplug._schedule import Schedule, overrides
 from torchplug._states import RunningStage, TrainerFn, TrainerStatus
+from torchplug._trainer_setup import init_module
 from torchplug._training import Training, _describe_output, _raise_if_unusable
 from torchplug.callbacks._base import Callback
 from torchplug.module import Module
@@ -68,6 +80,7 @@ def run_stage(trainer: Trainer, stage: str, model: Module, loaders: dict[str, An
     """
     loop = trainer._loop = Loop(trainer, stage, model, datamodule, loaders)
     anomaly = torch.autograd.set_detect_anomaly(True) if trainer.detect_anomaly else contextlib.nullcontext()
+    trained = stage == "fit"
     with _stopping.handling(_stopping.stop_signals(trainer)):
         try:
             try:
@@ -83,6 +96,8 @@ def run_stage(trainer: Trainer, stage: str, model: Module, loaders: dict[str, An
                         _stopping.forget_restart(trainer)
                     else:
                         result = loop.evaluate_stage(stage, loaders[stage], **options or {})
+            except _trial.EndStage:  # a tuner's search ended the stage at its start: a success, nothing trained
+                result, trained = None, False
             except BaseException as exc:
                 signum = _stopping.interruption(exc)
                 # With several processes only a stop every rank agreed on may save (saving is collective).
@@ -106,7 +121,7 @@ def run_stage(trainer: Trainer, stage: str, model: Module, loaders: dict[str, An
                 raise _stopping.stopped(signum) from None
             loop.teardown("success")
             trainer.state.status = TrainerStatus.FINISHED
-            if stage == "fit":
+            if trained:
                 trainer._fitted = model
             trainer.state.stage = None
             return result
@@ -190,6 +205,7 @@ class Loop(Training, Schedule, Evaluation):
         self.stop_check: _stopping.StopCheck | None = None
         self.current_hook: str | None = None  # the step or hook running now: where self.log may log, and how
         self.eval_steps_logged: dict[int, int] = collections.defaultdict(int)  # per dataloader, for the stage
+        self.replacement_plan: Any = None  # an evaluation's data loaded again by a search in its start hook
         trainer._loop = self  # from here on, what self.log checks is this stage's (not the previous one's)
         self.current_hook = "configure_callbacks"
         try:
@@ -251,7 +267,11 @@ class Loop(Training, Schedule, Evaluation):
             torch.use_deterministic_algorithms(True, warn_only=trainer.deterministic == "warn")
         self._show_header()
         self._agree_on_log_versions()
-        trainer.profiler.setup(stage=self.stage, local_rank=trainer.local_rank, log_dir=trainer.log_dir)
+        self._start_experiments()
+        trainer.profiler._lightning_module = module  # PyTorchProfiler labels its layers and counts its steps
+        # as in Lightning: no rank in a single process's report names
+        local_rank = trainer.local_rank if trainer.world_size > 1 else None
+        trainer.profiler.setup(stage=self.stage, local_rank=local_rank, log_dir=trainer.log_dir)
         datamodule = trainer.datamodule
         if trainer.local_rank == 0:
             if datamodule is not None:
@@ -261,7 +281,8 @@ class Loop(Training, Schedule, Evaluation):
         if datamodule is not None:
             _profiling.call_datamodule(trainer, "setup", stage=self.stage)
         self.call("setup", self.stage)
-        configure_model(module)
+        with init_module(trainer):  # layers made here get the precision's dtype and device, as in Lightning
+            configure_model(module)
 
         module.to(trainer.root_device)
         if hook.torchplug_convert_module(trainer=trainer, module=module) is not module:
@@ -287,7 +308,7 @@ class Loop(Training, Schedule, Evaluation):
         self.handles = trainer._optimizer_handles = [_optim.LightningOptimizer(opt, self) for opt in optimizers]
         self.wrapped = hook.torchplug_wrap_module(trainer=trainer, module=step_module)
         ops = hook.torchplug_step_ops(trainer=trainer)
-        self.ops = ops.traced(_plugins.trace) if _plugins.tracing() else ops
+        self.ops = _profiling.profiled_ops(trainer, ops.traced(_plugins.trace) if _plugins.tracing() else ops)
         # what a step calls between the closure and the optimizer's step; None when nothing is to be done
         self.prepare_gradients = None if self.ops.prepare_gradients is _step._nothing else self.ops.prepare_gradients
         self._bind_batch_preparation()
@@ -315,6 +336,18 @@ class Loop(Training, Schedule, Evaluation):
         for logger in trainer.loggers:
             if isinstance(logger, FolderLogger) and logger._version is None:
                 logger._version = trainer.broadcast(logger.version if trainer.is_global_zero else None)
+
+    def _start_experiments(self) -> None:
+        """Create each logger's experiment before the ``setup`` hooks, so that its name, version and run exist when
+        user code reads them. A ``WandbLogger`` goes first: ``wandb.init`` must precede the TensorBoard writers for
+        ``sync_tensorboard`` to see them."""
+        from torchplug.loggers import WandbLogger
+
+        if not self.trainer.is_global_zero:
+            return
+        for logger in sorted(self.trainer.loggers, key=lambda logger: not isinstance(logger, WandbLogger)):
+            if hasattr(logger, "experiment"):
+                _ = logger.experiment
 
     def _bind_batch_preparation(self) -> None:
         """``prepare(batch, dataloader_idx)``: the transfer hooks around the run's ``to_device`` (the datamodule's
@@ -367,6 +400,7 @@ class Loop(Training, Schedule, Evaluation):
         trainer._results = None
         trainer.profiler.describe()
         trainer.profiler.teardown(stage=self.stage)
+        trainer.profiler._lightning_module = None
         self.current_hook = None
 
     def report_stop(self, signum: int, saved: bool, requeued: str | None) -> None:
@@ -434,7 +468,9 @@ class Loop(Training, Schedule, Evaluation):
         hparams: dict[str, Any] | None = None
         if from_module and from_data:
             mine, theirs = module.hparams_initial, datamodule.hparams_initial
-            clashing = [k for k in mine.keys() & theirs.keys() if not _same_hparam(mine[k], theirs[k])]
+            # "_class_path": LightningCLI's record of each one's class, which differ by nature
+            shared = (mine.keys() & theirs.keys()) - {"_class_path"}
+            clashing = [k for k in shared if not _same_hparam(mine[k], theirs[k])]
             if clashing:
                 raise RuntimeError(
                     f"Error while merging hparams: the keys {clashing} are present in both the LightningModule's and "
@@ -445,9 +481,13 @@ class Loop(Training, Schedule, Evaluation):
             hparams = module.hparams_initial
         elif from_data:
             hparams = datamodule.hparams_initial
+        if hparams is not None:  # the class LightningCLI recorded is not a hyperparameter to log
+            hparams = {k: v for k, v in hparams.items() if k != "_class_path"}
         for logger in trainer.loggers:
             if hparams is not None:
                 logger.log_hyperparams(hparams)
+            if callable(getattr(logger, "log_graph", None)):  # a logger-like object may have none
+                logger.log_graph(module)
             logger.save()
 
     def write_logs(self, metrics: dict[str, Any], step: int | None = None) -> None:

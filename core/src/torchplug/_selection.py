@@ -170,6 +170,9 @@ def instantiate(kind: str, cls: Any, name: str, options: dict[str, Any], used: s
     accepted = option_names(cls)
     kwargs = {k: v for k, v in options.items() if k in accepted}
     used.update(kwargs)
+    if kind == "precision" and "precision" in accepted:
+        # Lightning's MixedPrecision(precision, ...) and HalfPrecision(precision): one class, several names
+        kwargs["precision"] = name
     try:
         return cls(**kwargs)
     except MisconfigurationError:

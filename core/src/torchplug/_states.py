@@ -102,3 +102,19 @@ class StageFlag:
 
 
 __all__ = ["RunningStage", "TrainerFn", "TrainerState", "TrainerStatus"]
+
+
+class GradClipAlgorithmType(_StrEnum):
+    """How ``Trainer(gradient_clip_val=...)`` clips: each gradient element (``"value"``) or the total norm of the
+    gradients (``"norm"``)."""
+
+    VALUE = "value"
+    NORM = "norm"
+
+    @staticmethod
+    def supported_type(val: str) -> bool:
+        return any(member == val for member in GradClipAlgorithmType)
+
+    @staticmethod
+    def supported_types() -> list[str]:
+        return [member.value for member in GradClipAlgorithmType]

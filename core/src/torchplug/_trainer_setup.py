@@ -7,8 +7,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from torchplug._errors import ArgumentTypeError, ConflictError, MisconfigurationError
 from torchplug.callbacks._base import Callback
 
@@ -16,7 +14,9 @@ if TYPE_CHECKING:
     from torchplug.trainer import Trainer
 
 
-def default_callbacks(callbacks: Any, checkpointing: bool, progress_bar: bool, model_summary: bool) -> list[Callback]:
+def default_callbacks(
+    callbacks: Any, checkpointing: bool, progress_bar: bool, model_summary: bool
+) -> list[Callback]:
     """The user's callbacks checked, with the default ones the switches ask for; checkpoints last."""
     from torchplug import callbacks as cb
 
@@ -43,9 +43,11 @@ def default_callbacks(callbacks: Any, checkpointing: bool, progress_bar: bool, m
             "callbacks list; drop one of them"
         )
     if progress_bar and not bars:
-        result.append(cb.TQDMProgressBar())
+        result.append(cb.TQDMProgressBar(plain=None))  # tqdm in a terminal, plain lines in a log
     if model_summary and not any(isinstance(c, cb.ModelSummary) for c in given):
-        result.append(cb.ModelSummary())
+        # a rich progress bar asks for the summary drawn the same way
+        rich = any(isinstance(c, cb.RichProgressBar) for c in given)
+        result.append(cb.RichModelSummary() if rich else cb.ModelSummary())
     stateful = [c for c in result if getattr(type(c), "state_dict", None) not in (None, Callback.state_dict)]
     for c in stateful:
         if [other.state_key for other in stateful].count(c.state_key) > 1:
@@ -58,6 +60,7 @@ def default_callbacks(callbacks: Any, checkpointing: bool, progress_bar: bool, m
     return [c for c in result if not isinstance(c, cb.ModelCheckpoint)] + [
         c for c in result if isinstance(c, cb.ModelCheckpoint)
     ]
+
 
 def make_loggers(logger: Any, default_root_dir: str) -> list[Any]:
     """``True``: Lightning's default, a TensorBoardLogger when ``tensorboard`` is installed, else a CSVLogger."""
@@ -81,17 +84,11 @@ def make_loggers(logger: Any, default_root_dir: str) -> list[Any]:
 
 @contextmanager
 def init_module(trainer: Trainer) -> Iterator[None]:
-    """``trainer.init_module()``: the precision's dtype as the default one and, for a single device, that device."""
-    dtype = {"64-true": torch.float64, "16-true": torch.float16, "bf16-true": torch.bfloat16}.get(trainer.precision)
+    """``trainer.init_module()``, and where ``configure_model`` runs: the precision plugin's
+    ``module_init_context()`` (its dtype as the default one for ``*-true``) and, for a single device, that device."""
     device = trainer.hook.torchplug_root_device(trainer=trainer) if trainer.world_size == 1 else None
-    previous = torch.get_default_dtype()
-    with device if device is not None else nullcontext():
-        if dtype is not None:
-            torch.set_default_dtype(dtype)
-        try:
-            yield
-        finally:
-            torch.set_default_dtype(previous)
+    with device if device is not None else nullcontext(), trainer.precision_plugin.module_init_context():
+        yield
 
 
 def validation_enabled(trainer: Trainer) -> bool:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from torchplug._loop import Loop
 
 log = logging.getLogger("torchplug")
+_TRAIN_FETCH = "[_TrainingEpochLoop].train_dataloader_next"  # a batch fetch, by its name in profiles
 
 
 class Training:
@@ -80,7 +81,7 @@ class Training:
         trainer, module, progress = self.trainer, self.module, self.trainer.progress
         resume, self.resume = self.resume, None
         _data.set_epoch(self.train_loader.flattened, trainer.current_epoch)
-        source = _data.batches_of(self.train_loader)
+        source = _profiling.fetched(trainer, _data.batches_of(self.train_loader), _TRAIN_FETCH)
         if self.train_takes_iterator:
             batches = _data.iterator_steps(source, trainer.num_training_batches, self.prepare)
         else:

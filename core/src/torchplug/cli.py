@@ -1,5 +1,9 @@
 """``torchplug plugins [--check]``, ``torchplug env``, ``torchplug plot`` and ``torchplug new-backend``: what is
-installed, what it did, and a new backend package to start from."""
+installed, what it did, and a new backend package to start from.
+
+This module also holds :class:`LightningCLI` and its parts (Lightning's ``lightning.pytorch.cli``), imported on first
+use from :mod:`torchplug._lightning_cli` so that the ``torchplug`` command does not need jsonargparse.
+"""
 
 from __future__ import annotations
 
@@ -93,7 +97,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             if clashes:
                 row[0] += f" (also claimed by {', '.join(clashes)})"
                 if args.check:
-                    failures.append(f"{kind} name {b.name!r} is claimed by {b.distribution} and {', '.join(clashes)}")
+                    failures.append(
+                        f"{kind} name {b.name!r} is claimed by {b.distribution} and {', '.join(clashes)}"
+                    )
             rows.append(row)
         if args.check:
             header += ["imports", "available"]
@@ -191,11 +197,40 @@ def main(argv: list[str] | None = None) -> int:
         help="create a backend package (pyproject with its entry point, README, src/, tests running the conformance kit)",
     )
     p.add_argument("kind", choices=list(registry.GROUPS), help="what the backend is")
-    p.add_argument("name", help="the name users will type (Trainer(strategy='NAME')); the package is torchplug-NAME")
+    p.add_argument(
+        "name", help="the name users will type (Trainer(strategy='NAME')); the package is torchplug-NAME"
+    )
     p.add_argument("--directory", default=".", help="where to create torchplug-NAME/ (default: here)")
     p.set_defaults(func=cmd_new_backend)
     args: Any = parser.parse_args(argv)
     return int(args.func(args))
+
+
+_LIGHTNING_CLI_NAMES = (
+    "ArgsType",
+    "LRSchedulerCallable",
+    "LRSchedulerType",
+    "LRSchedulerTypeTuple",
+    "LRSchedulerTypeUnion",
+    "LightningArgumentParser",
+    "LightningCLI",
+    "OptimizerCallable",
+    "ReduceLROnPlateau",
+    "SaveConfigCallback",
+    "instantiate_class",
+    "instantiate_module",
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LIGHTNING_CLI_NAMES:  # raises ModuleNotFoundError naming torchplug[cli] without jsonargparse
+        import importlib
+
+        return getattr(importlib.import_module("torchplug._lightning_cli"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["main", *_LIGHTNING_CLI_NAMES]
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import contextvars
 import functools
 import inspect
 import numbers
@@ -20,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torchplug import _hparams, _results
 from torchplug._errors import MisconfigurationError
 from torchplug._hparams import HyperparametersMixin
-from torchplug.utilities import apply_to_collection, move_data_to_device
+from torchplug.utilities import LightningDeprecationWarning, apply_to_collection, move_data_to_device
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -38,6 +39,21 @@ _MODULE_HOOKS = (
     "on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad",
     "on_save_checkpoint", "on_load_checkpoint",
 )  # fmt: skip
+
+
+_JIT_READING = contextvars.ContextVar("torchplug_jit_reading", default=False)
+
+
+@contextlib.contextmanager
+def _jit_reading() -> Generator[None, None, None]:
+    """While ``torch.jit`` traces or scripts a module (``to_torchscript``, TensorBoard's ``add_graph``), an unattached
+    module's ``trainer`` reads ``None`` instead of raising: torch reads every attribute of the module and counts only
+    ``AttributeError`` as absent."""
+    token = _JIT_READING.set(True)
+    try:
+        yield
+    finally:
+        _JIT_READING.reset(token)
 
 
 class _ClassOnly:
@@ -223,7 +239,7 @@ class Module(HyperparametersMixin, nn.Module):
     # ---------------------------------------------------------------- trainer state
     @property
     def trainer(self) -> Trainer:
-        if self._trainer is None:
+        if self._trainer is None and not _JIT_READING.get():
             raise RuntimeError(f"{type(self).__name__} is not attached to a Trainer; call trainer.fit(model) first")
         return self._trainer
 
@@ -410,9 +426,14 @@ class Module(HyperparametersMixin, nn.Module):
             )  # fmt: skip
 
     def print(self, *args: Any, **kwargs: Any) -> None:
-        """``print`` on global rank 0 only (every process prints without a trainer)."""
+        """``print`` on global rank 0 only (every process prints without a trainer), through the progress bar when
+        one shows, so that the text does not break it."""
         if self._trainer is None or self._trainer.is_global_zero:
-            builtins.print(*args, **kwargs)
+            bar = None if self._trainer is None else self._trainer.progress_bar_callback
+            if bar is not None and bar.is_enabled:
+                bar.print(*args, **kwargs)
+            else:
+                builtins.print(*args, **kwargs)
 
     def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
         """Every process's ``data`` (tensors, numbers, or collections of them), stacked along a new first
@@ -466,7 +487,21 @@ class Module(HyperparametersMixin, nn.Module):
             )
         if isinstance(gradient_clip_val, bool) or not isinstance(gradient_clip_val, (int, float)):
             raise TypeError(f"`gradient_clip_val` should be an int or a float. Got {gradient_clip_val!r}.")
-        algorithm = (gradient_clip_algorithm or trainer.gradient_clip_algorithm or "norm").lower()
+        if gradient_clip_algorithm is None:
+            algorithm = (trainer.gradient_clip_algorithm or "norm").lower()
+        else:
+            algorithm = str(getattr(gradient_clip_algorithm, "value", gradient_clip_algorithm)).lower()
+            set_on_trainer = trainer.gradient_clip_algorithm
+            if set_on_trainer is not None and set_on_trainer.lower() != algorithm:
+                raise MisconfigurationError(
+                    f"You have set `Trainer(gradient_clip_algorithm={trainer.gradient_clip_algorithm!r})` and have "
+                    f"passed `clip_gradients(gradient_clip_algorithm={gradient_clip_algorithm!r})`. Please use only "
+                    "one of them."
+                )
+            if algorithm not in ("norm", "value"):
+                raise MisconfigurationError(
+                    f"clip_gradients(gradient_clip_algorithm={gradient_clip_algorithm!r}): use 'norm' or 'value'"
+                )
         if gradient_clip_val:
             trainer._loop.clip_gradients(optimizer, gradient_clip_val, algorithm)
 
@@ -525,6 +560,12 @@ class Module(HyperparametersMixin, nn.Module):
 
         if importlib.util.find_spec("onnx") is None:
             raise ModuleNotFoundError(f"`{type(self).__name__}.to_onnx()` requires `onnx` to be installed.")
+        if input_sample is None and self.example_input_array is None:
+            raise ValueError(
+                "Could not export to ONNX since neither `input_sample` nor `model.example_input_array` attribute "
+                f"is set: pass {type(self).__name__}.to_onnx(path, input_sample) an input for forward (a tensor or "
+                "a tuple of positional inputs)"
+            )
         example = self._example_inputs(input_sample, f"{type(self).__name__}.to_onnx()")
         modes = {m: m.training for m in self.modules()}
         try:
@@ -541,16 +582,37 @@ class Module(HyperparametersMixin, nn.Module):
         **kwargs: Any,
     ) -> Any:  # fmt: skip
         """The module as a ``torch.jit.ScriptModule`` (``method="script"`` or ``"trace"``), in eval mode; saved to
-        ``file_path`` when given. Each submodule's mode is restored after."""
+        ``file_path`` when given. Needs no Trainer. Each submodule's mode is restored after.
+
+        Deprecated, as in Lightning 2.7: TorchScript is deprecated in PyTorch; export with ``torch.export.export``.
+        """
+        warnings.warn(
+            f"`{type(self).__name__}.to_torchscript` has been deprecated in v2.7 and will be removed in v2.8 (the "
+            "Lightning API versions torchplug follows): TorchScript is deprecated in PyTorch. Export with "
+            "`torch.export.export()` instead (https://pytorch.org/docs/stable/export.html).",
+            LightningDeprecationWarning,
+            stacklevel=3,  # the caller's line: torch.no_grad's wrapper sits in between
+        )
+        if method not in ("script", "trace"):
+            raise ValueError(
+                f"to_torchscript(method={method!r}): the 'method' parameter only supports 'script' or 'trace'"
+            )
+        if method == "trace":
+            if example_inputs is None and self.example_input_array is None:
+                raise ValueError(
+                    "to_torchscript(method='trace') requires either `example_inputs` or "
+                    "`model.example_input_array` to be defined: pass one (a tensor or a tuple of positional inputs)"
+                )
+            example = self._example_inputs(example_inputs, "to_torchscript(method='trace')")
+            if kwargs.get("check_inputs") is not None:
+                kwargs["check_inputs"] = move_data_to_device(kwargs["check_inputs"], self.device)
         modes = {m: m.training for m in self.modules()}
         try:
-            if method == "script":
-                scripted = torch.jit.script(self.eval(), **kwargs)
-            elif method == "trace":
-                example = self._example_inputs(example_inputs, "to_torchscript(method='trace')")
-                scripted = torch.jit.trace(func=self.eval(), example_inputs=example, **kwargs)
-            else:
-                raise ValueError(f"to_torchscript(method={method!r}): use 'script' or 'trace'")
+            with _jit_reading():
+                if method == "script":
+                    scripted = torch.jit.script(self.eval(), **kwargs)
+                else:
+                    scripted = torch.jit.trace(func=self.eval(), example_inputs=example, **kwargs)
         finally:
             for submodule, training in modes.items():
                 submodule.training = training
@@ -578,6 +640,8 @@ class Module(HyperparametersMixin, nn.Module):
             cls, checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict,
             weights_only=weights_only, **kwargs,
         )  # fmt: skip
+
+
 
 def _unwrap(optimizer: Any) -> Any:
     return getattr(optimizer, "optimizer", optimizer)

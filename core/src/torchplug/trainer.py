@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from torchplug import _flags, _heartbeat, _legacy, _loop, _selection, _state, _stopping, _trainer_setup
+from torchplug._compile import from_compiled, is_compiled_wrapper
 from torchplug._errors import ArgumentTypeError, MisconfigurationError
 from torchplug._states import RunningStage, StageFlag, TrainerFn, TrainerState, TrainerStatus
 from torchplug._types import World
@@ -24,7 +25,11 @@ from torchplug.callbacks._base import Callback
 from torchplug.module import DataModule, Module
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from torchplug._optim import LRSchedulerConfig
+    from torchplug.loggers import Logger
+    from torchplug.profilers import Profiler
 
 log = logging.getLogger("torchplug")
 
@@ -76,7 +81,7 @@ class Trainer:
         num_nodes: int = 1,
         precision: str | int | Any = "32-true",
         plugins: list[Any] | Any | None = None,
-        logger: Any = None,
+        logger: Logger | Iterable[Logger] | bool | None = None,
         callbacks: list[Callback] | Callback | None = None,
         fast_dev_run: bool | int = False,
         max_epochs: int | None = None,
@@ -103,7 +108,7 @@ class Trainer:
         benchmark: bool | None = None,
         inference_mode: bool = True,
         use_distributed_sampler: bool = True,
-        profiler: Any = None,
+        profiler: Profiler | str | None = None,
         detect_anomaly: bool = False,
         barebones: bool = False,
         reload_dataloaders_every_n_epochs: int = 0,
@@ -406,7 +411,7 @@ class Trainer:
         weights_only: bool | None = None,
     ) -> None:
         """Train ``model``; ``train_dataloaders`` may be a loader, a list or dict of them, or a DataModule."""
-        self._check_model(model, "fit")
+        model = self._check_model(model, "fit")
         if isinstance(train_dataloaders, DataModule):  # fit(model, dm), as Lightning accepts
             if datamodule is not None:
                 raise MisconfigurationError("fit(): a DataModule was passed as train_dataloaders and as datamodule=")
@@ -449,7 +454,7 @@ class Trainer:
             model = self.lightning_module
             if ckpt_path is None and self._fitted is model:
                 ckpt_path = _loop.default_eval_checkpoint(self, fn.value)
-        self._check_model(model, fn.value)
+        model = self._check_model(model, fn.value)
         if isinstance(dataloaders, DataModule):
             if datamodule is not None:
                 raise MisconfigurationError(f"{fn.value}(): a DataModule was passed as dataloaders and as datamodule=")
@@ -460,12 +465,15 @@ class Trainer:
                             ckpt_path=ckpt_path, options=options)  # fmt: skip
 
     @staticmethod
-    def _check_model(model: Any, stage: str) -> None:
+    def _check_model(model: Any, stage: str) -> Module:
+        if is_compiled_wrapper(model):  # torch.compile(module): train the module, its steps compiled
+            model = from_compiled(model)
         if not isinstance(model, Module):
             raise ArgumentTypeError(
                 f"`Trainer.{stage}()` requires a `LightningModule`: `model` must be a `LightningModule` (a "
                 f"torchplug.Module), got `{type(model).__qualname__}`"
             )
+        return model
 
     def _launch(self, fn: TrainerFn, **kwargs: Any) -> Any:
         self.state.fn, self.state.status = fn, TrainerStatus.RUNNING

@@ -313,11 +313,12 @@ def _same(a, b):
 
 def test_paths_are_atomic_directories(tmp_path):
     """The swap keeps the destination whole: the new directory replaces the old in one rename."""
-    from torchplug_fsdp._checkpoint import publish, remove_stale_temporaries, temporary_prefix
+    from torchplug import temporary_path
+    from torchplug_fsdp._checkpoint import publish
 
     destination = tmp_path / "last.ckpt"
     for generation in ("old", "new"):
-        staged = tmp_path / f"{temporary_prefix(destination)}{os.getpid()}.{generation}"
+        staged = temporary_path(destination)
         staged.mkdir()
         (staged / "meta.ckpt").write_text(generation)
         publish(staged, destination)
@@ -326,10 +327,11 @@ def test_paths_are_atomic_directories(tmp_path):
     # a directory left by a process that was killed while saving is removed by the next save to that path
     dead = subprocess.Popen(["true"])
     dead.wait()
-    leftover = tmp_path / f"{temporary_prefix(destination)}{dead.pid}.abcd"
+    prefix = temporary_path(destination).name.rsplit(".", 2)[0]
+    leftover = tmp_path / f"{prefix}.{dead.pid}.abcd"
     leftover.mkdir()
-    alive = tmp_path / f"{temporary_prefix(destination)}{os.getpid()}.ef01"
+    alive = tmp_path / f"{prefix}.{os.getpid()}.ef01"
     alive.mkdir()
-    remove_stale_temporaries(destination)
+    temporary_path(destination)
     assert not leftover.exists() and alive.exists()
     assert Path(destination).is_dir()

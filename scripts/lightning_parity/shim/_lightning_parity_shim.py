@@ -44,15 +44,30 @@ ALIASES = {
     "lightning.pytorch.core.mixins.hparams_mixin": ["torchplug.module"],
     "lightning.pytorch.core.saving": ["torchplug.loggers.csv_logs"],
     "lightning.pytorch.callbacks": ["torchplug.callbacks"],
+    "lightning.pytorch.callbacks.progress": ["torchplug.callbacks", "torchplug.callbacks.progress"],
+    "lightning.pytorch.callbacks.progress.progress_bar": ["torchplug.callbacks.progress"],
+    "lightning.pytorch.callbacks.progress.tqdm_progress": ["torchplug.callbacks.progress"],
+    "lightning.pytorch.callbacks.progress.rich_progress": ["torchplug.callbacks.rich_progress"],
+    "lightning.pytorch.cli": ["torchplug.cli"],
     "lightning.pytorch.loggers": ["torchplug.loggers"],
     "lightning.pytorch.loggers.csv_logs": ["torchplug.loggers", "torchplug.loggers.csv_logs"],
     "lightning.pytorch.loggers.tensorboard": ["torchplug.loggers", "torchplug.loggers.tensorboard"],
+    "lightning.pytorch.loggers.wandb": ["torchplug.loggers", "torchplug.loggers.wandb"],
+    "lightning.pytorch.loggers.litlogger": ["torchplug.loggers", "torchplug.loggers.litlogger"],
+    "lightning.pytorch.loggers.comet": ["torchplug.loggers", "torchplug.loggers.comet"],
     "lightning.pytorch.profilers": ["torchplug.profilers"],
     "lightning.pytorch.trainer": ["torchplug"],
     "lightning.pytorch.trainer.trainer": ["torchplug"],
     "lightning.pytorch.trainer.states": ["torchplug"],
     "lightning.pytorch.utilities": ["torchplug.utilities"],
     "lightning.pytorch.utilities.exceptions": ["torchplug"],
+    "lightning.pytorch.utilities.model_summary": ["torchplug.utilities.model_summary"],
+    "lightning.pytorch.utilities.model_summary.model_summary": ["torchplug.utilities.model_summary"],
+    "lightning.pytorch.tuner": ["torchplug.tuner"],
+    "lightning.pytorch.tuner.tuning": ["torchplug.tuner"],
+    "lightning.pytorch.tuner.lr_finder": ["torchplug.tuner"],
+    "lightning.pytorch.tuner.batch_size_scaling": ["torchplug.tuner"],
+    "lightning.pytorch.utilities.memory": ["torchplug.utilities", "torchplug.tuner"],
     # torchplug's backends are packages of their own: a port imports DDPStrategy from torchplug_ddp, and so on.
     "lightning.pytorch.accelerators": ["torchplug.accelerators", "torchplug_cuda"],
     "lightning.pytorch.strategies": ["torchplug.strategies", "torchplug_ddp", "torchplug_fsdp", "torchplug_dp"],
@@ -81,6 +96,8 @@ SPLIT_PACKAGES = {
 #: Lightning utility modules whose public names torchplug keeps in ``torchplug.utilities``.
 UTILITY_MODULES = (
     "rank_zero", "combined_loader", "types", "parsing", "seed", "apply_func", "model_summary", "warnings",
+    "grads", "memory", "parameter_tying", "enums",
+    "compile",
 )
 
 #: Lightning name -> torchplug object ("module:attribute"), where torchplug spells a name differently.
@@ -89,6 +106,8 @@ RENAMES = {
     "lightning.fabric.utilities.exceptions": {"MisconfigurationException": "torchplug:MisconfigurationError"},
     "lightning.pytorch.utilities": {"MisconfigurationException": "torchplug:MisconfigurationError"},
     "lightning.fabric.utilities.seed": {"pl_worker_init_function": "torchplug.utilities:worker_init_function"},
+    # lightning.fabric re-exports utilities.seed's seed_everything; its other names (Fabric, ...) have no counterpart
+    "lightning.fabric": {"seed_everything": "torchplug.utilities:seed_everything"},
 }
 
 DEMOS = "lightning.pytorch.demos"
@@ -239,6 +258,7 @@ class Missing:
 _FLAG_PACKAGES = {
     "SKLEARN": "sklearn", "TORCH_TRT": "torch_tensorrt", "XLA": "torch_xla", "TENSORBOARDX": "tensorboardX",
     "COMET": "comet_ml", "HABANA": "habana_frameworks", "TORCHAUDIO": "torchaudio", "LIGHTNING_XPU": "lightning_xpu",
+    "JSONARGPARSE_SIGNATURES": "jsonargparse",
 }
 _FLAG = re.compile(r"^_(?:(?P<package>\w+)_AVAILABLE|(?P<lib>TORCH|TORCHMETRICS|PYTHON)_(?P<op>GREATER_EQUAL|EQUAL|LESS|LESS_EQUAL)_(?P<version>\d+(?:_\d+)*)|(?P<windows>IS_WINDOWS))$")
 

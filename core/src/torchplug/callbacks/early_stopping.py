@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -16,6 +17,16 @@ if TYPE_CHECKING:
     from torchplug.trainer import Trainer
 
 
+class EarlyStoppingReason(Enum):
+    """Why an ``EarlyStopping`` callback stopped training (``EarlyStopping.stopping_reason``)."""
+
+    NOT_STOPPED = 0
+    STOPPING_THRESHOLD = 1
+    DIVERGENCE_THRESHOLD = 2
+    PATIENCE_EXHAUSTED = 3
+    NON_FINITE_METRIC = 4
+
+
 class EarlyStopping(Callback):
     """Stop training after ``patience`` checks in a row without an improvement of ``monitor`` (Lightning's names).
 
@@ -24,6 +35,9 @@ class EarlyStopping(Callback):
     in the direction of ``mode``. Training also stops at once when the value is NaN/inf (``check_finite``), reaches
     ``stopping_threshold``, or crosses ``divergence_threshold``. Stopping sets ``trainer.should_stop``; the
     trainer still honours ``min_epochs``/``min_steps``. Rank 0's value decides on every rank.
+
+    After a stop, ``stopping_reason`` (an ``EarlyStoppingReason``) says which rule fired and
+    ``stopping_reason_message`` says it in words; both are saved with the callback's state.
     """
 
     monitors_metrics = True
@@ -42,9 +56,13 @@ class EarlyStopping(Callback):
         check_on_train_epoch_end: bool | None = None,
     ) -> None:
         if not isinstance(monitor, str) or not monitor:
-            raise MisconfigurationError(f"EarlyStopping(monitor={monitor!r}): name a metric you log with self.log")
+            raise MisconfigurationError(
+                f"EarlyStopping(monitor={monitor!r}): name a metric you log with self.log"
+            )
         if mode not in ("min", "max"):
-            raise MisconfigurationError(f"EarlyStopping(mode={mode!r}): use 'min' or 'max'")
+            raise MisconfigurationError(
+                f"EarlyStopping(mode={mode!r}): `mode` can be 'min' or 'max', got {mode}"
+            )
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
             raise MisconfigurationError(f"EarlyStopping(patience={patience!r}): use an int >= 0")
         if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or min_delta < 0:
@@ -64,6 +82,8 @@ class EarlyStopping(Callback):
         self.wait_count = 0
         self.stopped_epoch = 0
         self.best_score = torch.tensor(math.inf if mode == "min" else -math.inf)
+        self.stopping_reason = EarlyStoppingReason.NOT_STOPPED
+        self.stopping_reason_message: str | None = None
 
     @property
     def state_key(self) -> str:
@@ -97,6 +117,8 @@ class EarlyStopping(Callback):
             "stopped_epoch": self.stopped_epoch,
             "best_score": self.best_score,
             "patience": self.patience,
+            "stopping_reason": self.stopping_reason.value,
+            "stopping_reason_message": self.stopping_reason_message,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -104,6 +126,11 @@ class EarlyStopping(Callback):
         self.stopped_epoch = state_dict["stopped_epoch"]
         self.best_score = state_dict["best_score"]
         self.patience = state_dict.get("patience", self.patience)
+        # checkpoints written before the reason was recorded have neither key
+        self.stopping_reason = EarlyStoppingReason(
+            state_dict.get("stopping_reason", EarlyStoppingReason.NOT_STOPPED.value)
+        )
+        self.stopping_reason_message = state_dict.get("stopping_reason_message")
 
     # ---------------------------------------------------------------------------------------------------- the check
     @staticmethod
@@ -125,28 +152,38 @@ class EarlyStopping(Callback):
             return
         current = torch.as_tensor(metrics[self.monitor]).detach().float().cpu().reshape(())
         current = _broadcast(trainer, current)  # every rank counts the same way and stops at the same epoch
-        should_stop, reason = self._evaluate(current)
+        should_stop, reason, why = self._evaluate(current)
         trainer.should_stop = trainer.should_stop or should_stop
         if should_stop:
             self.stopped_epoch = trainer.current_epoch
+            self.stopping_reason = why
+            self.stopping_reason_message = reason
         if reason and self.verbose and trainer.is_global_zero:
             print(reason, flush=True)
 
-    def _evaluate(self, current: torch.Tensor) -> tuple[bool, str | None]:
+    def _evaluate(self, current: torch.Tensor) -> tuple[bool, str | None, EarlyStoppingReason]:
+        """Whether to stop, the message for the log, and the reason (``NOT_STOPPED`` when going on)."""
         best = float(self.best_score)
+        going_on = EarlyStoppingReason.NOT_STOPPED
         if self.check_finite and not torch.isfinite(current):
-            return True, (
-                f"EarlyStopping: {self.monitor} = {float(current)} is not finite; the best was {best:.3f}. Stopping."
+            return (
+                True,
+                f"EarlyStopping: {self.monitor} = {float(current)} is not finite; the best was {best:.3f}. Stopping.",
+                EarlyStoppingReason.NON_FINITE_METRIC,
             )
         if self.stopping_threshold is not None and self._better(current, self.stopping_threshold):
-            return True, (
-                f"EarlyStopping: {self.monitor} = {float(current):.4g} reached the stopping threshold "
-                f"{self.stopping_threshold}. Stopping."
+            return (
+                True,
+                f"EarlyStopping: Stopping threshold reached: {self.monitor} = {float(current):.4g} is past "
+                f"{self.stopping_threshold} ({self.mode}). Stopping.",
+                EarlyStoppingReason.STOPPING_THRESHOLD,
             )
         if self.divergence_threshold is not None and self._better(-current, -self.divergence_threshold):
-            return True, (
-                f"EarlyStopping: {self.monitor} = {float(current):.4g} crossed the divergence threshold "
-                f"{self.divergence_threshold}. Stopping."
+            return (
+                True,
+                f"EarlyStopping: Divergence threshold reached: {self.monitor} = {float(current):.4g} is past "
+                f"{self.divergence_threshold} the wrong way for mode={self.mode!r}. Stopping.",
+                EarlyStoppingReason.DIVERGENCE_THRESHOLD,
             )
         shift = -self.min_delta if self.mode == "min" else self.min_delta
         if self._better(current - shift, self.best_score):
@@ -159,14 +196,16 @@ class EarlyStopping(Callback):
                 reason = f"EarlyStopping: {self.monitor} = {float(current):.4g} (first value)"
             self.best_score = current
             self.wait_count = 0
-            return False, reason
+            return False, reason, going_on
         self.wait_count += 1
         if self.wait_count >= self.patience:
-            return True, (
+            return (
+                True,
                 f"EarlyStopping: {self.monitor} did not improve in the last {self.wait_count} checks; the best was "
-                f"{best:.4g}. Stopping."
+                f"{best:.4g}. Stopping.",
+                EarlyStoppingReason.PATIENCE_EXHAUSTED,
             )
-        return False, None
+        return False, None, going_on
 
 
-__all__ = ["EarlyStopping"]
+__all__ = ["EarlyStopping", "EarlyStoppingReason"]

@@ -90,6 +90,7 @@ class LearningRateMonitor(Callback):
             if interval != "any" and when not in (interval, None):  # without a scheduler: at every logging point
                 continue
             uses_betas = "betas" in optimizer.defaults
+            self._follow_added_groups(names)
             for key, group in zip(names, optimizer.param_groups):
                 stats[key] = group["lr"]
                 self.lrs.setdefault(key, []).append(group["lr"])
@@ -104,6 +105,15 @@ class LearningRateMonitor(Callback):
         device = trainer.root_device
         trainer.callback_metrics.update({k: torch.tensor(float(v), device=device) for k, v in stats.items()})
         trainer._log_to_loggers(stats, _logging_step(trainer))
+
+    def _follow_added_groups(self, names: list[str]) -> None:
+        """An optimizer that got param groups (a finetuning callback's) is named per group from then on: its history
+        so far continues under its first group's name."""
+        if len(names) < 2 or names[0] in self.lrs:
+            return
+        single = names[0].rsplit("/", 1)[0]
+        if single in self.lrs:
+            self.lrs[names[0]] = self.lrs.pop(single)
 
     @staticmethod
     def _tracked(trainer: Trainer) -> list[tuple[list[str], Optimizer, str | None]]:

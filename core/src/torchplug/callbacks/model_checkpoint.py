@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import secrets
 import time
 import warnings
 from datetime import timedelta
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_type_hints
 
 import torch
 
-from torchplug._checkpoint import temporary_prefix
+from torchplug._checkpoint import temporary_path
 from torchplug._errors import MisconfigurationError
 from torchplug.callbacks import _checkpoint_folder as _folder
 from torchplug.callbacks._base import Callback
@@ -291,6 +290,22 @@ class ModelCheckpoint(Callback):
             )
         self.best_model_path = state_dict.get("best_model_path", "")
 
+    def to_yaml(self, filepath: str | os.PathLike[str] | None = None) -> None:
+        """Write ``best_k_models`` (checkpoint path -> score, as floats) as YAML to ``filepath`` (default:
+        ``<dirpath>/best_k_models.yaml``)."""
+        import yaml
+
+        if filepath is None:
+            if not self.dirpath:
+                raise ValueError(
+                    "ModelCheckpoint.to_yaml(): this callback has no dirpath yet (it is set when fit starts); pass "
+                    "a filepath"
+                )
+            filepath = os.path.join(self.dirpath, "best_k_models.yaml")
+        scores = {path: float(score) for path, score in self.best_k_models.items()}
+        with open(filepath, "w") as file:
+            yaml.safe_dump(scores, file)
+
     # ---------------------------------------------------------------------------------------------------- naming
     def format_checkpoint_name(
         self, metrics: dict[str, Any], filename: str | None = None, ver: int | None = None
@@ -319,7 +334,16 @@ class ModelCheckpoint(Callback):
     def _resolve_dirpath(self, trainer: Trainer) -> str:
         if self.dirpath is not None:
             return self.dirpath
+        from torchplug.loggers import Logger
+        from torchplug.loggers._base import FolderLogger
+
         base = getattr(trainer, "log_dir", None) or trainer.default_root_dir
+        logger = trainer.loggers[0] if trainer.loggers else None
+        if isinstance(logger, Logger) and not isinstance(logger, FolderLogger) and logger.log_dir is None:
+            # A logger with no run folder of its own (W&B, Comet): Lightning's <save_dir>/<name>/<version>.
+            version = logger.version
+            version = version if isinstance(version, str) else f"version_{version}"
+            base = os.path.join(logger.save_dir or trainer.default_root_dir, str(logger.name), version)
         return os.path.realpath(os.path.join(base, "checkpoints"))
 
     # ---------------------------------------------------------------------------------------------------- when
@@ -346,7 +370,8 @@ class ModelCheckpoint(Callback):
     def _should_defer(self, trainer: Trainer, candidates: dict[str, Any]) -> bool:
         """A step or time save with a monitor waits for the validation that is about to produce a fresh value of it
         (the monitor not logged yet, or validation due right after this batch), as in Lightning."""
-        if self.monitor is None or not sum(getattr(trainer, "num_val_batches", None) or [0]):
+        # Whether this fit validates at all: before its first validation run no loader is counted yet.
+        if self.monitor is None or not trainer.enable_validation:
             return False
         if self.monitor not in candidates:
             return True
@@ -494,10 +519,14 @@ class ModelCheckpoint(Callback):
         return _broadcast(trainer, filepath)
 
     def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
-        trainer.save_checkpoint(filepath, weights_only=self.save_weights_only)
+        trainer.save_checkpoint(filepath, self.save_weights_only)  # positional, as Lightning calls it
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         self._saved_in_fit = True
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:  # e.g. WandbLogger(log_model=True) uploads checkpoints from here
+                if callable(getattr(logger, "after_save_checkpoint", None)):
+                    logger.after_save_checkpoint(self)
 
     def _link_checkpoint(self, trainer: Trainer, target: str, link: str) -> None:
         if trainer.is_global_zero:
@@ -506,7 +535,7 @@ class ModelCheckpoint(Callback):
             if os.path.isdir(link) and not os.path.islink(link):
                 _folder.remove(link)  # a directory checkpoint cannot be replaced by a rename
             # A new link under a hidden name, renamed over the old one: there is a last checkpoint at every instant.
-            temporary = os.path.join(folder, f"{temporary_prefix(Path(link))}{os.getpid()}.{secrets.token_hex(4)}")
+            temporary = temporary_path(link)
             os.symlink(os.path.relpath(target, folder), temporary)
             os.replace(temporary, link)
         trainer.barrier("ModelCheckpoint.link")

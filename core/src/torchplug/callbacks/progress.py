@@ -1,4 +1,5 @@
-"""``ProgressBar``: tqdm bars in a terminal, plain periodic lines anywhere else (CI logs, files, pipes)."""
+"""``ProgressBar``, the base of progress bars, and ``TQDMProgressBar``: tqdm bars in a terminal, plain periodic lines
+anywhere else (CI logs, files, pipes)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from typing import TYPE_CHECKING, Any, TextIO
 
 import torch
@@ -30,14 +32,169 @@ def _tqdm_base() -> type:
 
 
 class ProgressBar(Callback):
+    """The base of progress bars: subclass it to show progress your own way (Lightning's ``ProgressBar`` API).
+
+    The Trainer keeps exactly one (``trainer.progress_bar_callback``); ``LightningModule.print`` goes through its
+    :meth:`print` so that text does not break a bar. This base class shows nothing: it gives a subclass the counts
+    (``total_train_batches``, ``total_val_batches_current_dataloader``, ...), the metrics to show
+    (:meth:`get_metrics`), the descriptions, and the switches (``enable``/``disable``, ``is_enabled``). It is
+    disabled on every process but global rank 0.
+    """
+
+    def __init__(self) -> None:
+        self._trainer: Trainer | None = None
+        self._enabled = True
+        self._current_eval_dataloader_idx: int | None = None
+
+    # ---------------------------------------------------------------------------------------------------- switches
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    @property
+    def is_disabled(self) -> bool:
+        return not self.is_enabled
+
+    def disable(self) -> None:
+        """Stop showing anything (the Trainer calls it on every process but global rank 0)."""
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """Print without breaking the bar (``LightningModule.print`` comes here); this base class just prints."""
+        print(*args, **kwargs)
+
+    def setup(self, trainer: Trainer, pl_module: Module, stage: str) -> None:
+        self._trainer = trainer
+        if not trainer.is_global_zero:
+            self.disable()  # one bar per job: rank 0's
+
+    # ---------------------------------------------------------------------------------------------------- the run
+    @property
+    def trainer(self) -> Trainer:
+        if self._trainer is None:
+            raise TypeError(f"The `{type(self).__name__}._trainer` reference has not been set yet.")
+        return self._trainer
+
+    @property
+    def pl_module(self) -> Module:
+        return self.trainer.lightning_module
+
+    sanity_check_description = "Sanity Checking"
+    train_description = "Training"
+    validation_description = "Validation"
+    test_description = "Testing"
+    predict_description = "Predicting"
+
+    @property
+    def total_train_batches(self) -> int | float:
+        """Batches in this training epoch (``inf`` for a loader without a length and no ``max_steps``)."""
+        trainer = self._trainer
+        total = _count(getattr(trainer, "num_training_batches", 0))
+        max_steps = getattr(trainer, "max_steps", -1)
+        if total == math.inf and max_steps is not None and max_steps > 0:  # no length: the steps left
+            return max_steps - trainer.global_step
+        return total
+
+    @property
+    def total_val_batches(self) -> int | float:
+        """Validation batches of one validation run, every dataloader together (0 in an epoch that does not
+        validate)."""
+        trainer = self._trainer
+        if trainer is None:
+            return 0
+        if getattr(trainer, "stage", None) == "fit" and not getattr(trainer, "sanity_checking", False):
+            loop = getattr(trainer, "_loop", None)  # Lightning counts 0 in an epoch that does not validate
+            if loop is not None and not (getattr(loop, "val_enabled", True) and loop._val_due_this_epoch()):
+                return 0
+        return _count(_total(getattr(trainer, "num_val_batches", [])))
+
+    @property
+    def total_test_batches(self) -> int | float:
+        return _count(_total(getattr(self._trainer, "num_test_batches", [])))
+
+    @property
+    def total_predict_batches(self) -> int | float:
+        return _count(_total(getattr(self._trainer, "num_predict_batches", [])))
+
+    @property
+    def total_val_batches_current_dataloader(self) -> int | float:
+        """Batches of the validation dataloader running now (the sanity check's during the sanity check)."""
+        return _count(_at(self._val_counts(), self._current_eval_dataloader_idx))
+
+    @property
+    def total_test_batches_current_dataloader(self) -> int | float:
+        return _count(_at(getattr(self._trainer, "num_test_batches", []), self._current_eval_dataloader_idx))
+
+    @property
+    def total_predict_batches_current_dataloader(self) -> int | float:
+        return _count(
+            _at(getattr(self._trainer, "num_predict_batches", []), self._current_eval_dataloader_idx)
+        )
+
+    def _val_counts(self) -> list[int | float]:
+        trainer = self._trainer
+        if getattr(trainer, "sanity_checking", False):
+            return list(getattr(trainer, "num_sanity_val_batches", []) or [])
+        return list(getattr(trainer, "num_val_batches", []) or [])
+
+    def has_dataloader_changed(self, dataloader_idx: int) -> bool:
+        """Whether ``dataloader_idx`` is another evaluation dataloader than the last batch's (and remember it)."""
+        changed = self._current_eval_dataloader_idx != dataloader_idx
+        self._current_eval_dataloader_idx = dataloader_idx
+        return changed
+
+    def reset_dataloader_idx_tracker(self) -> None:
+        self._current_eval_dataloader_idx = None
+
+    def get_metrics(self, trainer: Trainer, pl_module: Module | None = None) -> dict[str, Any]:
+        """What a bar shows: :func:`get_standard_metrics` (``v_num``), then the ``prog_bar=True`` metrics.
+
+        Override to change it. (Values may be device tensors: a bar reads them to the host when it draws.)
+        """
+        shown: dict[str, Any] = dict(
+            getattr(trainer, "_progress_bar_metrics", None) or trainer.progress_bar_metrics
+        )
+        standard = get_standard_metrics(trainer)
+        clashes = sorted(set(standard) & set(shown))
+        if clashes:
+            warnings.warn(
+                f"The progress bar already shows {', '.join(map(repr, clashes))}: `self.log({clashes[0]!r}, ..., "
+                "prog_bar=True)` replaces it there. Log it under another name, or override `get_metrics()` of the "
+                "progress bar",
+                UserWarning,
+                stacklevel=2,
+            )
+        return {**standard, **shown}
+
+
+def get_standard_metrics(trainer: Trainer) -> dict[str, int | str]:
+    """The metrics every bar shows besides the logged ones: ``v_num``, the loggers' version (the last 4 characters of
+    a string version; several loggers' distinct versions joined by ``_``), when there is one."""
+    loggers = list(getattr(trainer, "loggers", None) or [])
+    versions = list(dict.fromkeys(getattr(logger, "version", None) for logger in loggers))
+    versions = [v for v in versions if v is not None and v != ""]
+    if not versions:
+        return {}
+    version: int | str = versions[0] if len(versions) == 1 else "_".join(map(str, versions))
+    if isinstance(version, str):
+        version = version[-4:]
+    return {"v_num": version}
+
+
+class TQDMProgressBar(ProgressBar):
     """Show progress on global rank 0: epoch, batch i/N, it/s, ETA and the metrics logged with ``prog_bar=True``.
 
-    In a terminal this draws ``tqdm`` bars: one per training epoch, a transient one for validation, and one for
-    ``validate``/``test``/``predict``. When stdout is not a terminal, \\r-redrawn bars would turn into unreadable noise,
-    so it prints plain lines instead, each time another 10% of the epoch is done or ``line_interval_s`` seconds have
-    passed, e.g. ``Epoch 0/2: batch 50/100 (50%) 812.3 it/s ETA 0:00:01 loss=0.123 v_num=0``. ``plain=True``/``False``
-    forces one style. ``refresh_rate`` updates a terminal bar every N batches (0 hides it; the ``TQDM_MINITERS``
-    environment variable raises it, as in Lightning).
+    It draws ``tqdm`` bars: one per training epoch, a transient one for validation, and one for
+    ``validate``/``test``/``predict``. The Trainer's default bar (``enable_progress_bar=True`` and no bar among the
+    callbacks) is ``TQDMProgressBar(plain=None)``: when stdout is not a terminal, \\r-redrawn bars would turn into
+    unreadable noise, so it prints plain lines instead, each time another 10% of the epoch is done or
+    ``line_interval_s`` seconds have passed, e.g. ``Epoch 0/2: batch 50/100 (50%) 812.3 it/s ETA 0:00:01 loss=0.123
+    v_num=0``. ``plain=True``/``False`` forces one style (``False``, tqdm, is the default of an explicit
+    ``TQDMProgressBar()``, as in Lightning). ``refresh_rate`` updates a terminal bar every N batches (0 hides it; the
+    ``TQDM_MINITERS`` environment variable raises it, as in Lightning). ``leave=True`` keeps each epoch's bar.
 
     Lightning's ``TQDMProgressBar`` API: ``train_progress_bar``/``val_progress_bar``/``test_progress_bar``/
     ``predict_progress_bar`` (the bar last made of that kind: ``n``, ``total``, ``leave``, ``desc``),
@@ -48,21 +205,22 @@ class ProgressBar(Callback):
     line_interval_s: float = 30.0
 
     def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = True, *,
-                 plain: bool | None = None) -> None:  # fmt: skip
+                 plain: bool | None = False) -> None:  # fmt: skip
+        super().__init__()
         if isinstance(refresh_rate, bool) or not isinstance(refresh_rate, int) or refresh_rate < 0:
-            raise MisconfigurationError(f"ProgressBar(refresh_rate={refresh_rate!r}): use an int >= 0 (0 hides it)")
+            raise MisconfigurationError(
+                f"ProgressBar(refresh_rate={refresh_rate!r}): use an int >= 0 (0 hides it)"
+            )
         minimum = os.environ.get("TQDM_MINITERS")
         self.refresh_rate = max(int(minimum), refresh_rate) if minimum else refresh_rate
         self.process_position = process_position
         self.leave = leave
         self._plain_setting = plain
-        self._enabled = True
         self._active = False
         self._file: TextIO = sys.stdout
         self._plain = False
         self._bars: dict[str, _Progress] = {}
         self._made: dict[str, _Progress] = {}
-        self._trainer: Trainer | None = None
         self._device_values: dict[str, str] = {}
         self._device_read_interval = -1
         self._metrics_takes_module: bool | None = None
@@ -77,27 +235,14 @@ class ProgressBar(Callback):
         self.__dict__.update(state)
         self._file = sys.stdout
 
-    # ---------------------------------------------------------------------------------------------------- switches
     @property
     def is_enabled(self) -> bool:
         return self._enabled and self.refresh_rate > 0
 
-    @property
-    def is_disabled(self) -> bool:
-        return not self.is_enabled
-
-    def disable(self) -> None:
-        self._enabled = False
-
-    def enable(self) -> None:
-        self._enabled = True
-
     # ---------------------------------------------------------------------------------------------------- lifecycle
     def setup(self, trainer: Trainer, pl_module: Module, stage: str) -> None:
-        self._trainer = trainer
+        super().setup(trainer, pl_module, stage)  # the other ranks count silently
         self._file = sys.stdout
-        if not trainer.is_global_zero:
-            self.disable()  # one bar per job: rank 0's (the others count silently)
         self._active = self.is_enabled
         isatty = getattr(self._file, "isatty", None)
         self._plain = self._plain_setting if self._plain_setting is not None else not (isatty and isatty())
@@ -130,17 +275,50 @@ class ProgressBar(Callback):
 
     # ---------------------------------------------------------------------------------------------------- evaluation
     def on_validation_start(self, trainer: Trainer, pl_module: Module) -> None:
+        self.reset_dataloader_idx_tracker()
+        self._open_validation(trainer, 0)
+
+    def _open_validation(self, trainer: Trainer, dataloader_idx: int) -> None:
+        counts = self._val_counts()
         if trainer.sanity_checking:
             # a sanity check is not worth a line in a log: counted silently there
-            self._open("val", "Sanity Checking", _total(trainer.num_sanity_val_batches), leave=False,
-                       quiet=self._plain)  # fmt: skip
-        elif getattr(trainer, "stage", None) == "fit":
-            self._open("val", "Validation", self.total_val_batches, leave=False, quiet=True)
+            label, total = self._per_dataloader(
+                self.sanity_check_description, counts, _total(counts), dataloader_idx
+            )
+            self._open("val", label, total, leave=False, quiet=self._plain, sanity=True)
+            return
+        label, total = self._per_dataloader(
+            self.validation_description, counts, self.total_val_batches, dataloader_idx
+        )
+        if getattr(trainer, "stage", None) == "fit":
+            self._open("val", label, total, leave=False, quiet=True)
         else:
-            self._open("val", "Validation", self.total_val_batches, leave=True)
+            self._open("val", label, total, leave=True)
+
+    @staticmethod
+    def _per_dataloader(
+        label: str, counts: list[int | float], total: float, dataloader_idx: int
+    ) -> tuple[str, float]:
+        """With several dataloaders, each gets a bar of its own, named by its index (Lightning's bars)."""
+        if len(counts) > 1:
+            return f"{label} DataLoader {dataloader_idx}", _at(counts, dataloader_idx)
+        return label, total
+
+    def on_validation_batch_start(
+        self, trainer: Trainer, pl_module: Module, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self.has_dataloader_changed(dataloader_idx) and dataloader_idx > 0:
+            self._finish("val", with_metrics=False)
+            self._open_validation(trainer, dataloader_idx)
 
     def on_validation_batch_end(
-        self, trainer: Trainer, pl_module: Module, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: Trainer,
+        pl_module: Module,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         bar = self._bars.get("val")
         if bar is not None:
@@ -154,10 +332,29 @@ class ProgressBar(Callback):
             main.advance_to(main.n, self._metrics, force=True, every=1)  # show the fresh validation metrics
 
     def on_test_start(self, trainer: Trainer, pl_module: Module) -> None:
-        self._open("test", "Testing", self.total_test_batches, leave=True)
+        self.reset_dataloader_idx_tracker()
+        self._open_evaluation("test", self.test_description, "num_test_batches", 0)
+
+    def on_test_batch_start(
+        self, trainer: Trainer, pl_module: Module, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self.has_dataloader_changed(dataloader_idx) and dataloader_idx > 0:
+            self._finish("test", with_metrics=False)
+            self._open_evaluation("test", self.test_description, "num_test_batches", dataloader_idx)
+
+    def _open_evaluation(self, key: str, label: str, counts_name: str, dataloader_idx: int) -> None:
+        counts = list(getattr(self._trainer, counts_name, None) or [])
+        label, total = self._per_dataloader(label, counts, _total(counts), dataloader_idx)
+        self._open(key, label, total, leave=True)
 
     def on_test_batch_end(
-        self, trainer: Trainer, pl_module: Module, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: Trainer,
+        pl_module: Module,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         bar = self._bars.get("test")
         if bar is not None:
@@ -167,10 +364,24 @@ class ProgressBar(Callback):
         self._finish("test", with_metrics=True)
 
     def on_predict_start(self, trainer: Trainer, pl_module: Module) -> None:
-        self._open("predict", "Predicting", self.total_predict_batches, leave=True)
+        self.reset_dataloader_idx_tracker()
+        self._open_evaluation("predict", self.predict_description, "num_predict_batches", 0)
+
+    def on_predict_batch_start(
+        self, trainer: Trainer, pl_module: Module, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self.has_dataloader_changed(dataloader_idx) and dataloader_idx > 0:
+            self._finish("predict", with_metrics=False)
+            self._open_evaluation("predict", self.predict_description, "num_predict_batches", dataloader_idx)
 
     def on_predict_batch_end(
-        self, trainer: Trainer, pl_module: Module, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: Trainer,
+        pl_module: Module,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         bar = self._bars.get("predict")
         if bar is not None:
@@ -178,20 +389,6 @@ class ProgressBar(Callback):
 
     def on_predict_end(self, trainer: Trainer, pl_module: Module) -> None:
         self._finish("predict", with_metrics=False)
-
-    # ---------------------------------------------------------------------------------------------------- helpers
-    def get_metrics(self, trainer: Trainer, pl_module: Module | None = None) -> dict[str, Any]:
-        """What the bars show: ``prog_bar=True`` metrics and the logger's version as ``v_num`` (Lightning's names).
-
-        Override to change it; called only when a bar or line is drawn. (Values may be device tensors: they are
-        read to the host when drawn, at most once per logging interval.)
-        """
-        metrics: dict[str, Any] = dict(getattr(trainer, "_progress_bar_metrics", None) or trainer.progress_bar_metrics)
-        logger = getattr(trainer, "logger", None)
-        version = getattr(logger, "version", None) if logger is not None else None
-        if version is not None and version != "":
-            metrics["v_num"] = version
-        return metrics
 
     # ---------------------------------------------------------------------------------------------------- Lightning's API
     @property
@@ -213,46 +410,10 @@ class ProgressBar(Callback):
     def _bar_of(self, kind: str) -> _Progress:
         bar = self._made.get(kind)
         if bar is None:
-            raise TypeError(f"The `{kind}_progress_bar` reference has not been set yet ({type(self).__name__})")
+            raise TypeError(
+                f"The `{kind}_progress_bar` reference has not been set yet ({type(self).__name__})"
+            )
         return bar
-
-    @property
-    def total_train_batches(self) -> int | float:
-        trainer = self._trainer
-        total = _count(getattr(trainer, "num_training_batches", 0))
-        max_steps = getattr(trainer, "max_steps", -1)
-        if total == math.inf and max_steps is not None and max_steps > 0:  # no length: the steps left
-            return max_steps - trainer.global_step
-        return total
-
-    @property
-    def trainer(self) -> Trainer:
-        if self._trainer is None:
-            raise TypeError(f"The `{type(self).__name__}._trainer` reference has not been set yet.")
-        return self._trainer
-
-    @property
-    def pl_module(self) -> Module:
-        return self.trainer.lightning_module
-
-    @property
-    def total_val_batches(self) -> int | float:
-        trainer = self._trainer
-        if trainer is None:
-            return 0
-        if getattr(trainer, "stage", None) == "fit" and not getattr(trainer, "sanity_checking", False):
-            loop = getattr(trainer, "_loop", None)  # Lightning counts 0 in an epoch that does not validate
-            if loop is not None and not (getattr(loop, "val_enabled", True) and loop._val_due_this_epoch()):
-                return 0
-        return _count(_total(getattr(trainer, "num_val_batches", [])))
-
-    @property
-    def total_test_batches(self) -> int | float:
-        return _count(_total(getattr(self._trainer, "num_test_batches", [])))
-
-    @property
-    def total_predict_batches(self) -> int | float:
-        return _count(_total(getattr(self._trainer, "num_predict_batches", [])))
 
     def init_sanity_tqdm(self) -> Tqdm:
         return self._tqdm("Sanity Checking", leave=False, position=2 * self.process_position)
@@ -287,11 +448,9 @@ class ProgressBar(Callback):
         )  # fmt: skip
 
     def print(self, *args: Any, sep: str = " ", **kwargs: Any) -> None:
-        """Print without breaking an active terminal bar (``LightningModule.print`` comes here)."""
-        if any(isinstance(bar, _Bar) for bar in self._bars.values()):
-            Tqdm.write(sep.join(map(str, args)), file=self._file, **kwargs)
-        else:
-            print(*args, sep=sep, file=self._file, **kwargs)
+        """Print through ``tqdm.write``, which clears and redraws the active bars around the text (``end``/``file``
+        pass on as ``print`` has them)."""
+        Tqdm.write(sep.join(map(str, args)), **kwargs)
 
     def _metrics(self) -> dict[str, str]:
         assert self._trainer is not None
@@ -332,11 +491,13 @@ class ProgressBar(Callback):
         if bar is not None:
             bar.finish(self._metrics() if with_metrics and bar.shows else {})
 
-    def _open(self, key: str, label: str, total: float, leave: bool, quiet: bool = False) -> None:
+    def _open(
+        self, key: str, label: str, total: float, leave: bool, quiet: bool = False, sanity: bool = False
+    ) -> None:
         previous = self._bars.pop(key, None)
         if previous is not None:
             previous.close()
-        if not self._active or (quiet and self._plain and label == "Sanity Checking"):
+        if not self._active or (quiet and self._plain and sanity):
             bar: _Progress = _Progress(label, total, leave)  # counts, shows nothing (disabled, not rank 0)
         elif self._plain:
             # In a log nothing is redrawn, so an epoch's closing line always stays (it is the one worth reading).
@@ -344,7 +505,7 @@ class ProgressBar(Callback):
             bar = _Lines(label, total, self._file, self.line_interval_s, quiet=quiet, leave=leave)
         else:
             make = {"train": self.init_train_tqdm, "test": self.init_test_tqdm, "predict": self.init_predict_tqdm,
-                    "val": self.init_sanity_tqdm if label == "Sanity Checking" else self.init_validation_tqdm}[key]  # fmt: skip
+                    "val": self.init_sanity_tqdm if sanity else self.init_validation_tqdm}[key]  # fmt: skip
             bar = _Bar(make(), label, total)
         self._bars[key] = self._made[key] = bar
 
@@ -444,7 +605,9 @@ class _Bar(_Progress):
 class _Lines(_Progress):
     shows = True
 
-    def __init__(self, label: str, total: float, file: TextIO, interval_s: float, quiet: bool, leave: bool) -> None:
+    def __init__(
+        self, label: str, total: float, file: TextIO, interval_s: float, quiet: bool, leave: bool
+    ) -> None:
         super().__init__(label, total, leave)
         self._file, self._interval_s, self._quiet = file, interval_s, quiet
         self._start = self._last_line = time.monotonic()
@@ -494,6 +657,11 @@ def _total(counts: list[int | float] | None) -> float:
     return float(sum(counts)) if counts else 0
 
 
+def _at(counts: list[int | float] | None, index: int | None) -> float:
+    counts = list(counts or [])
+    return counts[index or 0] if len(counts) > (index or 0) else 0
+
+
 def _count(value: int | float) -> int | float:
     return value if value == math.inf else int(value)
 
@@ -515,8 +683,4 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-class TQDMProgressBar(ProgressBar):
-    """Lightning's name for torchplug's bar (the Trainer's default): the same behaviour and API."""
-
-
-__all__ = ["ProgressBar", "TQDMProgressBar", "Tqdm"]
+__all__ = ["ProgressBar", "TQDMProgressBar", "Tqdm", "get_standard_metrics"]

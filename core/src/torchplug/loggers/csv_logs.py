@@ -9,7 +9,6 @@ import math
 import os
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from torchplug.loggers._base import FolderLogger
@@ -19,14 +18,16 @@ class CSVLogger(FolderLogger):
     """Write ``<save_dir>/<name>/version_<N>/metrics.csv`` (one row per logging call) and ``hparams.yaml``.
 
     ``version=None`` takes the next free ``version_N``; an int gives ``version_<int>``, a string is used as the
-    folder name as is. Rows are buffered and written every ``flush_logs_every_n_steps`` steps and when the run
-    ends. The header grows as new metric names appear (the file is rewritten with the wider header, older rows
-    get empty cells), so any spreadsheet, ``pandas.read_csv`` or ``torchplug plot`` reads it. Resuming into an
-    existing version appends to its file.
+    folder name as is. ``save_dir`` may be an fsspec URL (``memory://``, ``s3://``...). Rows are buffered and
+    written every ``flush_logs_every_n_steps`` steps and when the run ends. The header grows as new metric names
+    appear (the file is rewritten with the wider header, older rows get empty cells), so any spreadsheet,
+    ``pandas.read_csv`` or ``torchplug plot`` reads it. As in Lightning, logging into a version folder that already
+    holds files warns and starts a fresh ``metrics.csv``.
     """
 
     NAME_HPARAMS_FILE = "hparams.yaml"
     NAME_METRICS_FILE = "metrics.csv"
+    LOGGER_JOIN_CHAR = "-"
 
     def __init__(
         self,
@@ -36,8 +37,10 @@ class CSVLogger(FolderLogger):
         prefix: str = "",
         flush_logs_every_n_steps: int = 100,
     ) -> None:
-        if isinstance(flush_logs_every_n_steps, bool) or not isinstance(flush_logs_every_n_steps, int) or (
-            flush_logs_every_n_steps < 1
+        if (
+            isinstance(flush_logs_every_n_steps, bool)
+            or not isinstance(flush_logs_every_n_steps, int)
+            or (flush_logs_every_n_steps < 1)
         ):
             from torchplug._errors import MisconfigurationError
 
@@ -47,100 +50,129 @@ class CSVLogger(FolderLogger):
         super().__init__(save_dir, name, version)
         self._prefix = prefix
         self._flush_every = flush_logs_every_n_steps
-        self._experiment: _MetricsWriter | None = None
+        self._experiment: ExperimentWriter | None = None
         self.hparams: dict[str, Any] = {}
 
     # ---------------------------------------------------------------------------------------------------- where
 
     @property
-    def experiment(self) -> _MetricsWriter:
-        """The writer behind ``metrics.csv`` (creates the version folder on first use)."""
+    def experiment(self) -> ExperimentWriter:
+        """The :class:`ExperimentWriter` behind ``metrics.csv`` (creates the version folder on first use)."""
         if self._experiment is None:
-            self._experiment = _MetricsWriter(Path(self.log_dir) / self.NAME_METRICS_FILE)
+            self._experiment = ExperimentWriter(self.log_dir)
         return self._experiment
 
     # ---------------------------------------------------------------------------------------------------- what
     def log_hyperparams(self, params: Mapping[str, Any] | Any = None) -> None:
         params = _as_dict(params)
         self.hparams.update(params)
-        save_hparams_to_yaml(Path(self.log_dir) / self.NAME_HPARAMS_FILE, self.hparams)
+        self.experiment.log_hparams(params)
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         if self._prefix:
-            metrics = {f"{self._prefix}-{k}": v for k, v in metrics.items()}
-        self.experiment.log(metrics, step)
-        if step is not None and (step + 1) % self._flush_every == 0:
+            metrics = {f"{self._prefix}{self.LOGGER_JOIN_CHAR}{k}": v for k, v in metrics.items()}
+        if step is None:
+            step = len(self.experiment.metrics)
+        self.experiment.log_metrics(dict(metrics), step)
+        if (step + 1) % self._flush_every == 0:
             self.save()
 
     def save(self) -> None:
         if self._experiment is not None:
-            self._experiment.save()
-        _write_hparams_once(self.log_dir, self.NAME_HPARAMS_FILE, self.hparams)
+            self._experiment.save()  # hparams.yaml is written by log_hyperparams only, as in Lightning
 
     def finalize(self, status: str) -> None:
-        self.save()
+        if self._experiment is not None:  # nothing logged, nothing to write: no empty version folder
+            self.save()
 
 
-class _MetricsWriter:
-    """Buffers rows and writes them to one CSV file, rewriting it when a new column appears."""
+class ExperimentWriter:
+    """The files of one CSV run folder: ``metrics.csv`` (rows buffered in :attr:`metrics` until :meth:`save`) and
+    ``hparams.yaml``. ``log_dir`` may be local or an fsspec URL.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rows: list[dict[str, Any]] = []
-        self.columns: list[str] = []
-        if path.is_file():  # resuming into an existing version: keep its columns and append
-            with path.open(newline="") as f:
-                self.columns = next(csv.reader(f), [])
-        self._logged = 0
+    A folder that already holds files is reported with a warning and its ``metrics.csv`` removed, so a run never
+    mixes its rows with an earlier run's (Lightning's behaviour).
+    """
 
-    def log(self, metrics: dict[str, Any], step: int | None) -> None:
-        row = {name: _as_number(value) for name, value in metrics.items()}
+    NAME_METRICS_FILE = "metrics.csv"
+    NAME_HPARAMS_FILE = "hparams.yaml"
+
+    def __init__(self, log_dir: str) -> None:
+        from fsspec.core import url_to_fs
+
+        self.log_dir = log_dir
+        self.metrics_file_path = os.path.join(log_dir, self.NAME_METRICS_FILE)
+        self.metrics: list[dict[str, Any]] = []
+        self.metrics_keys: list[str] = []
+        self.hparams: dict[str, Any] = {}
+        self._fs, _ = url_to_fs(log_dir)
+        if self._fs.exists(log_dir) and self._fs.listdir(log_dir):
+            warnings.warn(
+                f"Experiment logs directory {log_dir} exists and is not empty. Previous log files in this directory "
+                "will be deleted when the new ones are saved!",
+                UserWarning,
+                stacklevel=2,
+            )
+            if self._fs.isfile(self.metrics_file_path):
+                self._fs.rm_file(self.metrics_file_path)
+        self._fs.makedirs(log_dir, exist_ok=True)
+
+    def log_hparams(self, params: Mapping[str, Any] | Any) -> None:
+        """Add ``params`` to the hyperparameters and rewrite ``hparams.yaml``."""
+        self.hparams.update(_as_dict(params))
+        save_hparams_to_yaml(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE), self.hparams)
+
+    def log_metrics(self, metrics_dict: Mapping[str, Any], step: int | None = None) -> None:
+        """Buffer one row; ``step`` defaults to the number of rows buffered so far."""
+        row = {name: _as_number(value) for name, value in metrics_dict.items()}
         if isinstance(row.get("epoch"), float) and row["epoch"].is_integer():
             row["epoch"] = int(row["epoch"])  # the trainer passes floats; an epoch reads better as 3 than 3.0
-        row["step"] = self._logged if step is None else step
-        self._logged += 1
-        self.rows.append(row)
+        row["step"] = len(self.metrics) if step is None else step
+        self.metrics.append(row)
 
     def save(self) -> None:
-        if not self.rows:
+        """Write the buffered rows (rewriting the file when new columns appeared) and empty the buffer."""
+        if not self.metrics:
             return
-        new = [name for row in self.rows for name in row if name not in self.columns]
-        new = list(dict.fromkeys(new))  # first-seen order, no duplicates
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        exists = self.path.is_file() and self.path.stat().st_size > 0
-        if not self.columns:
+        fs, path = self._fs, self.metrics_file_path
+        exists = fs.isfile(path) and fs.size(path) > 0
+        if exists and not self.metrics_keys:  # a file another writer started: keep its columns
+            with fs.open(path, "r", newline="") as f:
+                self.metrics_keys = next(csv.reader(f), [])
+        new = list(
+            dict.fromkeys(name for row in self.metrics for name in row if name not in self.metrics_keys)
+        )
+        if not self.metrics_keys:
             # "step" first, then "epoch", then metrics in the order they first appeared.
             new.sort(key=lambda name: {"step": 0, "epoch": 1}.get(name, 2))
+        self.metrics_keys += new
         if new and exists:
-            self.columns += new
             self._rewrite()
         else:
-            self.columns += new
-            with self.path.open("a" if exists else "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=self.columns)
+            with fs.open(path, "a" if exists else "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
                 if not exists:
                     writer.writeheader()
-                writer.writerows(self.rows)
-        self.rows = []
+                writer.writerows(self.metrics)
+        self.metrics = []
 
     def _rewrite(self) -> None:
-        with self.path.open(newline="") as f:
+        fs, path = self._fs, self.metrics_file_path
+        with fs.open(path, "r", newline="") as f:
             old = list(csv.DictReader(f))
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
-        with temporary.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns)
+        temporary = os.path.join(self.log_dir, f".{self.NAME_METRICS_FILE}.tmp")
+        with fs.open(temporary, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
             writer.writeheader()
             writer.writerows(old)
-            writer.writerows(self.rows)
-        os.replace(temporary, self.path)  # a crash mid-rewrite never loses the rows already on disk
+            writer.writerows(self.metrics)
+        fs.mv(temporary, path)  # a crash mid-rewrite never loses the rows already written
 
 
 def _as_number(value: Any) -> Any:
     if hasattr(value, "item"):  # a tensor or numpy scalar slipped through
         value = value.item()
     return value
-
-
 
 
 # ---------------------------------------------------------------------------------------------------- hparams.yaml
@@ -153,7 +185,9 @@ def _as_dict(params: Any) -> dict[str, Any]:
         return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
     if hasattr(params, "__dict__"):  # argparse.Namespace and friends
         return dict(vars(params))
-    raise TypeError(f"hyperparameters must be a dict, a dataclass or a Namespace, got {type(params).__name__}")
+    raise TypeError(
+        f"hyperparameters must be a dict, a dataclass or a Namespace, got {type(params).__name__}"
+    )
 
 
 def to_plain(value: Any) -> Any:
@@ -180,8 +214,11 @@ def to_plain(value: Any) -> Any:
 
 def _write_hparams_once(log_dir: str, name: str, hparams: Mapping[str, Any]) -> None:
     """``hparams.yaml`` in a run folder that exists but has none yet (as Lightning's loggers do on ``save``)."""
-    path = Path(log_dir) / name
-    if path.parent.is_dir() and not path.exists():
+    from fsspec.core import url_to_fs
+
+    fs, _ = url_to_fs(log_dir)
+    path = os.path.join(log_dir, name)
+    if fs.isdir(log_dir) and not fs.exists(path):
         save_hparams_to_yaml(path, hparams)
 
 
@@ -189,9 +226,11 @@ def save_hparams_to_yaml(path: str | os.PathLike[str], hparams: Mapping[str, Any
     """Write ``hparams`` (a mapping, a dataclass or a Namespace) as YAML; a value that is not plain data is written
     as its ``repr``, with a warning naming it."""
     import yaml
+    from fsspec.core import url_to_fs
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = os.fspath(path)
+    fs, _ = url_to_fs(path)
+    fs.makedirs(os.path.dirname(path), exist_ok=True)
     plain = to_plain(_as_dict(hparams))
     for key, value in _as_dict(hparams).items():
         if _not_yaml_data(value):
@@ -202,9 +241,10 @@ def save_hparams_to_yaml(path: str | os.PathLike[str], hparams: Mapping[str, Any
                 stacklevel=2,
             )
     text = yaml.safe_dump(plain, sort_keys=False, default_flow_style=False)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+    with fs.open(temporary, "w") as f:
+        f.write(text)
+    fs.mv(temporary, path)  # readers never see a half-written file
 
 
 def _not_yaml_data(value: Any) -> bool:
@@ -222,9 +262,11 @@ def _not_yaml_data(value: Any) -> bool:
 
 def load_hparams_from_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     import yaml
+    from fsspec.core import url_to_fs
 
-    with open(path) as f:
+    fs, _ = url_to_fs(os.fspath(path))
+    with fs.open(os.fspath(path), "r") as f:
         return yaml.safe_load(f) or {}
 
 
-__all__ = ["CSVLogger", "load_hparams_from_yaml", "save_hparams_to_yaml"]
+__all__ = ["CSVLogger", "ExperimentWriter", "load_hparams_from_yaml", "save_hparams_to_yaml"]

@@ -572,7 +572,8 @@ def _options(ctx: Context) -> list[str]:
 
 
 def check_options_reach_the_backend(ctx: Context) -> None:
-    names = _options(ctx)
+    # A precision's own `precision` option is the Trainer's precision: selection passes the name it chose.
+    names = [n for n in _options(ctx) if not (ctx.kind == "precision" and n == "precision")]
     shadowed = sorted(set(names) & _TRAINER_FLAGS)
     if shadowed:
         raise Failed(

@@ -33,10 +33,25 @@ class AutocastPrecision(Precision):
     """Runs every step (train, validation, test, predict) inside ``torch.autocast(device_type, dtype)``.
 
     ``device_type`` is the accelerator's declared device type (``trainer.run.device_type``: ``cuda``, ``cpu``,
-    ``xla``, ...). The autocast context is made once per run and entered around each step.
+    ``xla``, ...). ``autocast_context_manager()`` makes the context; ``forward_context()`` is it, entered around
+    each step.
     """
 
     dtype: ClassVar[torch.dtype]
+    device: str | None = None  # a device (type) given by the user; otherwise the run's
+    _run_device_type: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.precision
+
+    def autocast_context_manager(self) -> torch.autocast:
+        """``torch.autocast`` for this precision's dtype on the device given, else the run's (the CPU outside one)."""
+        device_type = torch.device(self.device).type if self.device is not None else self._run_device_type
+        return torch.autocast(device_type=device_type or "cpu", dtype=self.dtype)
+
+    def forward_context(self) -> torch.autocast:
+        return self.autocast_context_manager()
 
     @hookimpl
     def torchplug_configure(self, trainer: Trainer) -> None:
@@ -47,14 +62,21 @@ class AutocastPrecision(Precision):
                 f"type {device_type!r} of accelerator={trainer.accelerator_name!r}; use precision='32-true', or an "
                 "accelerator whose device type autocast supports (cuda, cpu, xla, ...)"
             )
+        if self.device is not None and torch.device(self.device).type != device_type:
+            raise MisconfigurationError(
+                f"{type(self).__name__}(device={self.device!r}) autocasts on {torch.device(self.device).type!r}, but "
+                f"accelerator={trainer.accelerator_name!r} runs on {device_type!r}: pass device={device_type!r}, or "
+                "leave device unset to use the run's"
+            )
+        self._run_device_type = device_type
 
     @hookimpl(wrapper=True)
     def torchplug_step_ops(self, trainer: Trainer) -> Generator[None, StepOps, StepOps]:
         ops = yield
-        autocast, forward = torch.autocast(device_type=trainer.run.device_type, dtype=self.dtype), ops.forward
+        forward = ops.forward
 
         def forward_in_autocast(stage: str, args: tuple[Any, ...]) -> Any:
-            with autocast:
+            with self.forward_context():
                 return forward(stage, args)
 
         ops.forward = forward_in_autocast
@@ -62,23 +84,50 @@ class AutocastPrecision(Precision):
 
 
 class MixedPrecision(AutocastPrecision):
-    """``16-mixed`` (aliases ``16``, ``mixed``): float16 autocast and a dynamic loss scale.
+    """``16-mixed`` (aliases ``16``, ``mixed``): float16 autocast and a dynamic loss scale; with
+    ``precision="bf16-mixed"``, bfloat16 autocast and no scale (bfloat16 has float32's range).
 
-    ``scaler`` is an optional ``torch.amp.GradScaler`` of your own (another ``init_scale`` or
-    ``growth_interval``); by default one is made for the root device's type (``GradScaler("cpu")`` on the CPU).
-    It is available as ``.scaler`` once the run has started.
+    Lightning's signature: ``MixedPrecision(precision, device, scaler)``. ``device`` (``"cuda"``, ``"cpu"``, ...)
+    is the run's device type when left unset. ``scaler`` is an optional ``torch.amp.GradScaler`` of your own
+    (another ``init_scale`` or ``growth_interval``); by default one is made for the root device's type
+    (``GradScaler("cpu")`` on the CPU). It is available as ``.scaler`` once the run has started; ``None`` for
+    ``bf16-mixed``.
     """
 
     dtype = torch.float16
     compute_dtype = torch.float16
+    precision = "16-mixed"
+    _dtypes: ClassVar[dict[str, torch.dtype]] = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 
-    def __init__(self, scaler: torch.amp.GradScaler | None = None) -> None:
-        if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
+    def __init__(
+        self,
+        precision: str = "16-mixed",
+        device: str | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> None:
+        if precision not in self._dtypes:
+            raise ValueError(
+                f"Passed `{type(self).__name__}(precision={precision!r})`. Precision must be '16-mixed' or "
+                "'bf16-mixed' (the *-true precisions are torchplug.precision's HalfPrecision and DoublePrecision)"
+            )
+        if scaler is not None and precision == "bf16-mixed":
+            raise MisconfigurationError(
+                f"{type(self).__name__}(precision='bf16-mixed', scaler={scaler!r}): bfloat16 needs no loss scale; "
+                "leave scaler unset, or use precision='16-mixed'"
+            )
+        if scaler is not None and not all(callable(getattr(scaler, m, None)) for m in _SCALER_METHODS):
             raise MisconfigurationError(
                 f"scaler={scaler!r}: expected a torch.amp.GradScaler, or None for one made for the device"
             )
-        self.scaler = scaler
+        if device is not None:
+            torch.device(device)  # a clear error now for a device string torch does not know
+        self.precision, self.device, self.scaler = precision, device, scaler
+        self.dtype = self.compute_dtype = self._dtypes[precision]
         self._unscaled: set[int] = set()  # ids of the optimizers unscaled since the scaler's last update()
+
+    @property
+    def _scales(self) -> bool:
+        return self.dtype == torch.float16
 
     def _ready_scaler(self, trainer: Trainer) -> torch.amp.GradScaler:
         grads_on = trainer.root_device.type
@@ -98,15 +147,34 @@ class MixedPrecision(AutocastPrecision):
         self.scaler.unscale_(optimizer)
         self._unscaled.add(id(optimizer))
 
+    def clip_gradients(
+        self, optimizer: Optimizer, clip_val: int | float = 0.0, gradient_clip_algorithm: str = "norm"
+    ) -> None:
+        if clip_val > 0 and self._scales:
+            refuse_clipping_if_fused(optimizer)
+        super().clip_gradients(optimizer, clip_val, gradient_clip_algorithm)
+
+    @hookimpl
+    def torchplug_setup_environment(self, trainer: Trainer) -> None:
+        device = trainer.root_device
+        if not self._scales and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise MisconfigurationError(
+                f"precision={trainer.precision_name!r}: {torch.cuda.get_device_name(device)} does not support "
+                "bfloat16; use precision='16-mixed'"
+            )
+
     @hookimpl
     def torchplug_setup_optimizers(
         self, trainer: Trainer, module: nn.Module, optimizers: list[Optimizer]
     ) -> None:
-        refuse_closure_optimizers(trainer, optimizers)
+        if self._scales:
+            refuse_closure_optimizers(trainer, optimizers)
 
     @hookimpl(wrapper=True)
     def torchplug_step_ops(self, trainer: Trainer) -> Generator[None, StepOps, StepOps]:
         ops = yield from super().torchplug_step_ops(trainer)
+        if not self._scales:  # bfloat16: autocast alone; backward and the step are full precision's
+            return ops
         scaler = self._ready_scaler(trainer)
         backward, prepare_gradients, clip_gradients = ops.backward, ops.prepare_gradients, ops.clip_gradients
         self._unscaled.clear()
@@ -121,6 +189,8 @@ class MixedPrecision(AutocastPrecision):
         def unscale_and_clip(optimizer: Optimizer, value: float, algorithm: str) -> None:
             # Clipping scaled gradients would clip at value * scale. The step closure has usually unscaled
             # already; a manual-optimization self.clip_gradients() before opt.step() has not.
+            if value > 0:
+                refuse_clipping_if_fused(optimizer)
             self._unscale(optimizer)
             clip_gradients(optimizer, value, algorithm)
 
@@ -153,25 +223,35 @@ class MixedPrecision(AutocastPrecision):
     @hookimpl
     def torchplug_load_state_dict(self, trainer: Trainer, states: Mapping[str, Any]) -> None:
         state = states.get(STATE_KEY)
-        if not state or not state.get("scaler"):  # a checkpoint of another precision, or of a disabled scaler
+        if (
+            not self._scales or not state or not state.get("scaler")
+        ):  # another precision's, or a disabled scaler
             return
         self._ready_scaler(trainer).load_state_dict(state["scaler"])
 
 
-class BF16MixedPrecision(AutocastPrecision):
-    """``bf16-mixed`` (alias ``bf16``): bfloat16 autocast. bfloat16 has float32's range: no loss scale."""
+class BF16MixedPrecision(MixedPrecision):
+    """``bf16-mixed`` (alias ``bf16``): ``MixedPrecision("bf16-mixed")`` under the name the entry point gives it."""
 
     dtype = torch.bfloat16
     compute_dtype = torch.bfloat16
+    precision = "bf16-mixed"
 
-    @hookimpl
-    def torchplug_setup_environment(self, trainer: Trainer) -> None:
-        device = trainer.root_device
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise MisconfigurationError(
-                f"precision={trainer.precision_name!r}: {torch.cuda.get_device_name(device)} does not support "
-                "bfloat16; use precision='16-mixed'"
-            )
+    def __init__(self, precision: str = "bf16-mixed", device: str | None = None, scaler: Any = None) -> None:
+        super().__init__(precision, device, scaler)
+
+
+_SCALER_METHODS = ("scale", "unscale_", "step", "update")
+
+
+def refuse_clipping_if_fused(optimizer: Optimizer) -> None:
+    """A fused optimizer (``fused=True``) unscales inside its own step, after any clipping could run."""
+    if getattr(optimizer, "_step_supports_amp_scaling", False):
+        raise RuntimeError(
+            f"The current optimizer, {type(optimizer).__qualname__}, does not allow for gradient clipping because it "
+            "performs unscaling of gradients internally (fused=True). Clip without it: create the optimizer with "
+            "fused=False, or set gradient_clip_val=None"
+        )
 
 
 def refuse_closure_optimizers(trainer: Trainer, optimizers: list[Optimizer]) -> None:
@@ -185,7 +265,6 @@ def refuse_closure_optimizers(trainer: Trainer, optimizers: list[Optimizer]) -> 
                 "precision='bf16-mixed' or '32-true', or choose an optimizer whose step() takes no closure "
                 "(SGD, Adam, AdamW, ...)"
             )
-
 
 
 def _has_gradients(optimizer: Optimizer) -> bool:

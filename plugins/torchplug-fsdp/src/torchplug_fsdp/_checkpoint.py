@@ -22,9 +22,7 @@ import errno
 import io
 import os
 import pickle
-import secrets
 import shutil
-import socket
 import sys
 import warnings
 from collections import OrderedDict
@@ -35,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from torchplug import MisconfigurationError, atomic_save, load_checkpoint
+from torchplug import MisconfigurationError, atomic_save, load_checkpoint, temporary_path
 
 if TYPE_CHECKING:
     from torch import nn
@@ -226,8 +224,7 @@ def save_sharded(trainer: Trainer, checkpoint: dict[str, Any], path: str) -> Non
     temporary = None
     if trainer.is_global_zero:
         destination.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(destination)
-        temporary = destination.parent / f"{temporary_prefix(destination)}{os.getpid()}.{secrets.token_hex(4)}"
+        temporary = temporary_path(destination)
         temporary.mkdir()
     temporary = Path(trainer.broadcast(str(temporary) if temporary is not None else None, src=0))
     try:
@@ -240,36 +237,6 @@ def save_sharded(trainer: Trainer, checkpoint: dict[str, Any], path: str) -> Non
         if trainer.is_global_zero:
             remove_path(temporary)
         raise
-
-
-def temporary_prefix(path: Path) -> str:
-    host = socket.gethostname().replace(".", "_") or "host"
-    return f".{path.name}.tmp.{host}."
-
-
-def remove_stale_temporaries(path: Path) -> None:
-    """Temporary directories of ``path`` left by processes of this host that were killed while saving."""
-    prefix = temporary_prefix(path)
-    try:
-        names = os.listdir(path.parent)
-    except OSError:
-        return
-    for name in names:
-        pid = name[len(prefix) :].split(".", 1)[0] if name.startswith(prefix) else ""
-        if pid.isdigit() and not _alive(int(pid)):
-            remove_path(path.parent / name)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def publish(temporary: Path, destination: Path) -> None:

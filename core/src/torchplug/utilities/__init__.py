@@ -25,9 +25,15 @@ from torch.utils.data import (
 )
 
 from torchplug._combined_loader import CombinedLoader
+from torchplug._compile import from_compiled, to_uncompiled
 from torchplug._devices import parse_devices
 from torchplug._errors import PossibleUserWarning
+from torchplug._grads import grad_norm
+from torchplug._memory import recursive_detach
 from torchplug._optim import LRSchedulerConfig
+from torchplug._parameter_tying import find_shared_parameters, set_shared_parameters
+from torchplug._rng import isolate_rng
+from torchplug._states import GradClipAlgorithmType
 
 _T = TypeVar("_T")
 
@@ -93,6 +99,11 @@ _log = logging.getLogger("torchplug")
 def rank_zero_warn(message: str | Warning, stacklevel: int = 4, **kwargs: Any) -> None:
     """``warnings.warn`` on global rank 0 only (``category=`` as for ``warnings.warn``)."""
     warnings.warn(message, stacklevel=stacklevel, **kwargs)
+
+
+class LightningDeprecationWarning(DeprecationWarning):
+    """The category of the deprecations torchplug carries over from Lightning's API (``to_torchscript``, ...),
+    under Lightning's name, so that a ported ``warnings.filterwarnings`` or ``pytest.warns`` keeps matching."""
 
 
 @rank_zero_only
@@ -368,14 +379,20 @@ def with_seeded_workers(loader: Any, rank: int) -> Any:
 
 
 __all__ = [
+    "LightningDeprecationWarning",
     "AttributeDict",
     "PossibleUserWarning",
     "CombinedLoader",
+    "GradClipAlgorithmType",
     "LRSchedulerConfig",
     "apply_to_collection",
     "batch_mover",
     "disable_possible_user_warnings",
     "distributed_loader",
+    "find_shared_parameters",
+    "grad_norm",
+    "isolate_rng",
+    "from_compiled",
     "is_picklable",
     "move_data_to_device",
     "needs_distributed_sampler",
@@ -384,9 +401,12 @@ __all__ = [
     "rank_zero_info",
     "rank_zero_only",
     "rank_zero_warn",
+    "recursive_detach",
     "requires_closure",
     "reset_seed",
     "seed_everything",
+    "set_shared_parameters",
+    "to_uncompiled",
     "with_seeded_workers",
     "worker_init_function",
 ]
