@@ -367,3 +367,31 @@ def test_log_dict_of_a_metric_collection_copies_state_only_without_compute_group
     trainer = trainer_for(tmp_path, max_steps=2, limit_val_batches=0)
     trainer.fit(Model(), loader())
     assert {"MeanMetric_epoch", "SumMetric_epoch"} <= set(trainer.callback_metrics)
+
+
+def test_legacy_tags_csv_round_trip_and_hparams_file(tmp_path):
+    from argparse import Namespace
+
+    from torchplug.loggers.csv_logs import load_hparams_from_tags_csv, save_hparams_to_tags_csv
+
+    hparams = {
+        "batch_size": 32,
+        "learning_rate": 0.008,
+        "optimizer_name": "adam",
+        "layers": [1, 2],
+        "flag": True,
+    }
+    save_hparams_to_tags_csv(tmp_path / "meta_tags.csv", hparams)
+    assert (tmp_path / "meta_tags.csv").read_text().splitlines()[0] == "key,value"
+    assert load_hparams_from_tags_csv(tmp_path / "meta_tags.csv") == hparams
+    save_hparams_to_tags_csv(tmp_path / "ns.csv", Namespace(lr=0.03))
+    with pytest.raises(RuntimeError, match="Missing folder"):
+        save_hparams_to_tags_csv(tmp_path / "absent" / "meta_tags.csv", hparams)
+    with pytest.warns(RuntimeWarning, match="Missing Tags"):
+        assert load_hparams_from_tags_csv(tmp_path / "absent.csv") == {}
+
+    trainer = trainer_for(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(BoringModel(), loader())
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = BoringModel.load_from_checkpoint(tmp_path / "m.ckpt", hparams_file=tmp_path / "ns.csv")
+    assert loaded.hparams.lr == 0.03

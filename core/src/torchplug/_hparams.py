@@ -398,4 +398,8 @@ def _read_hparams_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             )
             return {}
         return dict(load_hparams_from_yaml(path))
-    raise ValueError(f"hparams_file={os.fspath(path)!r}: use a .yaml or .yml file")
+    if suffix == "csv":  # the legacy meta_tags.csv
+        from torchplug.loggers.csv_logs import load_hparams_from_tags_csv
+
+        return load_hparams_from_tags_csv(path)
+    raise ValueError(f"hparams_file={os.fspath(path)!r}: use a .yaml or .yml file (or a legacy .csv of tags)")
