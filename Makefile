@@ -51,7 +51,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: $(SETUP_INPUTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e 'core[tensorboard,plot,rich,cli]' $(addprefix -e ,$(PLUGINS)) \
+	$(PIP) install -e 'core[tensorboard,plot,rich,cli,stats]' $(addprefix -e ,$(PLUGINS)) \
 		pytest pytest-xdist pytest-timeout torchmetrics
 	touch $@
 
@@ -94,7 +94,7 @@ wheels: $(VENV)/.installed
 $(WHEELS_VENV)/.installed: Makefile
 	test -x $(WHEELS_PY) || $(PYTHON) -m venv $(WHEELS_VENV)
 	$(WHEELS_PY) -m pip --disable-pip-version-check -q install torch==2.13.0 pytest pytest-xdist pytest-timeout \
-		setuptools wheel tensorboard matplotlib pluggy tqdm pyyaml nvidia-ml-py rich 'jsonargparse[signatures]>=4.39'
+		setuptools wheel tensorboard matplotlib pluggy tqdm pyyaml nvidia-ml-py rich 'jsonargparse[signatures]>=4.39' psutil
 	touch $@
 
 test-wheels: wheels $(WHEELS_VENV)/.installed

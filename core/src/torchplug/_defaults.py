@@ -112,7 +112,8 @@ class Defaults:
 
     @hookimpl(trylast=True)
     def torchplug_load_model_state_dict(self, trainer: Trainer, module: nn.Module, state_dict: dict[str, Any]) -> bool:
-        module.load_state_dict(state_dict)
+        # the module's strict_loading decides, as in Lightning (False: missing and unexpected keys are allowed)
+        module.load_state_dict(state_dict, strict=getattr(module, "strict_loading", True))
         return True
 
     @hookimpl(trylast=True)

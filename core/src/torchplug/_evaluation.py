@@ -114,7 +114,7 @@ class Evaluation:
         takes_iterator = _data.takes_iterator(method)
         step_args = _data.step_arguments(method, several)
         modes = {m: m.training for m in trainer.model.modules()}
-        getattr(module, f"on_{name}_model_eval")()
+        self.call_module(f"on_{name}_model_eval")
         self.call(f"on_{name}_start")
         if self.replacement_plan is not None:  # a search in on_*_start loaded the data again
             plan, self.replacement_plan = [(i, loader, n) for i, loader, n in self.replacement_plan if n], None
@@ -175,7 +175,7 @@ class Evaluation:
             self.write_logs(dict(logged), step=None)
         self.call(f"on_{name}_end")
         if name != "predict" and f"on_{name}_model_train" in self.module_hooks:
-            self.module_hooks[f"on_{name}_model_train"]()
+            self.call_module(f"on_{name}_model_train")
         else:
             for submodule, training in modes.items():
                 submodule.training = training

@@ -388,5 +388,18 @@ def _read_hparams_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     suffix = os.fspath(path).rsplit(".", 1)[-1].lower()
     if suffix in ("yml", "yaml"):
+        if "://" not in os.fspath(path) and not os.path.exists(path):
+            # as in Lightning: a warning, and the file's (empty) hyperparameters replace the checkpoint's
+            warnings.warn(
+                f"Missing Tags: {os.fspath(path)}. hparams_file={os.fspath(path)!r} does not exist: no "
+                "hyperparameters are read, the constructor's defaults and the keyword overrides apply",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return {}
         return dict(load_hparams_from_yaml(path))
-    raise ValueError(f"hparams_file={os.fspath(path)!r}: use a .yaml or .yml file")
+    if suffix == "csv":  # the legacy meta_tags.csv
+        from torchplug.loggers.csv_logs import load_hparams_from_tags_csv
+
+        return load_hparams_from_tags_csv(path)
+    raise ValueError(f"hparams_file={os.fspath(path)!r}: use a .yaml or .yml file (or a legacy .csv of tags)")

@@ -118,7 +118,7 @@ def run_stage(trainer: Trainer, stage: str, model: Module, loaders: dict[str, An
                 requeued = _stopping.requeue(trainer, signum)
                 if trainer.is_global_zero:
                     loop.report_stop(signum, trainer._checkpoints_saved > saves, requeued)
-                raise _stopping.Stopped(signum) from None
+                raise _stopping.stopped(signum) from None
             loop.teardown("success")
             trainer.state.status = TrainerStatus.FINISHED
             if trained:
@@ -126,7 +126,30 @@ def run_stage(trainer: Trainer, stage: str, model: Module, loaders: dict[str, An
             trainer.state.stage = None
             return result
         finally:
+            trainer._received_sigterm = _stopping.sigterm_received()
             _stopping.finished()
+
+
+def configure_model(module: Module) -> None:
+    """Call ``configure_model``, or ``configure_sharded_model`` (its name before Lightning 2.1) with a
+    DeprecationWarning; a module overriding both is refused, since only one of them would run."""
+    cls = type(module)
+    if not callable(getattr(cls, "configure_sharded_model", None)):
+        module.configure_model()
+        return
+    name = cls.__name__
+    if cls.configure_model is not Module.configure_model:
+        raise RuntimeError(
+            f"Both `{name}.configure_model`, and `{name}.configure_sharded_model` are overridden. The latter is "
+            "deprecated and it should be replaced with the former: move its body into `configure_model`"
+        )
+    warnings.warn(
+        f"You have overridden `{name}.configure_sharded_model` which is deprecated. Please override the "
+        "`configure_model` hook instead (same call, same moment: after `setup`, before `configure_optimizers`).",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    module.configure_sharded_model()  # type: ignore[attr-defined]
 
 
 def default_eval_checkpoint(trainer: Trainer, fn: str) -> str | None:
@@ -183,7 +206,12 @@ class Loop(Training, Schedule, Evaluation):
         self.current_hook: str | None = None  # the step or hook running now: where self.log may log, and how
         self.eval_steps_logged: dict[int, int] = collections.defaultdict(int)  # per dataloader, for the stage
         self.replacement_plan: Any = None  # an evaluation's data loaded again by a search in its start hook
-        _attach_model_callbacks(trainer, module)
+        trainer._loop = self  # from here on, what self.log checks is this stage's (not the previous one's)
+        self.current_hook = "configure_callbacks"
+        try:
+            _attach_model_callbacks(trainer, module)
+        finally:
+            self.current_hook = None
         self._bind_user_hooks()
 
     # ==================================================================================================== hooks
@@ -210,6 +238,16 @@ class Loop(Training, Schedule, Evaluation):
                 return None
             method = self.module_hooks.get(name)
             return method(*args) if method is not None else None
+        finally:
+            self.current_hook = previous
+
+    def call_module(self, name: str, *args: Any) -> Any:
+        """The module's hook ``name(*args)`` (timed when profiled and overridden), marked as running (``self.log``
+        checks where it is called)."""
+        method = self.module_hooks.get(name) or getattr(self.module, name)
+        previous, self.current_hook = self.current_hook, name
+        try:
+            return method(*args)
         finally:
             self.current_hook = previous
 
@@ -246,7 +284,7 @@ class Loop(Training, Schedule, Evaluation):
             _profiling.call_datamodule(trainer, "setup", stage=self.stage)
         self.call("setup", self.stage)
         with init_module(trainer):  # layers made here get the precision's dtype and device, as in Lightning
-            module.configure_model()
+            configure_model(module)
 
         module.to(trainer.root_device)
         if hook.torchplug_convert_module(trainer=trainer, module=module) is not module:

@@ -72,6 +72,8 @@ def configure_optimizers(model: Module) -> tuple[list[torch.optim.Optimizer], li
         raise MisconfigurationError(f"Unknown configuration for model optimizers: {name} returned {returned!r}; "
                                     f"{_FORMS}")  # fmt: skip
     configs = [_scheduler_config(item, monitor, name, model.automatic_optimization) for item in schedulers]
+    for config in configs:
+        _check_scheduler(model, config.scheduler, name)
     owned = {id(o) for o in optimizers}
     if any(id(getattr(c.scheduler, "optimizer", None)) not in owned for c in configs
            if hasattr(c.scheduler, "optimizer")):  # fmt: skip
@@ -80,6 +82,28 @@ def configure_optimizers(model: Module) -> tuple[list[torch.optim.Optimizer], li
             f"({name}): return every optimizer a scheduler steps"
         )
     return optimizers, configs
+
+
+def _check_scheduler(model: Module, scheduler: Any, name: str) -> None:
+    """A scheduler is saved in checkpoints (``state_dict``/``load_state_dict``), and in automatic optimization the
+    loop steps it as torch's schedulers step, unless the module's ``lr_scheduler_step`` says how."""
+    kind = type(scheduler).__name__
+    if not all(callable(getattr(scheduler, name, None)) for name in ("state_dict", "load_state_dict")):
+        raise TypeError(
+            f"The provided lr scheduler `{kind}` is invalid ({name}): it should have `state_dict` and "
+            "`load_state_dict` methods defined, so that checkpoints can save and restore it"
+        )
+    from torchplug.module import Module
+
+    schedulers = torch.optim.lr_scheduler
+    torch_api = isinstance(scheduler, (schedulers.LRScheduler, schedulers.ReduceLROnPlateau))
+    own_step = type(model).lr_scheduler_step is not Module.lr_scheduler_step
+    if model.automatic_optimization and not torch_api and not own_step:
+        raise MisconfigurationError(
+            f"The provided lr scheduler `{kind}` doesn't follow PyTorch's LRScheduler API ({name}). You should "
+            "override the `LightningModule.lr_scheduler_step` hook with your own logic if you are using a custom LR "
+            "scheduler (or step it yourself in manual optimization)."
+        )
 
 
 def _check_optimizer_dict(item: dict[str, Any], name: str) -> None:
@@ -185,7 +209,11 @@ def step_schedulers(loop: Loop, interval: str, plateau: bool) -> None:
                     stacklevel=2,
                 )
                 continue
-        module.lr_scheduler_step(config.scheduler, metric)
+        previous, loop.current_hook = loop.current_hook, "lr_scheduler_step"  # self.log is refused in it
+        try:
+            module.lr_scheduler_step(config.scheduler, metric)
+        finally:
+            loop.current_hook = previous
 
 
 _HANDLE_CLASSES: dict[type, type] = {}

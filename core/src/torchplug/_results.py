@@ -165,7 +165,7 @@ def _sizes(batch: Any) -> Iterable[int | None]:
 
 class _Metric:
     __slots__ = ("name", "step_key", "epoch_key", "dataloader_idx", "prog_bar", "logger", "on_step", "on_epoch",
-                 "op", "sync_dist", "values", "weights", "metric", "updated")  # fmt: skip
+                 "op", "sync_dist", "values", "weights", "metric", "updated", "hook", "arguments")  # fmt: skip
 
     def __init__(self, name: str, suffix: str, dataloader_idx: int | None, prog_bar: bool, logger: bool,
                  on_step: bool, on_epoch: bool, op: str, sync: bool) -> None:  # fmt: skip
@@ -180,6 +180,8 @@ class _Metric:
         self.weights: list[int] = []
         self.metric: Any = None  # a torchmetrics.Metric: it accumulates and reduces itself
         self.updated = False
+        self.hook: str | None = None  # where it was first logged, and how: logging it there again differently is an error
+        self.arguments: tuple[Any, ...] = ()
 
     def aggregate(self) -> torch.Tensor:
         device = self.values[0].device
@@ -235,11 +237,22 @@ class Results:
         dataloader_idx = self.dataloader_idx
         suffix = f"/dataloader_idx_{dataloader_idx}" if dataloader_idx is not None and add_dataloader_idx else ""
         metric = self.metrics.get(name + suffix if suffix else name)
+        arguments = (prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist)
         if metric is None:
             metric = self.metrics[name + suffix] = _Metric(
                 name, suffix, dataloader_idx, prog_bar, logger is not False, on_step, on_epoch,
                 _reduce_op(name, reduce_fx), sync_dist,
             )  # fmt: skip
+            loop = self.trainer._loop
+            metric.hook, metric.arguments = (loop.current_hook if loop is not None else None), arguments
+        elif arguments != metric.arguments:
+            loop = self.trainer._loop
+            hook = loop.current_hook if loop is not None else None
+            if hook == metric.hook:
+                raise MisconfigurationError(
+                    f"You called `self.log({name}, ...)` twice in `{hook}` with different arguments. This is not "
+                    "allowed: log it once per call of the hook, or under another name"
+                )
         trainer = self.trainer
         if type(value) is not torch.Tensor and is_metric(value):
             metric.metric, metric.updated = value, True

@@ -196,7 +196,7 @@ class Schedule:
             return
         train_results = trainer._results
         trainer.validating = True
-        self.module.on_validation_model_zero_grad()
+        self.call_module("on_validation_model_zero_grad")
         if self.heartbeat is not None:
             self.heartbeat.begin("validating")
         self.evaluate("validate", self.val_plan)

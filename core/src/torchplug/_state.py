@@ -53,7 +53,10 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool, dry_run: bool = False)
 
     module = trainer.lightning_module
     if module is None:
-        raise RuntimeError("save_checkpoint() needs a model: call it during or after fit()")
+        raise AttributeError(
+            "Saving a checkpoint is only possible if a model is attached to the Trainer: call save_checkpoint() "
+            "during or after fit(), validate(), test() or predict()"
+        )
     hook = trainer.hook
     checkpoint: dict[str, Any] = {
         "torchplug_checkpoint": CHECKPOINT_FORMAT,
@@ -345,10 +348,10 @@ def restore(loop: Loop, path: str) -> None:
         raise MisconfigurationError(f"ckpt_path={path!r} holds no 'state_dict'; it is not a torchplug checkpoint")
     own = module.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
+    if (missing or unexpected) and getattr(module, "strict_loading", True):
         raise MisconfigurationError(
             f"ckpt_path={path!r} does not fit {type(module).__name__}: missing keys {missing}, unexpected keys "
-            f"{unexpected}"
+            f"{unexpected} (set `model.strict_loading = False` to load what matches)"
         )
     with _in_hook(trainer, "on_load_checkpoint"):
         module.on_load_checkpoint(checkpoint)  # Lightning's order: the module, then callbacks

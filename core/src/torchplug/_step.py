@@ -128,10 +128,12 @@ def optimizer_step(optimizer: Optimizer, closure: Callable[[], Any], **kwargs: A
     For torch's own first-order optimizers, whose ``step`` begins by calling the closure once with gradients
     enabled, the closure is called here and then ``step()``: the same order of work without entering a grad-mode
     context per step. Only where nothing could tell the difference: the optimizer's exact class is one of those,
-    its ``step`` is not patched on the instance (apex), no step pre-hook is registered (they run before the closure
+    its ``step`` is not patched on the instance (apex) nor on the class (``mock.patch("torch.optim.SGD.step")``: the
+    class's is torch's, which torch marks ``hooked``), no step pre-hook is registered (they run before the closure
     in ``step``) and no other argument is passed.
     """
-    if not kwargs and type(optimizer) in _CLOSURE_FIRST:
+    cls = type(optimizer)
+    if not kwargs and cls in _CLOSURE_FIRST and getattr(cls.step, "hooked", None) is True:
         state = optimizer.__dict__
         hooks = state.get("_optimizer_step_pre_hooks")
         # not patched on the instance (apex's amp does), no step pre-hook (they run before the closure in step)

@@ -48,8 +48,18 @@ class Stopped(SystemExit):
     """How a stage stopped by a signal ends its process: ``SystemExit`` with the exit status, no traceback."""
 
     def __init__(self, signum: int) -> None:
-        super().__init__(exit_code(signum))
+        SystemExit.__init__(self, exit_code(signum))
         self.signum = signum
+
+
+class StoppedOnSignal(Stopped, SIGTERMException):
+    """A stop on SIGTERM or the requeue signal: also the :class:`~torchplug.SIGTERMException` that Lightning's
+    ``fit`` raises then, so ``except SIGTERMException`` around ``trainer.fit`` catches it as it would there."""
+
+
+def stopped(signum: int) -> Stopped:
+    """The exception that ends a stage stopped by ``signum`` (Ctrl-C's is a plain :class:`Stopped`, exit status 1)."""
+    return Stopped(signum) if signum == signal.SIGINT else StoppedOnSignal(signum)
 
 
 def exit_code(signum: int) -> int:
@@ -75,6 +85,7 @@ class _Request:
         self.stopping = False  # the stop is under way: a further signal ends the process at once
         self.raised: BaseException | None = None  # what the loop raised for the agreed stop
         self.requeued = False  # SIGTERM is ignored from the requeue on
+        self.sigterm = False  # SIGTERM came during the current (or the last) stage: trainer.received_sigterm
 
     def priority(self, signum: int) -> int:
         """Which of several signals wins when ranks got different ones: the requeue signal, then SIGTERM, SIGINT."""
@@ -93,8 +104,15 @@ def requested() -> int:
     return _REQUEST.signum
 
 
+def sigterm_received() -> bool:
+    """Whether this process got SIGTERM during the current stage, or the last one when none runs."""
+    return _REQUEST.sigterm
+
+
 def _handle(signum: int, frame: Any) -> None:
     request = _REQUEST
+    if signum == signal.SIGTERM:
+        request.sigterm = True
     if request.signum and (request.stopping or signum == request.signum):
         # A second signal: end now, as the signal would have without us.
         _write(f"torchplug: {signal_name(signum)} again: exiting at once, without saving\n")
@@ -127,6 +145,7 @@ def handling(signals: tuple[int, ...]) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _REQUEST.sigterm = _REQUEST.signum == signal.SIGTERM  # one still pending from an earlier stage counts
     installed = {}
     for signum in signals:
         if signum in installed or signal.getsignal(signum) is signal.SIG_IGN:
@@ -351,11 +370,14 @@ __all__ = [
     "ENV_STOP_FILE",
     "StopCheck",
     "Stopped",
+    "StoppedOnSignal",
     "exit_code",
     "handling",
     "interruption",
     "is_agreed_stop",
     "requested",
     "restart_checkpoint",
+    "sigterm_received",
     "signal_name",
+    "stopped",
 ]

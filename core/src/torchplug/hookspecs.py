@@ -401,7 +401,7 @@ def torchplug_load_model_state_dict(trainer: Trainer, module: nn.Module, state_d
     """Restore the user's module from ``state_dict`` (what :func:`torchplug_model_state_dict` saved).
 
     Called on every rank when resuming or evaluating from a checkpoint. Answered by a sharding strategy; the
-    default is ``module.load_state_dict(state_dict)``. Return ``True`` once done. Stops at the first non-None
+    default is ``module.load_state_dict(state_dict, strict=module.strict_loading)``. Return ``True`` once done. Stops at the first non-None
     result.
     """
 

@@ -336,6 +336,8 @@ class Module(HyperparametersMixin, nn.Module):
         """
         if type(value) is not torch.Tensor:  # (a tensor is always accepted: no call for the common case)
             _results.check_value(name, value)
+            if metric_attribute is None and _results.is_metric(value):
+                self._check_metric_attribute(name, value)
         trainer = self._trainer
         if trainer is None:
             warnings.warn(
@@ -346,6 +348,12 @@ class Module(HyperparametersMixin, nn.Module):
             )
             return
         loop = trainer._loop
+        if loop is not None and loop.stage == "predict":
+            raise MisconfigurationError(
+                f"You are trying to `self.log({name!r}, ...)` but the loop's result collection is not registered yet: "
+                "`predict` and its hooks do not support logging (return what you want to keep from predict_step, or "
+                "write it with a BasePredictionWriter)"
+            )
         hook = loop.current_hook if loop is not None else None
         levels = _results.LEVELS_CHECKED.get((hook, on_step, on_epoch))  # answered before: a dict lookup
         on_step, on_epoch = levels if levels is not None else _results.logging_levels(hook, name, on_step, on_epoch)
@@ -368,6 +376,26 @@ class Module(HyperparametersMixin, nn.Module):
             name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist, batch_size, add_dataloader_idx
         )
 
+    def _check_metric_attribute(self, name: str, metric: Any) -> None:
+        """A logged torchmetrics Metric must be an attribute of the module (as Lightning requires: its state is the
+        module's); the attributes holding Metrics are looked up once."""
+        found = self.__dict__.get("_metric_attributes")
+        if found is None:
+            found = {id(m): n for n, m in self.named_modules() if _results.is_metric(m)}
+            self.__dict__["_metric_attributes"] = found
+        if not found:
+            raise MisconfigurationError(
+                f"Could not find the `LightningModule` attribute for the `torchmetrics.Metric` logged as {name!r}. "
+                "You can fix this by setting an attribute for the metric in your `LightningModule` (self.acc = "
+                "Accuracy(...)), then logging that attribute."
+            )
+        if id(metric) not in found:
+            raise MisconfigurationError(
+                f"Could not find the `LightningModule` attribute for the `torchmetrics.Metric` logged. You can fix "
+                f"this by calling `self.log({name}, ..., metric_attribute=name)` where `name` is one of "
+                f"{list(found.values())}"
+            )
+
     def log_dict(
         self,
         dictionary: Mapping[str, Any],
@@ -385,7 +413,9 @@ class Module(HyperparametersMixin, nn.Module):
     ) -> None:
         """``self.log`` for each item of ``dictionary`` (a ``torchmetrics.MetricCollection`` too)."""
         if _results.is_metric_collection(dictionary):  # its metrics under their names in the collection
-            items = dictionary.items(keep_base=False, copy_state=False)  # type: ignore[call-arg]
+            # members of a compute group share their state: copying it would make each compute alone again
+            grouped = bool(getattr(dictionary, "_enable_compute_groups", True))
+            items = dictionary.items(keep_base=False, copy_state=not grouped)  # type: ignore[call-arg]
         else:
             items = dictionary.items()
         for name, value in items:
@@ -501,17 +531,17 @@ class Module(HyperparametersMixin, nn.Module):
             self.untoggle_optimizer(optimizer)
 
     # ---------------------------------------------------------------- inference and export
-    def freeze(self) -> None:
-        """No gradients for any parameter, and eval mode (for inference)."""
+    def freeze(self) -> Module:
+        """No gradients for any parameter, and eval mode (for inference). Returns the module, as ``eval()`` does."""
         for parameter in self.parameters():
             parameter.requires_grad = False
-        self.eval()
+        return self.eval()
 
-    def unfreeze(self) -> None:
-        """Gradients for every parameter again, and train mode."""
+    def unfreeze(self) -> Module:
+        """Gradients for every parameter again, and train mode. Returns the module, as ``train()`` does."""
         for parameter in self.parameters():
             parameter.requires_grad = True
-        self.train()
+        return self.train()
 
     def _example_inputs(self, given: Any, what: str) -> Any:
         example = given if given is not None else self.example_input_array

@@ -57,8 +57,10 @@ class _Launch:
 
     def __init__(self, trainer: Trainer, stage: str, kwargs: dict[str, Any]) -> None:
         self.trainer, self.stage, self.kwargs = trainer, stage, kwargs
+        self.ran_here = False  # stays False in a caller whose strategy ran the stage elsewhere (spawn)
 
     def __call__(self) -> Any:
+        self.ran_here = True
         return _loop.run_stage(self.trainer, self.stage, **self.kwargs)
 
 
@@ -193,6 +195,7 @@ class Trainer:
         self._checkpoints_saved = 0
         self._last_checkpoint: str | None = None  # the newest full checkpoint this trainer saved, and its step
         self._last_checkpoint_step = -1
+        self._received_sigterm = False  # whether the last stage got SIGTERM (while one runs, the live answer)
 
     def __getstate__(self) -> dict[str, Any]:
         # A spawned process rebuilds the trainer (and its plugin manager) from the constructor arguments, then takes
@@ -346,6 +349,14 @@ class Trainer:
         elif self.state.status == TrainerStatus.INTERRUPTED:
             self.state.status = TrainerStatus.RUNNING
 
+    @property
+    def received_sigterm(self) -> bool:
+        """Whether this process received SIGTERM during the running stage (or the last one, after it ended). The
+        stage stops after the current step then; code in hooks may read this to wind down early."""
+        if self.state.status == TrainerStatus.RUNNING:
+            return _stopping.sigterm_received()
+        return self._received_sigterm
+
     training = StageFlag(RunningStage.TRAINING)
     sanity_checking = StageFlag(RunningStage.SANITY_CHECKING)
     validating = StageFlag(RunningStage.VALIDATING)
@@ -467,14 +478,28 @@ class Trainer:
     def _launch(self, fn: TrainerFn, **kwargs: Any) -> Any:
         self.state.fn, self.state.status = fn, TrainerStatus.RUNNING
         self.lightning_module = kwargs["model"]  # the caller's module, for strategies that return results to it
+        launch = _Launch(self, fn.value, kwargs)
         try:
-            result = self.hook.torchplug_launch(trainer=self, function=_Launch(self, fn.value, kwargs))
+            result = self.hook.torchplug_launch(trainer=self, function=launch)
         except _stopping.Stopped:
             self.interrupted = True  # the stage's processes stopped on a signal (ddp_spawn's caller learns it here)
+            raise
+        except BaseException as exc:
+            if not launch.ran_here:  # it failed in spawned processes: tell this process's callbacks too
+                self._interrupted_elsewhere(exc, kwargs.get("datamodule"))
             raise
         if result is None:
             raise RuntimeError(f"strategy {self.strategy_name!r} answered torchplug_launch with None")
         return result[0]
+
+    def _interrupted_elsewhere(self, exc: BaseException, datamodule: DataModule | None) -> None:
+        """The caller's side of a stage that ran in spawned processes and raised: as Lightning does there, the
+        caller's callbacks and datamodule get ``on_exception`` (the processes' copies got theirs)."""
+        self.interrupted = True
+        for callback in self.callbacks:
+            callback.on_exception(self, self.lightning_module, exc)
+        if datamodule is not None:
+            datamodule.on_exception(exc)
 
     @property
     def stage(self) -> str | None:

@@ -60,7 +60,7 @@ ALIASES = {
     "lightning.pytorch.trainer.trainer": ["torchplug"],
     "lightning.pytorch.trainer.states": ["torchplug"],
     "lightning.pytorch.utilities": ["torchplug.utilities"],
-    "lightning.pytorch.utilities.exceptions": [],
+    "lightning.pytorch.utilities.exceptions": ["torchplug"],
     "lightning.pytorch.utilities.model_summary": ["torchplug.utilities.model_summary"],
     "lightning.pytorch.utilities.model_summary.model_summary": ["torchplug.utilities.model_summary"],
     "lightning.pytorch.tuner": ["torchplug.tuner"],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torchplug._hooks import hookimpl
 
@@ -36,6 +36,10 @@ class Accelerator:
     @classmethod
     def device_count(cls) -> int | None:
         return None
+
+    def get_device_stats(self, device: Any) -> dict[str, Any]:
+        """Usage figures of ``device`` for monitoring (memory, utilisation), by name; none by default."""
+        return {}
 
     @hookimpl
     def torchplug_default_strategy(self, device_ids: list[int], num_nodes: int) -> str:

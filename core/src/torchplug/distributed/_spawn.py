@@ -128,7 +128,7 @@ def _supervise(processes: list[Any], num_processes: int, node_rank: int, workdir
         if not running:
             signums = [_failures.stopped(workdir, r) for r in ranks]
             if any(signums):  # every rank stopped together after the same step: exit as they did
-                raise _stopping.Stopped(max(signums, key=lambda s: (s != signal.SIGINT, s)))
+                raise _stopping.stopped(max(signums, key=lambda s: (s != signal.SIGINT, s)))
             return
         if _stopping.requested() and not relayed:
             relayed = True

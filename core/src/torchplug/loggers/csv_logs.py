@@ -269,4 +269,55 @@ def load_hparams_from_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         return yaml.safe_load(f) or {}
 
 
-__all__ = ["CSVLogger", "ExperimentWriter", "load_hparams_from_yaml", "save_hparams_to_yaml"]
+def save_hparams_to_tags_csv(path: str | os.PathLike[str], hparams: Mapping[str, Any] | Any) -> None:
+    """Write ``hparams`` (a mapping or a Namespace) as the legacy ``meta_tags.csv``: a ``key,value`` header, then one
+    row per hyperparameter (values as ``str``). The folder must exist, as in Lightning."""
+    from fsspec.core import url_to_fs
+
+    path = os.fspath(path)
+    fs, _ = url_to_fs(path)
+    folder = os.path.dirname(path)
+    if folder and not fs.isdir(folder):
+        raise RuntimeError(
+            f"Missing folder: {folder}. save_hparams_to_tags_csv({path!r}) writes into an existing one."
+        )
+    with fs.open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["key", "value"])
+        for key, value in _as_dict(hparams).items():
+            writer.writerow([key, value])
+
+
+def load_hparams_from_tags_csv(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a legacy ``meta_tags.csv`` (see :func:`save_hparams_to_tags_csv`); values that read as Python literals
+    (numbers, booleans, None, lists...) come back as such, others as strings. A missing file warns and gives ``{}``,
+    as in Lightning."""
+    import ast
+
+    from fsspec.core import url_to_fs
+
+    path = os.fspath(path)
+    fs, _ = url_to_fs(path)
+    if not fs.exists(path):
+        warnings.warn(f"Missing Tags: {path}.", RuntimeWarning, stacklevel=2)
+        return {}
+
+    def parsed(text: str) -> Any:
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return text
+
+    with fs.open(path, "r", newline="") as f:
+        rows = list(csv.reader(f))
+    return {row[0]: parsed(row[1]) for row in rows[1:] if len(row) >= 2}
+
+
+__all__ = [
+    "CSVLogger",
+    "ExperimentWriter",
+    "load_hparams_from_tags_csv",
+    "load_hparams_from_yaml",
+    "save_hparams_to_tags_csv",
+    "save_hparams_to_yaml",
+]

@@ -104,7 +104,20 @@ def __getattr__(name: str) -> Any:
         from torchplug.precision import true
 
         return getattr(true, name)
+    if name in ("PrecisionPlugin", "HalfPrecisionPlugin", "DoublePrecisionPlugin"):  # Lightning's old names
+        from torchplug.precision import deprecated
+
+        return getattr(deprecated, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BFloat16Precision", "DoublePrecision", "FullPrecision", "HalfPrecision", "Precision"]
+__all__ = [
+    "BFloat16Precision",
+    "DoublePrecision",
+    "DoublePrecisionPlugin",
+    "FullPrecision",
+    "HalfPrecision",
+    "HalfPrecisionPlugin",
+    "Precision",
+    "PrecisionPlugin",
+]

@@ -269,3 +269,13 @@ def refuse_closure_optimizers(trainer: Trainer, optimizers: list[Optimizer]) -> 
 
 def _has_gradients(optimizer: Optimizer) -> bool:
     return any(p.grad is not None for group in optimizer.param_groups for p in group["params"])
+
+
+class MixedPrecisionPlugin(MixedPrecision):
+    """Deprecated name (Lightning before 2.1) of :class:`MixedPrecision`; same arguments."""
+
+    def __init__(self, precision: str = "16-mixed", device: str | None = None, scaler: Any = None) -> None:
+        from torchplug.precision.deprecated import warn_renamed
+
+        warn_renamed("MixedPrecisionPlugin", "torchplug_amp.MixedPrecision")
+        super().__init__(precision, device, scaler)

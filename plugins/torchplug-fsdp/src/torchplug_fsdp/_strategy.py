@@ -15,6 +15,7 @@ did.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Generator, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -97,6 +98,7 @@ class FSDPStrategy(ProcessGroupStrategy):
         bucket_cap_mb: Any = None,
         broadcast_buffers: Any = None,
         sync_batchnorm: Any = None,
+        activation_checkpointing: Any = None,
     ) -> None:
         given = {k: v for k, v in locals().items() if k in _DDP_OPTIONS and v is not None}
         if given:
@@ -111,6 +113,22 @@ class FSDPStrategy(ProcessGroupStrategy):
                 "(or runs under torchrun/srun). A spawned run hands its weights back to the caller as one state "
                 "dict, which sharded parameters are not; leave start_method unset"
             )
+        if activation_checkpointing is not None:  # Lightning's name before 2.1: module classes only
+            if activation_checkpointing_policy is not None:
+                raise MisconfigurationError(
+                    "You cannot set both `activation_checkpointing` and `activation_checkpointing_policy`. Use the "
+                    f"latter (given: activation_checkpointing={activation_checkpointing!r}, "
+                    f"activation_checkpointing_policy={activation_checkpointing_policy!r})"
+                )
+            given = activation_checkpointing
+            classes = list(given) if isinstance(given, (list, tuple)) else [given]
+            warnings.warn(
+                f"`FSDPStrategy(activation_checkpointing={activation_checkpointing!r})` is deprecated, use "
+                f"`FSDPStrategy(activation_checkpointing_policy={set(classes)!r})` instead.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            activation_checkpointing_policy = set(classes)
         super().__init__(process_group_backend=process_group_backend, timeout=timeout, start_method="popen")
         self.auto_wrap_policy = as_policy(auto_wrap_policy, "auto_wrap_policy")
         self.activation_checkpointing_policy = as_policy(

@@ -9,6 +9,7 @@ ranks, the way ``python train.py`` becomes N processes.
 from __future__ import annotations
 
 import gc
+import warnings
 from collections.abc import Generator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -63,6 +64,17 @@ class DDPStrategy(ProcessGroupStrategy):
     def _reset(self) -> None:
         super()._reset()
         self.ddp: DistributedDataParallel | None = None
+
+    @property
+    def is_distributed(self) -> bool:
+        """Always True (kept for code written for Lightning before 2.0; deprecated there and here)."""
+        warnings.warn(
+            f"`{type(self).__name__}.is_distributed` is deprecated and always True: every process of a DDP job is "
+            "distributed. Read `trainer.world_size > 1` to know whether there are several processes.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return True
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
