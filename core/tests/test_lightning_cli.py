@@ -312,8 +312,9 @@ def test_load_from_checkpoint_rebuilds_injected_objects_from_the_recorded_config
 
 def test_any_model_and_data_by_class_path_log_their_hyperparameters_without_the_class(tmp_path):
     run = LightningCLI(
-        args=["fit", "--model=Net", "--model.lr=0.2", "--data=Data", "--data.batch_size=8", "--trainer.max_steps=1",
-              "--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={tmp_path}"],
+        # full class paths: other test modules of the session define classes named Net too
+        args=["fit", f"--model={__name__}.Net", "--model.lr=0.2", f"--data={__name__}.Data", "--data.batch_size=8",
+              "--trainer.max_steps=1", "--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={tmp_path}"],
         trainer_defaults={**QUIET, "logger": True},
     )  # fmt: skip
     assert run.model.hparams["_class_path"].endswith(".Net")
