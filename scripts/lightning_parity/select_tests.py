@@ -74,9 +74,13 @@ def canonical(module: str) -> str:
     return module
 
 
+def dunder(name: str) -> bool:
+    return name.startswith("__") and name.endswith("__") and len(name) > 4
+
+
 def private_name(name: str) -> bool:
-    """``_name`` is private; ``__dunder__`` names and environment flags are not."""
-    return name.startswith("_") and not name.startswith("__") and not ENVIRONMENT_FLAG.match(name)
+    """``_name`` and ``__name`` are private; ``__dunder__`` names and environment flags are not."""
+    return name.startswith("_") and not dunder(name) and not ENVIRONMENT_FLAG.match(name)
 
 
 def private_module(module: str) -> str:
@@ -108,7 +112,7 @@ def lightning_private_names(src: Path) -> frozenset:
                 name = node.attr
             elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
                 name = node.id
-            if name and name.startswith("_") and not name.startswith("__"):
+            if name and name.startswith("_") and not dunder(name):
                 names.add(name)
     return frozenset(names)
 

@@ -372,8 +372,8 @@ class ShimModule(types.ModuleType):
         lightning_name = self.__dict__["__lightning_name__"]
         if attr == "__version__" and lightning_name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             return importlib.import_module("torchplug").__version__  # `from torchplug import __version__`
-        if attr.startswith("__"):
-            raise AttributeError(attr)
+        if attr.startswith("__") and attr.endswith("__"):
+            raise AttributeError(attr)  # a protocol probe; ``__private`` names are markers like every ``_name``
         infra = INFRA.get(lightning_name, {})
         if attr in infra and _infra_caller(_importer_file()):
             return infra[attr]
@@ -394,7 +394,7 @@ class ShimModule(types.ModuleType):
                     return getattr(module, attr)
             # `import lightning.pytorch as pl; pl.callbacks.X`: Lightning's packages import their subpackages.
             submodule = f"{self.__name__}.{attr}"
-            if attr.islower() and sources(canonical(submodule)) is not None:
+            if attr.islower() and sources(canonical(submodule)) is not None and _lightning_has_module(canonical(submodule)):
                 return importlib.import_module(submodule)
         return Missing(f"{lightning_name}.{attr}")
 
