@@ -58,6 +58,18 @@ def test_load_from_checkpoint_at_a_url(tmp_path, served, monkeypatch):
         BoringModel.load_from_checkpoint(f"{base}/missing.ckpt")
 
 
+class _NotData:
+    """An object a weights-only load refuses (a class, not tensors or plain data)."""
+
+
+def test_a_url_checkpoint_holding_objects_is_refused_with_the_advice(tmp_path, served, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    folder, base = served
+    torch.save({"state_dict": {}, "extra": _NotData()}, folder / "objects.ckpt")
+    with pytest.raises(MisconfigurationError, match=r"holds objects other than tensors.*add_safe_globals"):
+        BoringModel.load_from_checkpoint(f"{base}/objects.ckpt")
+
+
 def test_omegaconf_hyperparameters_come_back_as_a_dictconfig(tmp_path):
     omegaconf = pytest.importorskip("omegaconf")
 

@@ -295,6 +295,50 @@ def test_resuming_honours_the_modules_strict_loading(tmp_path, strict_loading, s
             resumed.fit(model, loader(), ckpt_path=tmp_path / "plain.ckpt")
 
 
+@pytest.mark.parametrize("strict_loading", [True, False])
+def test_keys_renamed_in_on_load_checkpoint_are_the_ones_loaded(tmp_path, strict_loading):
+    """Lightning runs ``on_load_checkpoint`` before it loads ``checkpoint["state_dict"]``: a module that renames
+    old keys there gets the saved weights (not a key error, nor, with ``strict_loading=False``, nothing loaded)."""
+    trainer = trainer_for(tmp_path, max_steps=1, limit_val_batches=0)
+    trained = BoringModel()
+    trainer.fit(trained, loader())
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=True)
+    checkpoint["state_dict"] = {f"old.{k}": v for k, v in checkpoint["state_dict"].items()}
+    torch.save(checkpoint, tmp_path / "renamed.ckpt")
+
+    class Renaming(BoringModel):
+        def on_load_checkpoint(self, checkpoint):
+            checkpoint["state_dict"] = {k.removeprefix("old."): v for k, v in checkpoint["state_dict"].items()}
+
+    model = Renaming()
+    model.strict_loading = strict_loading
+    assert not torch.equal(model.layer.weight, trained.layer.weight)
+    trainer_for(tmp_path).validate(model, loader(), ckpt_path=tmp_path / "renamed.ckpt")
+    torch.testing.assert_close(model.layer.weight, trained.layer.weight)
+
+
+def test_a_metric_made_in_setup_can_be_logged_in_each_later_stage(tmp_path):
+    """A torchmetrics Metric made anew in ``setup`` for each stage is found as the module's attribute each time."""
+    torchmetrics = pytest.importorskip("torchmetrics")
+
+    class MetricInSetup(BoringModel):
+        def setup(self, stage):
+            self.error = torchmetrics.MeanSquaredError()
+
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.error(self(x), y)
+            self.log("error", self.error)
+
+    model = MetricInSetup()
+    trainer = trainer_for(tmp_path, max_steps=1)
+    trainer.fit(model, loader(), loader())
+    first = model.error
+    trainer.validate(model, loader())
+    assert model.error is not first and "error" in trainer.callback_metrics
+
+
 def test_self_log_is_refused_in_hooks_that_cannot_log(tmp_path):
     refused: dict[str, str] = {}
 

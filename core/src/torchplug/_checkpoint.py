@@ -174,13 +174,7 @@ def load_checkpoint(
             path, map_location="cpu" if map_location is None else map_location, weights_only=weights_only is not False
         )
     except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower():
-            raise MisconfigurationError(
-                f"{str(path)!r} holds objects other than tensors and plain Python data, and torchplug loads "
-                "checkpoints with weights_only=True because a checkpoint is data, not code. If you made this file "
-                "and trust it, allow its classes with torch.serialization.add_safe_globals([...]) and load again. "
-                f"torch said: {_first_line(err)}"
-            ) from err
+        _raise_if_unsafe(path, err)
         raise _not_a_checkpoint(path, err) from err
     except OSError as err:  # the file is there but cannot be read: say why, it is not the file's content
         if err.errno is None:
@@ -208,11 +202,25 @@ def _load_url(url: str, map_location: Any, weights_only: bool | None) -> dict[st
         checkpoint = torch.hub.load_state_dict_from_url(url, map_location=location, weights_only=safe)
     except OSError as err:  # urllib's errors (HTTPError, URLError) are OSErrors
         raise MisconfigurationError(f"could not download the checkpoint {url!r}: {err}") from err
+    except pickle.UnpicklingError as err:
+        _raise_if_unsafe(url, err)
+        raise _not_a_checkpoint(url, err) from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise MisconfigurationError(
             f"{url!r} is not a torchplug checkpoint: expected a dict with a 'state_dict' key"
         )
     return checkpoint
+
+
+def _raise_if_unsafe(path: str | os.PathLike[str], err: pickle.UnpicklingError) -> None:
+    """Say what to do when the safe unpickler refused a class (torch's message names only the class)."""
+    if "weights only" in str(err).lower():
+        raise MisconfigurationError(
+            f"{str(path)!r} holds objects other than tensors and plain Python data, and torchplug loads "
+            "checkpoints with weights_only=True because a checkpoint is data, not code. If you made this file "
+            "and trust it, allow its classes with torch.serialization.add_safe_globals([...]) and load again. "
+            f"torch said: {_first_line(err)}"
+        ) from err
 
 
 #: A checkpoint that is a directory (a sharded strategy's) keeps its dictionary, all but the shards, in this file.

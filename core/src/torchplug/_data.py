@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 
 from torchplug._combined_loader import CombinedLoader, flatten, length
 from torchplug._errors import ArgumentTypeError, MisconfigurationError, PossibleUserWarning
-from torchplug.utilities import with_seeded_workers
+from torchplug.utilities import rank_zero_warn, with_seeded_workers
 
 if TYPE_CHECKING:
     from torchplug.trainer import Trainer
@@ -92,41 +92,42 @@ def combined(trainer: Trainer, data: Any, stage: str, mode: str, kind: str) -> C
 
 
 def _warn_about(trainer: Trainer, loader: Any, kind: str) -> None:
-    """Lightning's warnings about a loader that is likely (not surely) set up by mistake, in its words."""
+    """Lightning's warnings about a loader that is likely (not surely) set up by mistake, in its words (on global
+    rank 0 only, as Lightning's)."""
     if not isinstance(loader, DataLoader):
         return
     name = f"{kind}_dataloader"
     if kind != "train" and isinstance(loader.sampler, (RandomSampler, DistributedSampler)) and getattr(
         loader.sampler, "shuffle", True
     ):
-        warnings.warn(
+        rank_zero_warn(
             f"Your `{name}`'s sampler has shuffling enabled, it is strongly recommended that you turn shuffling off "
             "for val/test dataloaders.",
-            PossibleUserWarning,
-            stacklevel=6,
+            category=PossibleUserWarning,
+            stacklevel=8,
         )
     context = loader.multiprocessing_context
     start_method = context.get_start_method() if context is not None else multiprocessing.get_start_method()
     if loader.num_workers > 0 and start_method == "spawn" and not loader.persistent_workers:
-        warnings.warn(
+        rank_zero_warn(
             f"Consider setting `persistent_workers=True` in '{name}' to speed up the dataloader worker initialization.",
-            UserWarning,
-            stacklevel=6,
+            category=UserWarning,
+            stacklevel=8,
         )
     elif loader.num_workers < 2 and (suggested := suggested_max_num_workers(trainer.num_devices)) > 1:
-        warnings.warn(
+        rank_zero_warn(
             f"The '{name}' does not have many workers which may be a bottleneck. Consider increasing the value of "
             f"the `num_workers` argument` to `num_workers={suggested}` in the `DataLoader` to improve performance.",
-            PossibleUserWarning,
-            stacklevel=6,
+            category=PossibleUserWarning,
+            stacklevel=8,
         )
     if loader.persistent_workers and loader.pin_memory and trainer.reload_dataloaders_every_n_epochs > 0:
-        warnings.warn(
+        rank_zero_warn(
             "The combination of `DataLoader(`pin_memory=True`, `persistent_workers=True`) and `Trainer("
             "reload_dataloaders_every_n_epochs > 0)` can lead to instability due to limitations in PyTorch"
             " (https://github.com/pytorch/pytorch/issues/91252). We recommend setting `pin_memory=False` in this case.",
-            PossibleUserWarning,
-            stacklevel=6,
+            category=PossibleUserWarning,
+            stacklevel=8,
         )
 
 

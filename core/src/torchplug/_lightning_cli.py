@@ -34,6 +34,7 @@ import torchplug
 from torchplug._errors import MisconfigurationError
 from torchplug._hparams import given_hyperparameters
 from torchplug.callbacks._base import Callback
+from torchplug.cli import _LIGHTNING_CLI_NAMES
 from torchplug.module import DataModule, Module
 from torchplug.trainer import Trainer
 from torchplug.utilities import rank_zero_warn, seed_everything
@@ -751,17 +752,4 @@ def _short_description(obj: Any) -> str | None:
         return None
 
 
-__all__ = [
-    "ArgsType",
-    "LRSchedulerCallable",
-    "LRSchedulerType",
-    "LRSchedulerTypeTuple",
-    "LRSchedulerTypeUnion",
-    "LightningArgumentParser",
-    "LightningCLI",
-    "OptimizerCallable",
-    "ReduceLROnPlateau",
-    "SaveConfigCallback",
-    "instantiate_class",
-    "instantiate_module",
-]
+__all__ = list(_LIGHTNING_CLI_NAMES)  # torchplug.cli forwards exactly these names here

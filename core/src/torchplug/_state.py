@@ -343,9 +343,18 @@ def restore(loop: Loop, path: str) -> None:
     trainer, module, hook = loop.trainer, loop.module, loop.trainer.hook
     checkpoint = hook.torchplug_load_checkpoint(trainer=trainer, path=path)
     trainer.ckpt_path = path
-    state = checkpoint.get("state_dict")
-    if state is None:
+    if checkpoint.get("state_dict") is None:
         raise MisconfigurationError(f"ckpt_path={path!r} holds no 'state_dict'; it is not a torchplug checkpoint")
+    with _in_hook(trainer, "on_load_checkpoint"):
+        module.on_load_checkpoint(checkpoint)  # Lightning's order: the module, then callbacks
+        for callback in trainer.callbacks:
+            callback.on_load_checkpoint(trainer, module, checkpoint)
+    state = checkpoint.get("state_dict")  # what the hooks left: they may rename or convert keys, as in Lightning
+    if not isinstance(state, Mapping):
+        raise MisconfigurationError(
+            f"ckpt_path={path!r}: after on_load_checkpoint, checkpoint['state_dict'] is {type(state).__name__}, not "
+            "a mapping of parameter names to tensors"
+        )
     own = module.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if (missing or unexpected) and getattr(module, "strict_loading", True):
@@ -353,10 +362,6 @@ def restore(loop: Loop, path: str) -> None:
             f"ckpt_path={path!r} does not fit {type(module).__name__}: missing keys {missing}, unexpected keys "
             f"{unexpected} (set `model.strict_loading = False` to load what matches)"
         )
-    with _in_hook(trainer, "on_load_checkpoint"):
-        module.on_load_checkpoint(checkpoint)  # Lightning's order: the module, then callbacks
-        for callback in trainer.callbacks:
-            callback.on_load_checkpoint(trainer, module, checkpoint)
     try:
         hook.torchplug_load_model_state_dict(trainer=trainer, module=module, state_dict=state)
     except RuntimeError as err:

@@ -378,9 +378,10 @@ class Module(HyperparametersMixin, nn.Module):
 
     def _check_metric_attribute(self, name: str, metric: Any) -> None:
         """A logged torchmetrics Metric must be an attribute of the module (as Lightning requires: its state is the
-        module's); the attributes holding Metrics are looked up once."""
+        module's); the attributes holding Metrics are looked up once, and again when a metric is not among them (one
+        made anew in ``setup`` for a later stage)."""
         found = self.__dict__.get("_metric_attributes")
-        if found is None:
+        if found is None or id(metric) not in found:
             found = {id(m): n for n, m in self.named_modules() if _results.is_metric(m)}
             self.__dict__["_metric_attributes"] = found
         if not found:

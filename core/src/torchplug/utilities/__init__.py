@@ -65,12 +65,14 @@ class AttributeDict(dict):  # type: ignore[type-arg]
         return "\n".join(f"{label:{width}s} {self[k]}" for label, k in zip(labels, keys))
 
 
-def _rank_from_environment() -> int:
-    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
-        value = os.environ.get(key)
-        if value is not None:
+def _launched_rank() -> int | None:
+    """This process's global rank where a launcher set it in the environment (``RANK``, ``LOCAL_RANK``, ...), else
+    None."""
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        value = os.environ.get(name)
+        if value is not None and value.strip().isdigit():
             return int(value)
-    return 0
+    return None
 
 
 def rank_zero_only(fn: Callable[..., _T] | None = None, default: Any = None) -> Any:
@@ -91,7 +93,7 @@ def rank_zero_only(fn: Callable[..., _T] | None = None, default: Any = None) -> 
     return wrapped
 
 
-rank_zero_only.rank = _rank_from_environment()  # type: ignore[attr-defined]
+rank_zero_only.rank = _launched_rank() or 0  # type: ignore[attr-defined]
 _log = logging.getLogger("torchplug")
 
 
@@ -305,21 +307,25 @@ def seed_everything(seed: int | None = None, workers: bool = False, verbose: boo
         if value is None:
             seed = 0
             if verbose:
-                rank_zero_warn(f"seed_everything: no seed was given and {SEED_VARIABLE} is not set; seed set to 0")
+                rank_zero_warn(f"No seed found, seed set to 0 (seed_everything got no seed and {SEED_VARIABLE} is not set)")
         else:
             try:
                 seed = int(value)
             except ValueError:
                 raise ValueError(
-                    f"seed_everything: the environment variable {SEED_VARIABLE}={value!r} is not an integer seed; "
-                    f"set it to an integer in [{_SEED_RANGE[0]}, {_SEED_RANGE[1]}] or pass seed="
+                    f"Invalid seed specified via {SEED_VARIABLE}: {value!r} (seed_everything: {SEED_VARIABLE}={value!r} "
+                    f"is not an integer seed; set it to an integer in [{_SEED_RANGE[0]}, {_SEED_RANGE[1]}] or pass seed=)"
                 ) from None
     elif not isinstance(seed, int):
         seed = int(seed)
     if not _SEED_RANGE[0] <= seed <= _SEED_RANGE[1]:
-        raise ValueError(f"seed_everything: seed={seed} is out of bounds; numpy accepts {_SEED_RANGE[0]} to {_SEED_RANGE[1]}")
+        raise ValueError(
+            f"{seed} is not in bounds, numpy accepts from {_SEED_RANGE[0]} to {_SEED_RANGE[1]} (seed_everything: "
+            f"seed={seed} is out of bounds)"
+        )
     if verbose:
-        _log.info(f"[rank: {rank_zero_only.rank}] Seed set to {seed}")  # type: ignore[attr-defined]
+        rank = _launched_rank()
+        _log.info(f"Seed set to {seed}" if rank is None else f"[rank: {rank}] Seed set to {seed}")
     os.environ[SEED_VARIABLE] = str(seed)
     os.environ[SEED_WORKERS_VARIABLE] = str(int(workers))
     _seed_generators(seed)

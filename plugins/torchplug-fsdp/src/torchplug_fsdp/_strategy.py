@@ -334,7 +334,8 @@ class FSDPStrategy(ProcessGroupStrategy):
             )
         # Shards (a sharded checkpoint) or full tensors (one file: every rank read all of it).
         full = not any(isinstance(v, DTensor) for v in state_dict.values())
-        set_model_state_dict(module, dict(state_dict), options=StateDictOptions(full_state_dict=full, strict=True))
+        strict = getattr(module, "strict_loading", True)  # as in Lightning: False loads what matches
+        set_model_state_dict(module, dict(state_dict), options=StateDictOptions(full_state_dict=full, strict=strict))
         return True
 
     @hookimpl
