@@ -112,6 +112,57 @@ def test_batch_norm_statistics_are_recomputed_for_the_average(tmp_path: Path) ->
     assert model.layer[1].momentum == 0.1
 
 
+class DictNorm(BoringModel):
+    """Batches are dicts: the module's forward takes the features, its training_step picks them out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+        self.forwards = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.forwards += 1
+        return self.layer(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(self(batch["x"]), batch["y"])
+
+
+def _dict_loader() -> Any:
+    x, y = regression_loader(n=16, batch_size=4).dataset.tensors
+    return torch.utils.data.DataLoader([{"x": a, "y": b} for a, b in zip(x, y)], batch_size=4)
+
+
+def test_batch_norm_pass_over_dict_batches_is_an_error_that_keeps_the_statistics(tmp_path: Path) -> None:
+    class Keep(Callback):
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+            self.state = {k: v.clone() for k, v in pl_module.layer[1].named_buffers()}  # after the last step
+
+    model, keep = DictNorm(), Keep()
+    trainer = torchplug.Trainer(accelerator="cpu", default_root_dir=tmp_path, max_epochs=3, **QUIET,
+                                callbacks=[StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=2), keep])  # fmt: skip
+    with pytest.raises(MisconfigurationError, match=r"a batch is dict: override .*batch_norm_forward"):
+        trainer.fit(model, _dict_loader())
+    for key, value in model.layer[1].named_buffers():  # the running statistics, not reset ones
+        torch.testing.assert_close(value, keep.state[key])
+    assert int(model.layer[1].num_batches_tracked) == 3 * 4
+    assert model.layer[1].momentum == 0.1
+
+
+def test_batch_norm_pass_reads_as_many_batches_as_an_epoch_and_can_be_told_the_batch(tmp_path: Path) -> None:
+    class DictSWA(StochasticWeightAveraging):
+        def batch_norm_forward(self, pl_module: Any, batch: Any) -> None:
+            pl_module(batch["x"])
+
+    model = DictNorm()
+    trainer = torchplug.Trainer(accelerator="cpu", default_root_dir=tmp_path, max_epochs=3, limit_train_batches=2,
+                                **QUIET, callbacks=[DictSWA(swa_lrs=0.05, swa_epoch_start=2)])  # fmt: skip
+    trainer.fit(model, _dict_loader())
+    assert model.forwards == 3 * 2 + 2  # 3 epochs of 2 steps, then 2 batches for the statistics (the loader has 4)
+    x = torch.cat([b["x"] for b in list(_dict_loader())[:2]])
+    torch.testing.assert_close(model.layer[1].running_mean, model.layer[0](x).detach().mean(dim=0))
+
+
 def test_state_round_trip() -> None:
     swa = StochasticWeightAveraging(swa_lrs=0.1)
     swa._average = [torch.ones(2)]

@@ -209,6 +209,12 @@ def test_reduce_lr_on_plateau_monitors_the_metric_it_names():
     assert isinstance(config.scheduler, ReduceLROnPlateau) and config.monitor == "val_loss"
 
 
+def test_torchs_own_reduce_lr_on_plateau_is_refused_with_the_way_to_name_a_monitor():
+    with pytest.raises(MisconfigurationError, match=r"torch's ReduceLROnPlateau does not say.*--lr_scheduler.monitor"):
+        cli("fit", "--optimizer=SGD", "--optimizer.lr=0.1",
+            "--lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau", "--trainer.max_epochs=1")  # fmt: skip
+
+
 def test_optimizer_callable_in_the_model_signature():
     run = cli("fit", "--model.optimizer=Adam", "--model.optimizer.lr=0.02", "--trainer.max_steps=1",
               model_class=OptimizerNet)  # fmt: skip

@@ -193,3 +193,6 @@ def test_fit_logs_series_and_uploads_checkpoints(litlogger: types.ModuleType, tm
         ("epoch=1-step=4.ckpt", "4"),
     ]
     assert experiment.finalized == ["success"]
+    # Lightning's folder for a logger that is not a run folder of its own: <save_dir>/<name>/<version>/checkpoints
+    folder = tmp_path / "fit" / "fit" / logger.version / "checkpoints"
+    assert os.path.dirname(uploads[0].data) == os.path.realpath(folder)

@@ -158,3 +158,18 @@ def test_a_loader_without_length_gets_a_pulsing_bar(tmp_path: Path) -> None:
     )
     assert _rows(bar) == [("Epoch 0/0", 3, None, True)]  # no total: rich pulses
     assert "3/--" in out.getvalue()
+
+
+def test_metrics_are_read_only_for_a_redraw(tmp_path: Path) -> None:
+    """Reading the metrics turns device tensors into numbers (a sync on a GPU): the bar does it for a redraw (at most
+    ``refresh_rate`` a second, and at each epoch's end), not at every step."""
+    calls = []
+
+    class Counting(RichProgressBar):
+        def get_metrics(self, trainer: Any, pl_module: Any = None) -> dict[str, Any]:
+            calls.append(trainer.global_step)
+            return super().get_metrics(trainer, pl_module)
+
+    bar = Counting(refresh_rate=1, console_kwargs={"file": io.StringIO(), "width": 120, "force_terminal": False})
+    _trainer(tmp_path, bar, max_epochs=1, limit_val_batches=0).fit(Net(), _loader(60))
+    assert 1 <= len(calls) < 10  # 60 steps; this machine takes well under a second for several of them

@@ -301,6 +301,27 @@ def test_scale_batch_size_stops_at_the_dataset_and_at_max_trials(tmp_path):
     assert search(init_val=5, max_trials=0) == 5
 
 
+@pytest.mark.parametrize(("mode", "expected"), [("power", 8), ("binsearch", 12)])
+def test_scale_batch_size_returns_a_size_that_ran(tmp_path, mode, expected):
+    """``max_val`` is tried before it is kept (16 runs out of memory here), and when even the first size fails the
+    smaller ones are tried, down to a clear error when none fits."""
+    tuner = Tuner(make_trainer(tmp_path))
+    found = tuner.scale_batch_size(RunsOutOfMemory(limit=13), mode=mode, init_val=4, max_val=16, steps_per_trial=1)
+    assert found == expected  # binsearch: 13 fit, 14 did not, less the 5% margin
+    assert tuner.scale_batch_size(RunsOutOfMemory(limit=1), mode=mode, init_val=2, steps_per_trial=1) == 1
+    with pytest.raises(MisconfigurationError, match="even a batch size of 1 ran out of memory"):
+        tuner.scale_batch_size(RunsOutOfMemory(limit=0), mode=mode, init_val=2, steps_per_trial=1)
+    assert leftovers(tmp_path) == []
+
+
+def test_batch_size_finder_accepts_validation_loaders_given_to_fit(tmp_path):
+    """The trials run training steps only, so validation loaders passed to ``fit`` are allowed (as in Lightning)."""
+    model = Regression(batch_size=2)
+    trainer = make_trainer(tmp_path, max_epochs=1, callbacks=[BatchSizeFinder(max_trials=3, steps_per_trial=1)])
+    trainer.fit(model, val_dataloaders=model.val_dataloader())
+    assert model.batch_size == 8 and trainer.train_dataloader.batch_size == 8  # 2, 4, 8: three trials
+
+
 def test_scale_batch_size_raises_other_errors(tmp_path):
     class Broken(Regression):
         def training_step(self, batch: Any, batch_idx: int) -> Any:
@@ -356,6 +377,15 @@ def test_batch_size_finder_callback_in_fit_and_validate(tmp_path):
     assert model.batch_size == 8
     assert model.val_batch_sizes[-8:] == [8] * 8  # the validation itself ran at the size found
     assert trainer.val_dataloaders.batch_size == 8
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("threshold", ["4", 0, -1.0, float("nan")])
+def test_lr_find_refuses_a_bad_early_stop_threshold(tmp_path, threshold):
+    with pytest.raises(ValueError, match=r"lr_find\(early_stop_threshold="):
+        Tuner(make_trainer(tmp_path)).lr_find(Regression(), early_stop_threshold=threshold)
+    with pytest.raises(ValueError, match=r"lr_find\(early_stop_threshold="):
+        LearningRateFinder(early_stop_threshold=threshold)
     assert leftovers(tmp_path) == []
 
 

@@ -78,7 +78,8 @@ class ReduceLROnPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
 ReduceLROnPlateau.__module__ = "torchplug.cli"
 
 
-#: The scheduler types the CLI offers: torch's own ReduceLROnPlateau is left out, it cannot say what to monitor.
+#: The scheduler types the CLI offers. torch's own ReduceLROnPlateau is an LRScheduler too (torch >= 2.2), so the
+#: parser accepts it; it cannot say what to monitor, and is refused when the optimizers are built.
 LRSchedulerTypeTuple = (LRScheduler, ReduceLROnPlateau)
 LRSchedulerTypeUnion = LRScheduler | ReduceLROnPlateau
 LRSchedulerType = type[LRScheduler] | type[ReduceLROnPlateau]
@@ -100,7 +101,8 @@ class LightningArgumentParser(ArgumentParser):
     """jsonargparse's ``ArgumentParser`` with groups for the Trainer, modules, callbacks, optimizers and schedulers.
 
     ``default_env=True`` also reads options from environment variables named after ``env_prefix``
-    (``PL_TRAINER__MAX_EPOCHS``; ``PL_CONFIG`` for a whole config), as Lightning does.
+    (``PL_FIT__TRAINER__MAX_EPOCHS`` under the ``fit`` subcommand, ``PL_TRAINER__MAX_EPOCHS`` with ``run=False``;
+    ``PL_CONFIG`` for a whole config), as Lightning does.
     """
 
     def __init__(
@@ -598,6 +600,15 @@ class LightningCLI:
             )
         optimizer = instantiate_class(model.parameters(), optimizer_config)
         lr_scheduler = instantiate_class(optimizer, scheduler_config) if scheduler_config else None
+        if isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and not isinstance(
+            lr_scheduler, ReduceLROnPlateau
+        ):
+            raise MisconfigurationError(
+                f"lr_scheduler={scheduler_config.get('class_path')!r}: torch's ReduceLROnPlateau does not say which "
+                "logged value it follows; use torchplug.cli.ReduceLROnPlateau, which takes a monitor "
+                "(--lr_scheduler=ReduceLROnPlateau --lr_scheduler.monitor=val_loss), or implement "
+                "configure_optimizers in the model"
+            )
         method = partial(self.configure_optimizers, optimizer=optimizer, lr_scheduler=lr_scheduler)
         update_wrapper(method, self.configure_optimizers)
         model.configure_optimizers = MethodType(method, model)

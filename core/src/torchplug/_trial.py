@@ -54,10 +54,12 @@ def running_loop(trainer: Trainer, what: str) -> Loop:
 
 
 def data_given(loop: Loop) -> bool:
-    """Whether the stage's data was passed to the entry point (``fit(model, loader)``) rather than made by the module
-    or the datamodule, which a search can ask again with another batch size."""
+    """Whether the data a search runs on was passed to the entry point (``fit(model, loader)``) rather than made by
+    the module or the datamodule, which a search can ask again with another batch size. In ``fit`` that is the
+    training data only: the trials run training steps (validation loaders given to ``fit`` are fine, as in
+    Lightning)."""
     if loop.stage == "fit":
-        return loop.given.get("train") is not None or loop.given.get("val") is not None
+        return loop.given.get("train") is not None
     return loop.given.get(loop.stage) is not None
 
 

@@ -40,7 +40,7 @@ class LearningRateFinder(Callback):
         mode = mode.lower()
         if mode not in self.SUPPORTED_MODES:
             raise ValueError(f"`mode` should be either of {self.SUPPORTED_MODES}; got mode={mode!r}")
-        check_arguments(mode, min_lr, max_lr, num_training_steps)
+        check_arguments(mode, min_lr, max_lr, num_training_steps, early_stop_threshold)
         self._min_lr, self._max_lr, self._num_training_steps = min_lr, max_lr, num_training_steps
         self._mode, self._early_stop_threshold = mode, early_stop_threshold
         self._update_attr, self._attr_name = update_attr, attr_name

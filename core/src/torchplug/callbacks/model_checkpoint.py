@@ -339,8 +339,8 @@ class ModelCheckpoint(Callback):
 
         base = getattr(trainer, "log_dir", None) or trainer.default_root_dir
         logger = trainer.loggers[0] if trainer.loggers else None
-        if isinstance(logger, Logger) and not isinstance(logger, FolderLogger) and logger.log_dir is None:
-            # A logger with no run folder of its own (W&B, Comet): Lightning's <save_dir>/<name>/<version>.
+        if isinstance(logger, Logger) and not isinstance(logger, FolderLogger):
+            # Any other logger (W&B, Comet, LitLogger, one of the user's): Lightning's <save_dir>/<name>/<version>.
             version = logger.version
             version = version if isinstance(version, str) else f"version_{version}"
             base = os.path.join(logger.save_dir or trainer.default_root_dir, str(logger.name), version)

@@ -185,10 +185,14 @@ class RichProgressBar(ProgressBar):
     def _refresh(self, hard: bool = False) -> None:
         if self.progress is None or not self._running:
             return
-        now = time.monotonic()
-        if hard or now - self._last_refresh >= 1 / self._refresh_rate:
-            self._last_refresh = now
+        if hard or self._refresh_due():
+            self._last_refresh = time.monotonic()
             self.progress.refresh()
+
+    def _refresh_due(self) -> bool:
+        """Whether the next redraw may happen now (at most ``refresh_rate`` a second)."""
+        rate = self._refresh_rate
+        return rate > 0 and time.monotonic() - self._last_refresh >= 1 / rate
 
     def _new_or_reset(
         self, task_id: TaskID | None, total: float, description: str, keep: bool = False
@@ -258,7 +262,8 @@ class RichProgressBar(ProgressBar):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: Module, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._show_metrics(trainer, pl_module)
+        if self._refresh_due():  # the metrics are read (a device sync for a tensor) only for a redraw
+            self._show_metrics(trainer, pl_module)
         self._advance(self.train_progress_bar_id, batch_idx + 1)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: Module) -> None:

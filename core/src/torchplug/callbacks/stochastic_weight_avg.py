@@ -35,8 +35,9 @@ class StochasticWeightAveraging(Callback):
     the configured scheduler. At the start of each of those epochs the current parameters join the running average
     (``avg_fn(averaged, current, n_averaged)``, the mean by default), kept on ``device`` (None: the model's). When
     training reaches ``max_epochs``, the average becomes the model's parameters, and the running statistics of its
-    BatchNorm layers are recomputed with one pass over the training data (``torch.optim.swa_utils.update_bn``'s way:
-    the module is called on each batch's first element). Needs one optimizer and at most one LR scheduler.
+    BatchNorm layers are recomputed with one pass over the training data, as many batches as an epoch trains on
+    (``torch.optim.swa_utils.update_bn``'s way: :meth:`batch_norm_forward` calls the module on each batch, or its first
+    element, after the transfer hooks). Needs one optimizer and at most one LR scheduler.
     """
 
     def __init__(
@@ -226,6 +227,20 @@ class StochasticWeightAveraging(Callback):
         for averaged, parameter in zip(self._average, pl_module.parameters()):
             parameter.copy_(averaged.to(parameter.device))
 
+    def batch_norm_forward(self, pl_module: Module, batch: Any) -> None:
+        """Run ``pl_module`` on one training batch (already moved by the transfer hooks) to recompute the BatchNorm
+        statistics: on the batch when it is a tensor, on its first element when it is a list or tuple (PyTorch's
+        ``update_bn``). Override it for other batches (a dict, say: ``pl_module(batch["x"])``)."""
+        if isinstance(batch, (list, tuple)) and batch:
+            batch = batch[0]
+        if not isinstance(batch, Tensor):
+            raise MisconfigurationError(
+                f"StochasticWeightAveraging recomputes the BatchNorm statistics by calling the module on each training "
+                f"batch (or its first element), but a batch is {type(batch).__name__}: override "
+                "StochasticWeightAveraging.batch_norm_forward(pl_module, batch) to call the module on it"
+            )
+        pl_module(batch)
+
     @torch.no_grad()
     def _update_batch_norm(self, trainer: Trainer, pl_module: Module) -> None:
         loader = trainer.train_dataloader
@@ -235,20 +250,26 @@ class StochasticWeightAveraging(Callback):
             )
             return
         norms = [m for m in pl_module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        momenta = {m: m.momentum for m in norms}
+        saved = {m: (m.momentum, {k: v.clone() for k, v in m.state_dict().items()}) for m in norms}
         was_training = pl_module.training
+        limit = trainer.num_training_batches  # limit_train_batches holds here as in the epochs trained
+        prepare = trainer._loop.prepare
         for norm in norms:
             norm.reset_running_stats()
             norm.momentum = None  # a cumulative mean over the pass
         pl_module.train()
+        finished = False
         try:
-            for batch in loader:
-                batch = batch[0] if isinstance(batch, (list, tuple)) else batch
-                batch = batch.to(pl_module.device) if isinstance(batch, Tensor) else batch
-                pl_module(batch)
+            for batch_idx, batch in enumerate(loader):
+                if batch_idx >= limit:
+                    break
+                self.batch_norm_forward(pl_module, prepare(batch, 0))
+            finished = True
         finally:
-            for norm, momentum in momenta.items():
+            for norm, (momentum, state) in saved.items():
                 norm.momentum = momentum
+                if not finished:  # the statistics the model had, not reset ones
+                    norm.load_state_dict(state)
             pl_module.train(was_training)
 
     # ------------------------------------------------------------------------------------------------ state

@@ -7,6 +7,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from torchplug import _trial
+from torchplug._errors import MisconfigurationError
 from torchplug._evaluation import _KINDS
 from torchplug.tuner import _attributes
 from torchplug.tuner._memory import garbage_collection_cuda, is_oom_error
@@ -116,30 +117,38 @@ class _Search:
         _attributes.set_everywhere(self.module, self.name, new)
         return new, new != current
 
-    def _out_of_memory(self, err: RuntimeError) -> None:
+    def _out_of_memory(self, err: RuntimeError, size: int) -> None:
         if not is_oom_error(err):
             raise err
         self.failed = True
         garbage_collection_cuda()
+        if size <= 1:
+            raise MisconfigurationError(
+                f"scale_batch_size: even a batch size of {size} ran out of memory, so no batch size fits; make the "
+                f"model or its inputs smaller, or use a device with more memory. torch said: {err}"
+            ) from err
+
+    def _at_most(self, size: int) -> bool:
+        """Whether ``size``, which just fit, is ``max_val``: the search goes no further."""
+        if size >= self.max_val:
+            log.info("Reached the maximum batch size limit of %d. Stopping search.", self.max_val)
+            return True
+        return False
 
     def power(self, size: int, max_trials: int) -> int:
-        """Double after each success; after a failure halve, and stop if a size had fit."""
+        """Double after each success (at most to ``max_val``, which is tried too); after a failure halve, and stop
+        if a size had fit. The size returned ran, except after ``max_trials`` failures."""
         fitted = False
         for number in range(max_trials):
-            if size >= self.max_val:
-                log.info("Reached the maximum batch size limit of %d. Stopping search.", self.max_val)
-                break
             try:
                 self.trial()
             except RuntimeError as err:
-                self._out_of_memory(err)
+                self._out_of_memory(err, size)
                 size, _ = self.adjust(factor=0.5, desc="failed")
                 if fitted:
                     break
                 continue
-            if (
-                number + 1 >= max_trials
-            ):  # the last trial: keep the size that just fit, untried ones are not kept
+            if number + 1 >= max_trials or self._at_most(size):  # keep the size that just fit
                 break
             size, changed = self.adjust(factor=2.0, desc="succeeded")
             if not changed:
@@ -150,21 +159,21 @@ class _Search:
     def binsearch(self, size: int, max_trials: int, margin: float) -> int:
         """Double until a size fails, then bisect between the largest that fit and the smallest that failed;
         ``max_trials`` counts the sizes that fit. The result is reduced by ``margin`` (a fraction) for safety."""
-        low, high, fitted = 1, None, 0
-        while size < self.max_val:
+        low, high, fitted = 0, None, 0  # low: the largest size that ran (none yet)
+        while True:
             try:
                 self.trial()
             except RuntimeError as err:
-                self._out_of_memory(err)
+                self._out_of_memory(err, size)
                 high = size
-                size, _ = self.adjust(value=(high + low) // 2, desc="failed")
+                size, _ = self.adjust(value=(high + low) // 2 or 1, desc="failed")
                 if high - low <= 1:
                     break
                 continue
             fitted += 1
-            if fitted >= max_trials:
-                break
             low = size
+            if fitted >= max_trials or self._at_most(size):
+                break
             if high is not None and high - low <= 1:
                 break
             if high is not None:
@@ -173,8 +182,6 @@ class _Search:
                 size, changed = self.adjust(factor=2.0, desc="succeeded")
             if not changed:
                 break
-        else:
-            log.info("Reached the maximum batch size limit of %d. Stopping search.", self.max_val)
         if margin > 0:
             reduced = max(1, int(size * (1 - margin)))
             if reduced != size:

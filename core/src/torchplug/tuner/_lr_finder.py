@@ -93,7 +93,9 @@ def check_mode(mode: str) -> None:
         raise ValueError(f"`mode` should be either of {MODES}; got mode={mode!r}")
 
 
-def check_arguments(mode: str, min_lr: float, max_lr: float, num_training: int) -> None:
+def check_arguments(
+    mode: str, min_lr: float, max_lr: float, num_training: int, early_stop_threshold: float | None = None
+) -> None:
     check_mode(mode)
     for name, value in (("min_lr", min_lr), ("max_lr", max_lr)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
@@ -101,6 +103,14 @@ def check_arguments(mode: str, min_lr: float, max_lr: float, num_training: int) 
     if isinstance(num_training, bool) or not isinstance(num_training, int) or num_training < 1:
         raise ValueError(
             f"lr_find(num_training={num_training!r}): the search needs an int of at least 1 step"
+        )
+    threshold = early_stop_threshold
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < math.inf
+    ):
+        raise ValueError(
+            f"lr_find(early_stop_threshold={threshold!r}): expected None (never stop early) or a finite number above "
+            "0, the multiple of the best loss at which the search stops (4.0 by default)"
         )
 
 
@@ -137,7 +147,7 @@ def lr_find(
     """Run the search inside the running ``fit`` (from a callback's hook, as :class:`LearningRateFinder` does),
     then put the model, its optimizer and the trainer back as they were; with ``update_attr``, set the suggested
     learning rate on the model's attribute and on the optimizer. None when ``fast_dev_run`` skips the search."""
-    check_arguments(mode, min_lr, max_lr, num_training)
+    check_arguments(mode, min_lr, max_lr, num_training, early_stop_threshold)
     if trainer.fast_dev_run:
         rank_zero_warn("Skipping learning rate finder since `fast_dev_run` is enabled.")
         return None
