@@ -127,6 +127,15 @@ def test_fit_from_args_trains_and_saves_a_config_that_reproduces_the_run(tmp_pat
     assert again.trainer.max_epochs == 1 and again.trainer.global_step == 2
 
 
+def test_ckpt_path_fills_the_models_arguments_from_the_checkpoint(tmp_path):
+    fitted = cli("fit", "--model.lr=0.5", "--model.features=4", "--trainer.max_epochs=1")
+    path = tmp_path / "fitted.ckpt"
+    fitted.trainer.save_checkpoint(path)
+    tested = cli("test", f"--ckpt_path={path}", save_config_callback=None)  # no --model.lr: the default is 0.05
+    assert tested.model.hparams.lr == 0.5
+    torch.testing.assert_close(tested.model.layer.weight, fitted.model.layer.weight)
+
+
 def test_evaluation_subcommand_runs_its_trainer_method_between_the_hooks():
     subcommand = "test"
     calls = []
