@@ -45,16 +45,26 @@ out="$(cd "$out" && pwd)"
 
 # Lightning's test requirements (its requirements/pytorch/test.txt and extra.txt, less coverage, GPU-only and
 # network-only packages), installed beside the environment rather than into it, so that .venv and .venv-oracle stay
-# as the Makefile builds them; packages the environment already has keep their versions (constraints).
+# as the Makefile builds them. A package the environment already has keeps its version (a constraint), and its
+# requirement is left out (the environment's rich or jsonargparse, from torchplug's extras, may be newer than
+# Lightning's upper bound; the tests run against what a user of that environment has).
 deps="${DEPS:-$repo/.lightning-parity/test-deps-$label}"
 if [ ! -e "$deps/.installed" ]; then
     "$python" -m pip --disable-pip-version-check -q freeze --exclude-editable | grep -v '^-e ' > "$out/constraints.txt"
-    "$python" -m pip --disable-pip-version-check -q install --target "$deps" -c "$out/constraints.txt" \
-        pytest==9.2.0 pytest-xdist==3.8.0 pytest-timeout==2.4.0 pytest-rerunfailures==16.1 \
-        "cloudpickle>=1.3,<3.2.0" "scikit-learn>0.22.1,<1.9.0" "onnx>1.12.0,<1.21.0" "onnxruntime>=1.12.0,<1.24.0" \
-        "onnxscript>=0.1.0,<0.6.0" "onnx-ir<0.1.16" "psutil<7.3.0" "pandas>2.0,<3.1.0" "tensorboard>=2.11" \
-        "omegaconf>=2.2.3,<2.4.0" "hydra-core>=1.2.0,<1.4.0" "jsonargparse[signatures]>=4.39.0,<4.46.0" \
-        "rich>=12.3.0,<14.4.0" "tensorboardX>=2.2,<2.7.0" matplotlib fastapi uvicorn
+    requirements=$("$python" - "$out/constraints.txt" <<'PY'
+import re, sys
+have = {re.split(r"[=<>@ ]", line, maxsplit=1)[0].lower().replace("_", "-") for line in open(sys.argv[1]) if line.strip()}
+wanted = ["pytest==9.2.0", "pytest-xdist==3.8.0", "pytest-timeout==2.4.0", "pytest-rerunfailures==16.1",
+          "cloudpickle>=1.3,<3.2.0", "scikit-learn>0.22.1,<1.9.0", "onnx>1.12.0,<1.21.0", "onnxruntime>=1.12.0,<1.24.0",
+          "onnxscript>=0.1.0,<0.6.0", "onnx-ir<0.1.16", "psutil<7.3.0", "pandas>2.0,<3.1.0", "tensorboard>=2.11",
+          "omegaconf>=2.2.3,<2.4.0", "hydra-core>=1.2.0,<1.4.0", "jsonargparse[signatures]>=4.39.0,<4.46.0",
+          "rich>=12.3.0,<14.4.0", "tensorboardX>=2.2,<2.7.0", "matplotlib", "fastapi", "uvicorn"]
+name = lambda req: re.split(r"[\[=<>]", req, maxsplit=1)[0].lower().replace("_", "-")
+print(" ".join(req for req in wanted if name(req) not in have))
+PY
+)
+    # shellcheck disable=SC2086  # one word per requirement
+    "$python" -m pip --disable-pip-version-check -q install --target "$deps" -c "$out/constraints.txt" $requirements
     touch "$deps/.installed"
 fi
 
