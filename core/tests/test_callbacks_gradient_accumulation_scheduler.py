@@ -89,6 +89,16 @@ def test_not_with_trainer_accumulate_grad_batches(tmp_path: Path) -> None:
         _fit(tmp_path, [GradientAccumulationScheduler({0: 2})], accumulate_grad_batches=2)
 
 
+def test_a_second_fit_with_the_same_trainer(tmp_path: Path) -> None:
+    """The factor the callback left after the first fit is its own, not a Trainer argument to refuse."""
+    trainer = torchplug.Trainer(accelerator="cpu", default_root_dir=tmp_path, max_epochs=2, limit_val_batches=0,
+                                callbacks=[GradientAccumulationScheduler({1: 2})], **QUIET)  # fmt: skip
+    trainer.fit(BoringModel(), regression_loader(n=16, batch_size=4))
+    assert trainer.accumulate_grad_batches == 2 and trainer.global_step == 4 + 2
+    trainer.fit(BoringModel(), regression_loader(n=16, batch_size=4))
+    assert trainer.state.finished
+
+
 def test_not_with_manual_optimization(tmp_path: Path) -> None:
     class Manual(BoringModel):
         def __init__(self) -> None:

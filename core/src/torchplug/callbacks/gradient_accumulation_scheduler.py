@@ -68,7 +68,8 @@ class GradientAccumulationScheduler(Callback):
                 "accumulates batches: the hooks will not be called on every batch (they are called once per "
                 "optimizer step)."
             )
-        if trainer.accumulate_grad_batches != 1:
+        # 1 is the trainer's own value; the factor this callback set in an earlier fit() may still be there
+        if trainer.accumulate_grad_batches not in (1, getattr(self, "_set", 1)):
             raise ValueError(
                 "You have set `accumulate_grad_batches` and are using the `GradientAccumulationScheduler` "
                 f"callback, which sets it per epoch: remove Trainer(accumulate_grad_batches="
@@ -76,7 +77,8 @@ class GradientAccumulationScheduler(Callback):
             )
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: Module) -> None:
-        trainer.accumulate_grad_batches = self.get_accumulate_grad_batches(trainer.current_epoch)
+        trainer.accumulate_grad_batches = self._set = self.get_accumulate_grad_batches(trainer.current_epoch)
+
 
 
 __all__ = ["GradientAccumulationScheduler"]
