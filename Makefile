@@ -94,7 +94,8 @@ wheels: $(VENV)/.installed
 $(WHEELS_VENV)/.installed: Makefile
 	test -x $(WHEELS_PY) || $(PYTHON) -m venv $(WHEELS_VENV)
 	$(WHEELS_PY) -m pip --disable-pip-version-check -q install torch==2.13.0 pytest pytest-xdist pytest-timeout \
-		setuptools wheel tensorboard matplotlib pluggy tqdm pyyaml nvidia-ml-py rich 'jsonargparse[signatures]>=4.39' psutil
+		setuptools wheel tensorboard matplotlib pluggy tqdm pyyaml nvidia-ml-py rich 'jsonargparse[signatures]>=4.39' psutil \
+		torchmetrics
 	touch $@
 
 test-wheels: wheels $(WHEELS_VENV)/.installed

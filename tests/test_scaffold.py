@@ -50,13 +50,15 @@ def test_a_new_backend_of_each_kind_installs_and_passes_the_conformance_kit(tmp_
          "--disable-pip-version-check", "--target", str(site), *map(str, packages)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
-    # their tests exactly as made; importlib mode because each package's file is tests/test_conformance.py. The
+    # their tests exactly as made, with torchplug found as this process finds it (an installed wheel may be on
+    # PYTHONPATH: make test-wheels); importlib mode because each package's file is tests/test_conformance.py. The
     # rootdir is named: pytest 9 otherwise roots the session in the first package (its pyproject.toml) and gives the
     # other packages' tests node ids under that package's name.
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--import-mode=importlib", "-q", "-rA",
          f"--rootdir={tmp_path}", f"--basetemp={tmp_path / 'kit'}", *(f"{p.name}/tests" for p in packages)],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True, text=True, timeout=1200,
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-6000:]
     passed = {line.split(" ", 1)[1].strip() for line in result.stdout.splitlines() if line.startswith("PASSED ")}
