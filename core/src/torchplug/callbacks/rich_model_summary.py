@@ -6,7 +6,7 @@ from typing import Any
 
 from torchplug.callbacks.model_summary import ModelSummary
 from torchplug.callbacks.rich_progress import _require_rich
-from torchplug.utilities.model_summary import get_formatted_model_size, get_human_readable_count
+from torchplug.utilities.model_summary import summary_totals
 
 _RIGHT_ALIGNED = {"Params", "FLOPs", "In sizes", "Out sizes"}
 
@@ -49,14 +49,8 @@ class RichModelSummary(ModelSummary):
         totals = Table.grid(expand=False, padding=(0, 2))
         totals.add_column(justify="right")
         totals.add_column()
-        for value, label in (
-            (get_human_readable_count(trainable_parameters), "Trainable params"),
-            (get_human_readable_count(total_parameters - trainable_parameters), "Non-trainable params"),
-            (get_human_readable_count(total_parameters), "Total params"),
-            (get_formatted_model_size(model_size), "Total estimated model params size (MB)"),
-            (str(total_training_modes["train"]), "Modules in train mode"),
-            (str(total_training_modes["eval"]), "Modules in eval mode"),
-            (get_human_readable_count(total_flops), "Total Flops"),
+        for value, label in summary_totals(
+            total_parameters, trainable_parameters, model_size, total_training_modes, total_flops
         ):
             totals.add_row(value.strip(), label)
         console.print(totals)

@@ -311,19 +311,22 @@ class RichProgressBar(ProgressBar):
         self._refresh(hard=True)
         self.reset_dataloader_idx_tracker()
 
+    def _evaluation_batch_start(self, kind: str, dataloader_idx: int) -> None:
+        """A ``test`` or ``predict`` batch: its bar started over for the next dataloader (or made)."""
+        if self.is_disabled or self.progress is None or not self.has_dataloader_changed(dataloader_idx):
+            return
+        name = f"{kind}_progress_bar_id"
+        total = getattr(self, f"total_{kind}_batches_current_dataloader")
+        setattr(self, name, self._new_or_reset(getattr(self, name), total, getattr(self, f"{kind}_description")))
+        self._refresh(hard=True)
+
     def on_test_start(self, trainer: Trainer, pl_module: Module) -> None:
         self._start(trainer)
 
     def on_test_batch_start(
         self, trainer: Trainer, pl_module: Module, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if self.is_disabled or self.progress is None or not self.has_dataloader_changed(dataloader_idx):
-            return
-        total = self.total_test_batches_current_dataloader
-        self.test_progress_bar_id = self._new_or_reset(
-            self.test_progress_bar_id, total, self.test_description
-        )
-        self._refresh(hard=True)
+        self._evaluation_batch_start("test", dataloader_idx)
 
     def on_test_batch_end(
         self,
@@ -346,13 +349,7 @@ class RichProgressBar(ProgressBar):
     def on_predict_batch_start(
         self, trainer: Trainer, pl_module: Module, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if self.is_disabled or self.progress is None or not self.has_dataloader_changed(dataloader_idx):
-            return
-        total = self.total_predict_batches_current_dataloader
-        self.predict_progress_bar_id = self._new_or_reset(
-            self.predict_progress_bar_id, total, self.predict_description
-        )
-        self._refresh(hard=True)
+        self._evaluation_batch_start("predict", dataloader_idx)
 
     def on_predict_batch_end(
         self,

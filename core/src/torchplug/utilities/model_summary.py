@@ -264,6 +264,25 @@ def summarize(model: nn.Module, max_depth: int = 1) -> ModelSummary:
     return ModelSummary(model, max_depth=max_depth)
 
 
+def summary_totals(
+    total_parameters: int,
+    trainable_parameters: int,
+    model_size: float,
+    total_training_modes: dict[str, int],
+    total_flops: int,
+) -> list[tuple[str, str]]:
+    """The lines under a summary table, ``(value, label)``, as both the plain and the rich summary show them."""
+    return [
+        (get_human_readable_count(trainable_parameters), "Trainable params"),
+        (get_human_readable_count(total_parameters - trainable_parameters), "Non-trainable params"),
+        (get_human_readable_count(total_parameters), "Total params"),
+        (get_formatted_model_size(model_size), "Total estimated model params size (MB)"),
+        (str(total_training_modes["train"]), "Modules in train mode"),
+        (str(total_training_modes["eval"]), "Modules in eval mode"),
+        (get_human_readable_count(total_flops), "Total Flops"),
+    ]
+
+
 def format_summary_table(
     total_parameters: int,
     trainable_parameters: int,
@@ -286,15 +305,7 @@ def format_summary_table(
             cells = [column[1][i].ljust(w) for column, w in zip(columns, widths, strict=True)]
             lines.append(" | ".join(cells).rstrip())
         lines.append(rule)
-    totals = [
-        (get_human_readable_count(trainable_parameters), "Trainable params"),
-        (get_human_readable_count(total_parameters - trainable_parameters), "Non-trainable params"),
-        (get_human_readable_count(total_parameters), "Total params"),
-        (get_formatted_model_size(model_size), "Total estimated model params size (MB)"),
-        (str(total_training_modes["train"]), "Modules in train mode"),
-        (str(total_training_modes["eval"]), "Modules in eval mode"),
-        (get_human_readable_count(total_flops), "Total Flops"),
-    ]
+    totals = summary_totals(total_parameters, trainable_parameters, model_size, total_training_modes, total_flops)
     width = max(10, *(len(value) + 1 for value, _ in totals))
     lines.extend(f"{value.ljust(width)}{label}" for value, label in totals)
     return "\n".join(lines)
@@ -346,4 +357,5 @@ __all__ = [
     "get_human_readable_count",
     "parse_batch_shape",
     "summarize",
+    "summary_totals",
 ]
